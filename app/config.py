@@ -1,0 +1,65 @@
+"""Settings: embedded defaults, overridden by a TOML file, LIFEWATCH_* variables, then flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+KNOWN_SOURCES = ("audit", "proc")
+
+
+class Config(BaseModel):
+    """Every setting, with its default. Frozen: the app reads it, nothing changes it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address the API listens on")
+    port: int = Field(7878, ge=0, le=65535, description="port the API listens on")
+    sources: tuple[str, ...] = Field(
+        KNOWN_SOURCES, description="kernel event sources to run: audit, proc"
+    )
+    journal_size: int = Field(50_000, ge=16, description="events kept for replay (resume window)")
+    history: int = Field(100_000, ge=0, description="dead lives kept for lookups")
+    subscriber_queue: int = Field(
+        4096, ge=1, description="events queued per WebSocket client before it must catch up"
+    )
+    state_dir: Path | None = Field(
+        Path("/run/lifewatch"), description="where btime is pinned per boot (tmpfs)"
+    )
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    max_batch: int = Field(10_000, ge=1, description="most lives in one POST /v1/lives/check")
+    heartbeat: float = Field(15.0, gt=0, description="WebSocket ping interval, seconds")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = tuple(s.strip() for s in v.split(",") if s.strip())
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in v if s not in KNOWN_SOURCES]
+        if bad:
+            raise ValueError(f"unknown source(s) {bad}; known: {', '.join(KNOWN_SOURCES)}")
+        return v
+
+
+def load_config(
+    file: Path | None, env: dict[str, str], flags: dict[str, Any]
+) -> Config:
+    """Merge the layers: defaults < file < LIFEWATCH_<NAME> variables < command-line flags."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        with open(file, "rb") as f:
+            data.update(tomllib.load(f))
+    for name in Config.model_fields:
+        value = env.get(f"LIFEWATCH_{name.upper()}")
+        if value is not None:
+            data[name] = value
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return Config.model_validate(data)

@@ -1,0 +1,79 @@
+"""What event sources tell the tracker: typed, frozen observations of kernel facts.
+
+Sources translate their wire formats (audit records, proc connector messages, pidfd wakeups)
+into these; the tracker fuses them into life transitions. `at` is wall-clock epoch seconds
+of the observation; `mono_ns` is CLOCK_MONOTONIC when the kernel gave one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    source: str
+    pid: int  # the new process (a thread group leader: sources drop threads)
+    ppid: int
+    at: float
+    start_ticks: int | None = None  # known exactly when the source read it
+    mono_ns: int | None = None  # kernel CLOCK_MONOTONIC of the fork (proc connector)
+    audit_stamp: float | None = None  # audit's coarse wall-clock stamp of the syscall
+    uid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exec:
+    source: str
+    pid: int
+    at: float
+    exe: str | None = None
+    argv: tuple[str, ...] | None = None
+    comm: str | None = None
+    uid: int | None = None
+    cwd: str | None = None
+    ppid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    source: str
+    pid: int
+    at: float
+    code: int | None = None  # exit(2) status when it exited normally
+    signal: int | None = None  # the killing signal
+    core_dumped: bool = False
+    start_ticks: int | None = None  # of the dying life, when the source knows it
+    mono_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """The source knows it missed events (serial gap, kernel lost counter, ENOBUFS...)."""
+
+    source: str
+    reason: str
+    at: float
+    detail: str = ""
+    since: float | None = None  # start of the window in which events may be missing
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The source's state changed: ok, degraded or failed, with a reason."""
+
+    source: str
+    state: str
+    reason: str
+    at: float
+
+
+Observation = Fork | Exec | Exit | Loss | Health
+
+
+def wait_status(status: int) -> tuple[int | None, int | None, bool]:
+    """Split a wait(2) status into (exit code, signal, core dumped)."""
+    sig = status & 0x7F
+    if sig == 0:
+        return (status >> 8) & 0xFF, None, False
+    return None, sig, bool(status & 0x80)

@@ -1,0 +1,159 @@
+"""Reading process facts from /proc: a pure `stat` parser, race-free capture, the snapshot."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+class StatError(ValueError):
+    """A /proc/<pid>/stat line that does not have the kernel's shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """The fields of /proc/<pid>/stat that lifewatch uses (proc(5) numbering)."""
+
+    pid: int  # field 1
+    comm: str  # field 2, without its parentheses
+    state: str  # field 3
+    ppid: int  # field 4
+    start_ticks: int  # field 22, clock ticks after boot
+
+
+def parse_stat(data: bytes) -> Stat:
+    """Parse one `stat` line. `comm` may hold spaces, parentheses and newlines, so the
+    fields are split at the *last* `)` (as procps and psutil do)."""
+    open_ = data.find(b"(")
+    close = data.rfind(b")")
+    if open_ < 1 or close < open_:
+        raise StatError(f"no (comm) in stat line {data[:64]!r}")
+    rest = data[close + 2 :].split()
+    # After comm come fields 3..52; we need up to field 22 (index 19 of rest).
+    if len(rest) < 20:
+        raise StatError(f"stat line has {len(rest) + 2} fields, expected at least 22")
+    try:
+        return Stat(
+            pid=int(data[: open_ - 1]),
+            comm=data[open_ + 1 : close].decode("utf-8", "surrogateescape"),
+            state=rest[0].decode("ascii"),
+            ppid=int(rest[1]),
+            start_ticks=int(rest[19]),
+        )
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StatError(f"malformed stat line: {e}") from None
+
+
+def parse_cmdline(data: bytes) -> tuple[str, ...]:
+    """argv from /proc/<pid>/cmdline: NUL-separated, usually NUL-terminated."""
+    if not data:
+        return ()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return tuple(a.decode("utf-8", "surrogateescape") for a in data.split(b"\0"))
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """What /proc tells about one process at one moment."""
+
+    stat: Stat
+    exe: str | None  # None for kernel threads or when the link is unreadable
+    argv: tuple[str, ...]
+    uid: int | None
+    pidfd_ino: int | None = None  # pidfs inode (Linux 6.9+), a per-boot unique id
+
+
+def read_stat(pid: int, proc: Path = PROC) -> Stat:
+    with open(f"{proc}/{pid}/stat", "rb") as f:
+        return parse_stat(f.read())
+
+
+def read_proc(pid: int, stat: Stat | None = None, proc: Path = PROC) -> ProcInfo:
+    """Read one process's facts; raises OSError (ENOENT/ESRCH) when it is gone."""
+    base = f"{proc}/{pid}"
+    if stat is None:
+        stat = read_stat(pid, proc)
+    try:
+        exe: str | None = os.readlink(f"{base}/exe")
+    except OSError:
+        exe = None
+    try:
+        with open(f"{base}/cmdline", "rb") as f:
+            argv = parse_cmdline(f.read())
+    except OSError:
+        argv = ()
+    try:
+        uid: int | None = _real_uid(base)
+    except (OSError, ValueError):
+        uid = None
+    return ProcInfo(stat, exe, argv, uid)
+
+
+def _real_uid(base: str) -> int:
+    with open(f"{base}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return int(line.split()[1])
+    raise ValueError("no Uid line")
+
+
+def pidfd_alive(pidfd: int) -> bool:
+    """True while the process behind `pidfd` has not exited (pidfds poll readable on exit)."""
+    return not select.select([pidfd], [], [], 0)[0]
+
+
+def capture(pid: int, proc: Path = PROC) -> tuple[ProcInfo, int] | None:
+    """Capture one life race-free: open a pidfd, read `stat`, then check that the pidfd's
+    process has not been reaped. Returns the facts and the open pidfd (the caller owns it),
+    or None when the pid is gone or is not a process (a thread).
+
+    A reaped pid may be reused; the pidfd pins the life it was opened on. If that life
+    can still be signalled (signal 0) after the read, it was not reaped before the read,
+    so the stat we read was its own. A zombie still answers, and still has its `stat`.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        info = read_proc(pid, proc=proc)
+        signal.pidfd_send_signal(pidfd, 0)
+        ino = os.fstat(pidfd).st_ino
+    except (OSError, StatError):
+        os.close(pidfd)
+        return None
+    return ProcInfo(info.stat, info.exe, info.argv, info.uid, ino), pidfd
+
+
+def capture_closed(pid: int, proc: Path = PROC) -> ProcInfo | None:
+    """`capture` for callers that only want the facts."""
+    got = capture(pid, proc)
+    if got is None:
+        return None
+    os.close(got[1])
+    return got[0]
+
+
+def list_pids(proc: Path = PROC) -> Iterator[int]:
+    """The pids of processes (thread-group leaders) now in /proc."""
+    for entry in os.scandir(proc):
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def snapshot(proc: Path = PROC) -> list[ProcInfo]:
+    """Every process now on the node; ones that exit while we read are skipped."""
+    out: list[ProcInfo] = []
+    for pid in list_pids(proc):
+        try:
+            out.append(read_proc(pid, proc=proc))
+        except (OSError, StatError):
+            continue
+    return out

@@ -1,0 +1,149 @@
+"""The registry: every known life of this node by (pid, start), and the journal of changes.
+
+Only the tracker changes it (through the methods below); the API reads it. Each change is
+journaled in the same synchronous step, so a reader never sees state the journal lacks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from app.identity import NodeIdentity
+from app.journal import Journal
+from app.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView, SourceSet
+from app.procfs import ProcInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to "is this life alive?"."""
+
+    state: str
+    life: Life | None
+    reason: str
+
+
+class Registry:
+    def __init__(
+        self,
+        node: NodeIdentity,
+        journal: Journal,
+        history: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.journal = journal
+        self.history = history
+        self._clock = clock
+        self.alive: dict[int, Life] = {}
+        self.dead: OrderedDict[tuple[int, int], Life] = OrderedDict()
+        self.evicted = 0
+        # Lives dead before this moment and not in `dead` are unknown, not "never existed".
+        self.history_since = clock()
+
+    # -- encoding, shared by the journal and the API -------------------------------------
+    def life_json(self, life: LifeView) -> dict[str, Any]:
+        return life.to_json(self.node.hostname, self.node.boot_id, self.node.clock)
+
+    def life_dict(self, life: Life) -> dict[str, Any]:
+        return self.life_json(life.snapshot())
+
+    # -- reading ---------------------------------------------------------------------------
+    def holder(self, pid: int) -> Life | None:
+        return self.alive.get(pid)
+
+    def find(self, pid: int, start_ticks: int) -> Life | None:
+        life = self.alive.get(pid)
+        if life is not None and life.matches(start_ticks):
+            return life
+        # Derived starts are +-1 tick (design.md fact 11): a pid is not reused within a tick.
+        for ticks in (start_ticks, start_ticks - 1, start_ticks + 1):
+            dead = self.dead.get((pid, ticks))
+            if dead is not None and dead.matches(start_ticks):
+                return dead
+        return None
+
+    def answer(self, pid: int, start_ticks: int) -> Answer:
+        life = self.find(pid, start_ticks)
+        if life is not None:
+            return Answer(life.state, life, "known")
+        holder = self.alive.get(pid)
+        if holder is not None and holder.start_ticks > start_ticks:
+            return Answer(UNKNOWN, None, "pid now held by a later life; no record of this one")
+        return Answer(UNKNOWN, None, "no record of this life")
+
+    def lives(self, state: str | None = None) -> Iterator[Life]:
+        if state in (None, ALIVE):
+            yield from self.alive.values()
+        if state in (None, DEAD):
+            yield from reversed(self.dead.values())
+
+    def __len__(self) -> int:
+        return len(self.alive) + len(self.dead)
+
+    # -- changing ------------------------------------------------------------------------
+    def load(self, infos: Iterable[ProcInfo], source: SourceSet) -> int:
+        """Add lives found in /proc without a birth event (the start-up snapshot)."""
+        n = 0
+        for info in infos:
+            if info.stat.pid not in self.alive:
+                self.alive[info.stat.pid] = self._from_proc(info, source, born_at=None)
+                n += 1
+        for life in self.alive.values():
+            self._link_parent(life)
+        return n
+
+    def _from_proc(self, info: ProcInfo, source: SourceSet, born_at: float | None) -> Life:
+        st = info.stat
+        life = Life(
+            st.pid, st.start_ticks, st.ppid, st.comm, source,
+            exe=info.exe, argv=info.argv, uid=info.uid, born_at=born_at,
+        )  # fmt: skip
+        life.pidfd_ino = info.pidfd_ino
+        return life
+
+    def _link_parent(self, life: Life) -> None:
+        parent = self.alive.get(life.ppid)
+        if parent is not None and parent.start_ticks <= life.start_ticks:
+            life.parent_ticks = parent.start_ticks
+
+    def born(self, life: Life, sources: SourceSet, fields: dict[str, Any] | None = None) -> None:
+        old = self.alive.get(life.pid)
+        if old is not None and old is not life:
+            # The pid is held by a new start: evidence that the old life is gone.
+            self.died(old, None, life.born_at or self._clock(), "pid_reused", SourceSet(0))
+        self._link_parent(life)
+        self.alive[life.pid] = life
+        self.journal.append("born", life.snapshot(), fields, int(sources), life.born_at)
+
+    def learned(self, info: ProcInfo, source: SourceSet) -> Life:
+        """A live process found outside the event stream (lookup, resync)."""
+        life = self._from_proc(info, source, born_at=None)
+        self.born(life, source, {"late": True})
+        return life
+
+    def exec(self, life: Life, sources: SourceSet, at: float) -> None:
+        self.journal.append("exec", life.snapshot(), None, int(sources), at)
+
+    def died(
+        self, life: Life, exit: Exit | None, at: float, cause: str, sources: SourceSet
+    ) -> None:
+        life.died_at = at
+        life.exit = exit
+        life.cause = cause
+        life.sources |= sources
+        if self.alive.get(life.pid) is life:
+            del self.alive[life.pid]
+        self.dead[(life.pid, life.start_ticks)] = life
+        while len(self.dead) > self.history:
+            self.dead.popitem(last=False)
+            self.evicted += 1
+        self.journal.append("died", life.snapshot(), None, int(sources), at)
+
+    def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
+        """A journal event about the node rather than a life (gap, resync, source...)."""
+        self.journal.append(type, None, fields, 0, at)
