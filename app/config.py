@@ -49,9 +49,7 @@ class Config(BaseModel):
         return v
 
 
-def load_config(
-    file: Path | None, env: dict[str, str], flags: dict[str, Any]
-) -> Config:
+def load_config(file: Path | None, env: dict[str, str], flags: dict[str, Any]) -> Config:
     """Merge the layers: defaults < file < LIFEWATCH_<NAME> variables < command-line flags."""
     data: dict[str, Any] = {}
     if file is not None:

@@ -153,7 +153,8 @@ def parse_start(text: str) -> int | Fraction:
         return int(text)
     if not _DATE.match(text):
         raise LifeIdError(
-            f"start must be clock ticks or an ISO 8601 date like 2026-01-02T03:04:05.67Z, got {text!r}"
+            "start must be clock ticks or an ISO 8601 date like "
+            f"2026-01-02T03:04:05.67Z, got {text!r}"
         )
     main, _, rest = text.partition(".")
     frac = Fraction(0)

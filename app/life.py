@@ -1,4 +1,4 @@
-"""A process life as the registry holds it: mutable while alive, frozen into snapshots for events."""
+"""A process life as the registry holds it: mutable while alive, frozen for events."""
 
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ class Life:
         "died_at",
         "exe",
         "exit",
+        "parent_ticks",
         "pid",
         "pidfd_ino",
         "ppid",
-        "parent_ticks",
         "sources",
         "start_slack",
         "start_ticks",
@@ -189,6 +189,6 @@ class LifeView(NamedTuple):
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     )

@@ -48,7 +48,11 @@ class Tracker:
         self.hz = registry.node.clock.hz
         self._recent_dead: OrderedDict[int, Life] = OrderedDict()
         self._resync_pending = False
-        self.counters: dict[str, int] = {"duplicates": 0, "unidentified_exits": 0, "undated_forks": 0}
+        self.counters: dict[str, int] = {
+            "duplicates": 0,
+            "unidentified_exits": 0,
+            "undated_forks": 0,
+        }
         self.on_resync: list[Callable[[], None]] = []
 
     # -- the Sink interface ------------------------------------------------------------

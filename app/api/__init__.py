@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket API (aiohttp), reading the registry and journal of one Service."""

@@ -1,0 +1,39 @@
+"""The aiohttp application: routes, error middleware, service start/stop, clean shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+
+from app.api import events, lives, node, stream
+from app.api.errors import json_errors
+from app.api.keys import SERVICE, SOCKETS
+from app.service import Service
+
+
+def make_app(service: Service, manage: bool = True) -> web.Application:
+    """The API for `service`; with `manage`, the app starts and stops the service."""
+    app = web.Application(
+        middlewares=[json_errors], client_max_size=service.config.max_request_bytes
+    )
+    app[SERVICE] = service
+    app[SOCKETS] = set()
+    for module in (node, lives, events, stream):
+        app.add_routes(module.routes)
+    if manage:
+        app.cleanup_ctx.append(_run_service)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _run_service(app: web.Application) -> AsyncIterator[None]:
+    await app[SERVICE].start()
+    yield
+    await app[SERVICE].stop()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    sockets: set[web.WebSocketResponse] = app[SOCKETS]
+    for ws in sockets.copy():
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")

@@ -1,0 +1,86 @@
+"""Routes about lives: list, holder of a pid, "is this life alive?" one or many."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from app.api.errors import ApiError
+from app.api.keys import SERVICE
+from app.api.models import CheckRequest, LivesQuery
+from app.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
+from app.life import Life
+from app.lookup import answer_json
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/lives")
+async def list_lives(request: web.Request) -> web.Response:
+    q = LivesQuery.model_validate(dict(request.query))
+    service = request.app[SERVICE]
+    reg = service.registry
+    after = tuple(int(x) for x in q.after.split(".")) if q.after else (-1, -1)
+
+    def wanted(life: Life) -> bool:
+        return (
+            (life.pid, life.start_ticks) > after
+            and (q.comm is None or life.comm == q.comm)
+            and (q.exe is None or life.exe == q.exe)
+            and (q.ppid is None or life.ppid == q.ppid)
+            and (q.canary is None or life.canary == q.canary)
+        )
+
+    found = sorted(
+        (life for life in reg.lives(q.state) if wanted(life)),
+        key=lambda life: (life.pid, life.start_ticks),
+    )
+    page = found[: q.limit]
+    nxt = f"{page[-1].pid}.{page[-1].start_ticks}" if len(found) > q.limit else None
+    return web.json_response({"lives": [reg.life_dict(x) for x in page], "next": nxt})
+
+
+@routes.get("/v1/lives/{pid}")
+async def holder(request: web.Request) -> web.Response:
+    pid = parse_pid(request.match_info["pid"])
+    service = request.app[SERVICE]
+    life = service.registry.holder(pid)
+    if life is None:
+        raise ApiError(404, "not_found", f"no live process holds pid {pid}")
+    return web.json_response(service.registry.life_dict(life))
+
+
+@routes.get("/v1/lives/{pid}/{start}")
+async def is_alive(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    lid = LifeId(
+        service.node.hostname,
+        parse_pid(request.match_info["pid"]),
+        parse_start(request.match_info["start"]),
+    )
+    return web.json_response(answer_json(service, lid, request.match_info["start"]))
+
+
+@routes.post("/v1/lives/check")
+async def check_many(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body = CheckRequest.model_validate_json(await request.read())
+    if len(body.lives) > service.config.max_batch:
+        raise ApiError(
+            413, "batch_too_large", f"{len(body.lives)} lives; at most {service.config.max_batch}"
+        )
+    results: list[dict[str, Any]] = []
+    for text in body.lives:
+        try:
+            results.append(answer_json(service, parse_life_id(text), text))
+        except LifeIdError as e:
+            # One bad entry does not spoil the batch: it gets its own error.
+            results.append({"id": text, "state": "invalid", "error": str(e)})
+    return web.json_response({"results": results})
+
+
+@routes.post("/v1/resync")
+async def resync(request: web.Request) -> web.Response:
+    counts = request.app[SERVICE].tracker.resync("requested over the API")
+    return web.json_response(counts)

@@ -1,0 +1,59 @@
+"""Request models: query strings and bodies are validated here; unknown fields are refused."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+EVENT_TYPES = (
+    "born", "exec", "died", "gap", "resync", "snapshot", "source", "reset", "watch", "clock",
+)  # fmt: skip
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=4096)
+
+
+def _types(v: object) -> object:
+    if isinstance(v, str):
+        names = tuple(t.strip() for t in v.split(",") if t.strip())
+        bad = [t for t in names if t not in EVENT_TYPES]
+        if bad:
+            raise ValueError(f"unknown event type(s) {bad}; known: {', '.join(EVENT_TYPES)}")
+        return names
+    return v
+
+
+class LivesQuery(Query):
+    state: str | None = Field(None, pattern="^(alive|dead)$")
+    comm: str | None = None
+    exe: str | None = None
+    ppid: int | None = Field(None, ge=0)
+    canary: bool | None = None
+    limit: int = Field(100, ge=1, le=10_000)
+    after: str | None = Field(None, pattern=r"^\d+\.\d+$")
+
+
+class EventsQuery(Query):
+    after: int = Field(0, ge=0)
+    limit: int = Field(1000, ge=1, le=10_000)
+    types: tuple[str, ...] | None = None
+
+    _check_types = field_validator("types", mode="before")(_types)
+
+
+class StreamQuery(Query):
+    after: int | None = Field(None, ge=0)
+    types: tuple[str, ...] | None = None
+    pid: int | None = Field(None, ge=1)
+    comm: str | None = None
+    exe: str | None = None
+    life: str | None = None
+    canary: bool | None = None
+
+    _check_types = field_validator("types", mode="before")(_types)
+
+
+class CheckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lives: list[str] = Field(..., min_length=1)

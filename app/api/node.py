@@ -1,0 +1,69 @@
+"""Routes about the node: identity, clock, sources' health, cursors; and the liveness probe."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from app.api.keys import SERVICE
+from app.identity import read_btime
+from app.life import _iso
+from app.service import Service
+
+routes = web.RouteTableDef()
+
+
+def node_json(service: Service) -> dict[str, Any]:
+    node, journal, reg = service.node, service.journal, service.registry
+    try:
+        kernel_btime: int | None = read_btime(service.proc)
+    except (OSError, RuntimeError):
+        kernel_btime = None
+    sources = {s.name: asdict(s.health()) for s in service.sources}
+    for h in sources.values():
+        h["since"] = _iso(h["since"]) if h["since"] else None
+    return {
+        "host": node.hostname,
+        "boot_id": node.boot_id,
+        "btime": node.clock.btime,
+        "btime_kernel": kernel_btime,
+        "btime_pinned_from": node.btime_pinned_from,
+        # The kernel recomputes btime from the wall clock: a difference means the clock was
+        # stepped since lifewatch pinned it. Dates here stay on the pinned btime.
+        "clock_stepped": kernel_btime is not None and kernel_btime != node.clock.btime,
+        "hz": node.clock.hz,
+        "start_format": "btime + start_ticks / hz, UTC, ISO 8601 at the tick's resolution",
+        "version": service.version,
+        "started_at": _iso(service.started_at),
+        "uptime": round(time.monotonic() - service.started_mono, 3),
+        "cursor": journal.last_cursor,
+        "first_cursor": journal.first_cursor,
+        "oldest_cursor": journal.oldest_cursor,
+        "journal_size": journal.size,
+        "lives_alive": len(reg.alive),
+        "lives_dead": len(reg.dead),
+        "history_evicted": reg.evicted,
+        "subscribers": journal.subscribers,
+        "subscriber_overflows": journal.overflows,
+        "events": dict(journal.counts),
+        "tracker": dict(service.tracker.counters),
+        "sources": sources,
+    }
+
+
+@routes.get("/v1/node")
+async def node(request: web.Request) -> web.Response:
+    return web.json_response(node_json(request.app[SERVICE]))
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    states = {s.name: s.health().state for s in service.sources}
+    ok = all(st == "ok" for st in states.values())
+    return web.json_response(
+        {"status": "ok" if ok else "degraded", "sources": states}, status=200 if ok else 503
+    )

@@ -1,0 +1,84 @@
+"""The WebSocket stream: journal events pushed as JSON, resumable from a cursor.
+
+Each client has its own bounded queue and its own writer (this handler): the tracker only
+appends to the journal, which offers each event to each subscriber without waiting. A slow
+client catches up from the journal or gets `gap` + `reset`; it never slows anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import WSMsgType, web
+
+from app.api.keys import SERVICE, SOCKETS
+from app.api.models import StreamQuery
+from app.identity import LifeId, parse_life_id
+from app.journal import Accept, Event
+
+routes = web.RouteTableDef()
+
+
+def make_filter(q: StreamQuery, life: tuple[int, int] | None) -> Accept:
+    types = frozenset(q.types) if q.types else None
+    pid = life[0] if life else q.pid
+
+    def accept(ev: Event) -> bool:
+        if types is not None and ev.type not in types:
+            return False
+        if pid is None and q.comm is None and q.exe is None and q.canary is None:
+            return True
+        lv = ev.life
+        if lv is None:  # node events (gap, resync, source...) pass unless types exclude them
+            return True
+        return (
+            (pid is None or lv.pid == pid)
+            and (life is None or abs(lv.start_ticks - life[1]) <= max(lv.start_slack, 0))
+            and (q.comm is None or lv.comm == q.comm)
+            and (q.exe is None or lv.exe == q.exe)
+            and (q.canary is None or lv.canary == q.canary)
+        )
+
+    return accept
+
+
+@routes.get("/v1/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    q = StreamQuery.model_validate(dict(request.query))
+    life: tuple[int, int] | None = None
+    if q.life is not None:
+        lid: LifeId = parse_life_id(q.life)
+        life = (lid.pid, lid.ticks(service.node.clock))
+    ws = web.WebSocketResponse(heartbeat=service.config.heartbeat, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
+    sub = service.journal.subscribe(make_filter(q, life), service.config.subscriber_queue, q.after)
+    reader = asyncio.create_task(_drain_client(ws))
+    try:
+        while not ws.closed:
+            getter = asyncio.ensure_future(sub.next_batch())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break  # the client went away
+            for ev in getter.result():
+                await ws.send_str(ev.json(service.registry))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        sub.close()
+        request.app[SOCKETS].discard(ws)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await ws.close()
+    return ws
+
+
+async def _drain_client(ws: web.WebSocketResponse) -> None:
+    """Read (and ignore) what the client sends, to see pongs and its close."""
+    async for msg in ws:
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+            break
