@@ -1,0 +1,44 @@
+"""Shared fixtures: a service with no kernel sources, its API on a test server, kernel gating."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from app.api.app import make_app
+from app.config import Config
+from app.service import Service
+
+DATA = Path(__file__).parent / "data"
+IN_CI = bool(os.environ.get("CI"))
+
+# Kernel tests run for real as root. Outside CI a non-root run skips them; in CI they are
+# never skipped (a skipped kernel test there is a failure, so they run and fail loudly).
+kernel = pytest.mark.skipif(
+    os.geteuid() != 0 and not IN_CI, reason="needs root for the live kernel (not in CI)"
+)
+
+
+def make_config(**kw: object) -> Config:
+    base: dict[str, object] = {"sources": (), "state_dir": None, "port": 0}
+    base.update(kw)
+    return Config.model_validate(base)
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[Service]:
+    svc = Service(make_config())
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+@pytest.fixture
+async def client(service: Service) -> AsyncIterator[TestClient[object, object]]:
+    app = make_app(service, manage=False)
+    async with TestClient(TestServer(app)) as c:
+        yield c
