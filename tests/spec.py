@@ -19,8 +19,8 @@ async def call(
     client: TestClient[Any, Any], method: str, url: str, body: bytes | None = None
 ) -> tuple[ClientResponse, Any]:
     """Make a request, validate request and response against the spec, return the JSON."""
-    resp = await client.request(method, url, data=body,
-                                headers={"Content-Type": "application/json"} if body else None)  # fmt: skip
+    headers = {"Content-Type": "application/json"} if body else None
+    resp = await client.request(method, url, data=body, headers=headers)
     raw = await resp.read()
     parts = urlsplit(url)
     args = dict(p.split("=", 1) for p in parts.query.split("&") if p)

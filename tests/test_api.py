@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,7 +47,7 @@ def test_every_route_is_in_the_spec_and_back() -> None:
 async def test_node(client: Client, service: Service) -> None:
     _, node = await call(client, "GET", "/v1/node")
     assert node["host"] == service.node.hostname
-    assert node["boot_id"] == open("/proc/sys/kernel/random/boot_id").read().strip()
+    assert node["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert node["hz"] == os.sysconf("SC_CLK_TCK")
     assert node["clock_stepped"] is False
     assert node["lives_alive"] > 1
@@ -57,9 +58,13 @@ async def test_is_alive_with_the_start_we_computed(
     client: Client, service: Service, sleeper: subprocess.Popen[bytes]
 ) -> None:
     # Compute the start ourselves, as a client would: ticks from stat, btime, HZ.
-    fields = open(f"/proc/{sleeper.pid}/stat", "rb").read().rsplit(b")", 1)[1].split()
+    fields = Path(f"/proc/{sleeper.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
     ticks = int(fields[19])
-    btime = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+    btime = next(
+        int(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime")
+    )
     hz = os.sysconf("SC_CLK_TCK")
     import datetime as dt
 
