@@ -13,7 +13,7 @@ from app.identity import load_node_identity
 from app.journal import Journal
 from app.life import SourceSet
 from app.registry import Registry
-from app.source import Source
+from app.source import FAILED, Sink, Source, SourceHealth
 from app.tracker import Clocks, Tracker
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,30 @@ def build_sources(config: Config) -> list[Source]:
     out: list[Source] = []
     for name in config.sources:
         module, _, cls = SOURCE_CLASSES[name].partition(":")
-        factory = getattr(importlib.import_module(module), cls)
-        out.append(factory(config))
+        try:
+            factory = getattr(importlib.import_module(module), cls)
+            out.append(factory(config))
+        except Exception as e:  # reported on /v1/node and /healthz, not fatal to the rest
+            log.error("source %s cannot be built: %s", name, e)
+            out.append(FailedSource(name, f"cannot be built: {e}"))
     return out
+
+
+class FailedSource:
+    """Stands for a source that could not be built or started, so its failure stays visible."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self._health = SourceHealth(FAILED, reason, time.time())
+
+    async def start(self, sink: Sink) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def health(self) -> SourceHealth:
+        return self._health
 
 
 class Service:
@@ -59,15 +80,17 @@ class Service:
     async def start(self) -> None:
         # Sources first, snapshot second: a process born while /proc is read is then either
         # in the snapshot or in an event queued behind it; none falls between the two.
-        started: list[Source] = []
-        try:
-            for source in self.sources:
+        for i, source in enumerate(self.sources):
+            try:
                 await source.start(self.tracker)
-                started.append(source)
-        except BaseException:
-            for source in reversed(started):
-                await source.stop()
-            raise
+            except Exception as e:
+                # One source failing (no kernel support, no privilege) leaves the others
+                # running; the failure is an event, a state on /v1/node and a 503 on /healthz.
+                log.error("source %s failed to start: %s", source.name, e)
+                self.sources[i] = FailedSource(source.name, f"failed to start: {e}")
+                self.registry.note(
+                    "source", {"source": source.name, "state": FAILED, "reason": str(e)}
+                )
         t0 = time.monotonic()
         n = self.registry.load(procfs.snapshot(self.proc), SourceSet.SNAPSHOT)
         self.registry.note("snapshot", {"lives": n, "seconds": round(time.monotonic() - t0, 6)})
