@@ -42,6 +42,18 @@ class Exit(NamedTuple):
     core_dumped: bool
 
 
+_EXITS: dict[tuple[int | None, int | None, bool], Exit] = {}
+
+
+def exit_of(code: int | None, signal: int | None, core_dumped: bool = False) -> Exit:
+    """A shared Exit per distinct status: thousands of deaths share a few values."""
+    key = (code, signal, core_dumped)
+    ex = _EXITS.get(key)
+    if ex is None:
+        ex = _EXITS.setdefault(key, Exit(code, signal, core_dumped))
+    return ex
+
+
 class Life:
     """One life, `pid` + `start_ticks`. Slots keep 100,000 of them well under 500 B each
     (measured by bench/memory_lives.py)."""

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import procfs
-from app.life import Exit as ExitInfo
-from app.life import Life, SourceSet, source_bit
+from app.life import Life, SourceSet, exit_of, source_bit
 from app.observations import Exec, Exit, Fork, Health, Loss, Observation
 from app.registry import Registry
 
@@ -157,7 +156,7 @@ class Tracker:
     # -- deaths ----------------------------------------------------------------------------
     def _exit(self, o: Exit) -> None:
         bit = source_bit(o.source)
-        info = ExitInfo(o.code, o.signal, o.core_dumped)
+        info = exit_of(o.code, o.signal, o.core_dumped)
         recent = self._recent_dead.get(o.pid)
         if recent is not None and (o.start_ticks is None or recent.matches(o.start_ticks)):
             # The same death told by a second source: enrich, do not repeat.
