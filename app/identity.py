@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -43,6 +44,17 @@ def _fraction_digits(hz: int) -> int:
     return 9  # a HZ with factors other than 2 and 5: nanoseconds, rounded
 
 
+@functools.lru_cache(maxsize=1 << 16)  # lookups and events format the same starts often
+def _date_of(btime: int, hz: int, ticks: int) -> str:
+    whole, part = divmod(ticks, hz)
+    stamp = datetime.fromtimestamp(btime + whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    digits = _fraction_digits(hz)
+    if digits == 0:
+        return stamp + "Z"
+    frac = (part * 10**digits + hz // 2) // hz  # round half up, in integers
+    return f"{stamp}.{frac:0{digits}d}Z"
+
+
 @dataclass(frozen=True, slots=True)
 class TickClock:
     """Turns start ticks into dates and back, with a btime pinned once per boot."""
@@ -52,13 +64,7 @@ class TickClock:
 
     def date_of(self, ticks: int) -> str:
         """`start` as ISO 8601 UTC at the tick's resolution; the same text every time."""
-        whole, part = divmod(ticks, self.hz)
-        stamp = datetime.fromtimestamp(self.btime + whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        digits = _fraction_digits(self.hz)
-        if digits == 0:
-            return stamp + "Z"
-        frac = round(Fraction(part * 10**digits, self.hz))
-        return f"{stamp}.{frac:0{digits}d}Z"
+        return _date_of(self.btime, self.hz, ticks)
 
     def epoch_of(self, ticks: int) -> float:
         return self.btime + ticks / self.hz

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from datetime import UTC, datetime
 from enum import IntFlag
@@ -24,7 +25,13 @@ class SourceSet(IntFlag):
     SCRIPT = 64
 
     def names(self) -> list[str]:
-        return [m.name.lower() for m in SourceSet if m in self and m.name]
+        return _source_names(int(self))
+
+
+@functools.cache
+def _source_names(bits: int) -> list[str]:
+    # Cached: callers only read it (JSON encoding); there are at most 128 combinations.
+    return [m.name.lower() for m in SourceSet if m.value & bits and m.name]
 
 
 def source_bit(name: str) -> SourceSet:

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import Any
 
 from app import procfs
 from app.identity import LifeId
 from app.life import ALIVE, DEAD, UNKNOWN, Life, SourceSet
-from app.registry import Answer
+from app.registry import Answer, LifeText
 from app.service import Service
 
 
 def lookup(service: Service, pid: int, ticks: int) -> Answer:
     """The registry's answer, checked against /proc for the pid now.
 
-    An `alive` answer is confirmed by reading the pid's `stat` (a few microseconds): if the
-    pid is gone or held by another start, the sources missed a death; the life becomes
-    `dead` (exit unknown, cause `vanished`), a gap is journaled and a resync requested.
-    A life the registry does not know but /proc shows is learned and answered `alive`.
+    An `alive` answer is confirmed: while every event source is `ok`, by checking that the
+    pid exists (one kill(pid, 0)); otherwise by reading its `stat` and comparing the start.
+    If the pid is gone or held by another start, the sources missed a death: the life
+    becomes `dead` (exit unknown, cause `vanished`), a gap is journaled and a resync
+    requested. A life the registry does not know but /proc shows is learned, `alive`.
     """
     reg = service.registry
     ans = reg.answer(pid, ticks)
     if ans.state == DEAD:
         return ans
+    if ans.state == ALIVE and service.sources_ok():
+        try:
+            os.kill(pid, 0)
+            return ans
+        except PermissionError:
+            return ans  # it exists; we may not signal it
+        except ProcessLookupError:
+            pass  # fall through to the full check below
     try:
         stat: procfs.Stat | None = procfs.read_stat(pid, service.proc)
     except (OSError, procfs.StatError):
@@ -54,26 +64,25 @@ def _vanished(service: Service, life: Life) -> None:
     service.tracker.request_resync("a lookup found a missed death")
 
 
-def answer_json(service: Service, lid: LifeId, asked: str) -> dict[str, Any]:
-    """The response object of a lookup (openapi.yaml `LifeAnswer`)."""
+def answer_text(service: Service, lid: LifeId, asked: str) -> str:
+    """The JSON text of a lookup's answer (openapi.yaml `LifeAnswer`).
+
+    Written as text around the life's cached JSON: a repeated lookup of an unchanged life
+    encodes nothing but the small envelope (bench/lookup_wrk.py: the hot path of the API).
+    """
     node = service.node
     clock = node.clock
     if lid.host != node.hostname:
-        return _unknown(asked, f"{lid.host} is another host; no cluster peer is configured")
+        reason = f"{lid.host} is another host; no cluster peer is configured"
+        return _envelope(asked, UNKNOWN, reason, None)
     ticks = lid.ticks(clock)
-    ident = f"{lid.host}/{lid.pid}/{clock.date_of(ticks)}"
     ans = lookup(service, lid.pid, ticks)
-    life = None if ans.life is None else service.registry.life_dict(ans.life)
-    return {
-        "id": ident,
-        "state": ans.state,
-        "reason": ans.reason,
-        "died_at": life["died_at"] if life else None,
-        "exit": life["exit"] if life else None,
-        "life": life,
-    }
+    return _envelope(f"{lid.host}/{lid.pid}/{clock.date_of(ticks)}", ans.state, ans.reason,
+                     None if ans.life is None else service.registry.life_text(ans.life))  # fmt: skip
 
 
-def _unknown(asked: str, reason: str) -> dict[str, Any]:
-    return {"id": asked, "state": UNKNOWN, "reason": reason,
-            "died_at": None, "exit": None, "life": None}  # fmt: skip
+def _envelope(ident: str, state: str, reason: str, life: LifeText | None) -> str:
+    head = json.dumps({"id": ident, "state": state, "reason": reason})[:-1]
+    if life is None:
+        return head + ',"died_at":null,"exit":null,"life":null}'
+    return f'{head},"died_at":{life.died_at},"exit":{life.exit},"life":{life.text}}}'

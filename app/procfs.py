@@ -34,7 +34,7 @@ def parse_stat(data: bytes) -> Stat:
     close = data.rfind(b")")
     if open_ < 1 or close < open_:
         raise StatError(f"no (comm) in stat line {data[:64]!r}")
-    rest = data[close + 2 :].split()
+    rest = data[close + 2 :].split(None, 20)
     # After comm come fields 3..52; we need up to field 22 (index 19 of rest).
     if len(rest) < 20:
         raise StatError(f"stat line has {len(rest) + 2} fields, expected at least 22")
@@ -71,8 +71,13 @@ class ProcInfo:
 
 
 def read_stat(pid: int, proc: Path = PROC) -> Stat:
-    with open(f"{proc}/{pid}/stat", "rb") as f:
-        return parse_stat(f.read())
+    # os.open/os.read rather than open(): 3 syscalls and no buffered file object; measured
+    # 50 -> 15 us per call here, and every `alive` answer reads one (bench/lookup_wrk.py).
+    fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return parse_stat(os.read(fd, 4096))
+    finally:
+        os.close(fd)
 
 
 def read_proc(pid: int, stat: Stat | None = None, proc: Path = PROC) -> ProcInfo:

@@ -6,11 +6,13 @@ journaled in the same synchronous step, so a reader never sees state the journal
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.identity import NodeIdentity
 from app.journal import Journal
@@ -21,6 +23,14 @@ from app.procfs import ProcInfo
 def life_key(pid: int, start_ticks: int) -> int:
     """One int for (pid, start): pids fit in 23 bits (PID_MAX_LIMIT = 2**22)."""
     return start_ticks << 23 | pid
+
+
+class LifeText(NamedTuple):
+    """A life's JSON, with the two fields a lookup answer repeats at its top level."""
+
+    text: str
+    died_at: str
+    exit: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +51,7 @@ class Registry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
+        self._life_text = functools.lru_cache(maxsize=4096)(self._encode)
         self.journal = journal
         self.history = history
         self._clock = clock
@@ -59,6 +70,15 @@ class Registry:
 
     def life_dict(self, life: Life) -> dict[str, Any]:
         return self.life_json(life.snapshot())
+
+    def life_text(self, life: Life) -> LifeText:
+        """A life as JSON text, cached per snapshot: unchanged lives are not re-encoded."""
+        return self._life_text(life.snapshot())
+
+    def _encode(self, view: LifeView) -> LifeText:
+        d = self.life_json(view)
+        dumps = json.dumps
+        return LifeText(dumps(d), dumps(d["died_at"]), dumps(d["exit"]))
 
     # -- reading ---------------------------------------------------------------------------
     def holder(self, pid: int) -> Life | None:

@@ -13,7 +13,7 @@ from app.identity import load_node_identity
 from app.journal import Journal
 from app.life import SourceSet
 from app.registry import Registry
-from app.source import FAILED, Sink, Source, SourceHealth
+from app.source import FAILED, OK, Sink, Source, SourceHealth
 from app.tracker import Clocks, Tracker
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ class Service:
         self.sources = build_sources(config) if sources is None else sources
         self.started_at = time.time()
         self.started_mono = time.monotonic()
+
+    def sources_ok(self) -> bool:
+        """True when at least one source runs and every source reports `ok`."""
+        return bool(self.sources) and all(s.health().state == OK for s in self.sources)
 
     async def start(self) -> None:
         # Sources first, snapshot second: a process born while /proc is read is then either

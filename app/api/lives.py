@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
 from aiohttp import web
 
@@ -11,7 +11,7 @@ from app.api.keys import SERVICE
 from app.api.models import CheckRequest, LivesQuery
 from app.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
 from app.life import Life
-from app.lookup import answer_json
+from app.lookup import answer_text
 
 routes = web.RouteTableDef()
 
@@ -59,7 +59,8 @@ async def is_alive(request: web.Request) -> web.Response:
         parse_pid(request.match_info["pid"]),
         parse_start(request.match_info["start"]),
     )
-    return web.json_response(answer_json(service, lid, request.match_info["start"]))
+    text = answer_text(service, lid, request.match_info["start"])
+    return web.Response(text=text, content_type="application/json")
 
 
 @routes.post("/v1/lives/check")
@@ -70,14 +71,15 @@ async def check_many(request: web.Request) -> web.Response:
         raise ApiError(
             413, "batch_too_large", f"{len(body.lives)} lives; at most {service.config.max_batch}"
         )
-    results: list[dict[str, Any]] = []
+    results: list[str] = []
     for text in body.lives:
         try:
-            results.append(answer_json(service, parse_life_id(text), text))
+            results.append(answer_text(service, parse_life_id(text), text))
         except LifeIdError as e:
             # One bad entry does not spoil the batch: it gets its own error.
-            results.append({"id": text, "state": "invalid", "error": str(e)})
-    return web.json_response({"results": results})
+            results.append(json.dumps({"id": text, "state": "invalid", "error": str(e)}))
+    out = '{"results":[' + ",".join(results) + "]}"
+    return web.Response(text=out, content_type="application/json")
 
 
 @routes.post("/v1/resync")
