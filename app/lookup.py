@@ -77,8 +77,9 @@ def answer_text(service: Service, lid: LifeId, asked: str) -> str:
         return _envelope(asked, UNKNOWN, reason, None)
     ticks = lid.ticks(clock)
     ans = lookup(service, lid.pid, ticks)
-    return _envelope(f"{lid.host}/{lid.pid}/{clock.date_of(ticks)}", ans.state, ans.reason,
-                     None if ans.life is None else service.registry.life_text(ans.life))  # fmt: skip
+    life = None if ans.life is None else service.registry.life_text(ans.life)
+    ident = f"{lid.host}/{lid.pid}/{clock.date_of(ticks)}"
+    return _envelope(ident, ans.state, ans.reason, life)
 
 
 def _envelope(ident: str, state: str, reason: str, life: LifeText | None) -> str:
