@@ -82,6 +82,9 @@ def read_stat(pid: int, proc: Path = PROC) -> Stat:
 
 def read_proc(pid: int, stat: Stat | None = None, proc: Path = PROC) -> ProcInfo:
     """Read one process's facts; raises OSError (ENOENT/ESRCH) when it is gone."""
+    # Plain os calls, no buffered files, and the uid from the directory's owner rather than
+    # `status` (which the kernel formats in full at each read): 2.0 -> 0.5 s for a snapshot
+    # of 10,000 processes here (bench/snapshot_10k.py).
     base = f"{proc}/{pid}"
     if stat is None:
         stat = read_stat(pid, proc)
@@ -90,23 +93,31 @@ def read_proc(pid: int, stat: Stat | None = None, proc: Path = PROC) -> ProcInfo
     except OSError:
         exe = None
     try:
-        with open(f"{base}/cmdline", "rb") as f:
-            argv = parse_cmdline(f.read())
+        fd = os.open(f"{base}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            argv = parse_cmdline(_read_all(fd))
+        finally:
+            os.close(fd)
     except OSError:
         argv = ()
     try:
-        uid: int | None = _real_uid(base)
-    except (OSError, ValueError):
+        # The owner of /proc/<pid> is the process's effective uid (root for a process that
+        # made itself non-dumpable, as setuid programs do): proc(5).
+        uid: int | None = os.stat(base).st_uid
+    except OSError:
         uid = None
     return ProcInfo(stat, exe, argv, uid)
 
 
-def _real_uid(base: str) -> int:
-    with open(f"{base}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Uid:"):
-                return int(line.split()[1])
-    raise ValueError("no Uid line")
+def _read_all(fd: int) -> bytes:
+    chunk = os.read(fd, 4096)
+    if len(chunk) < 4096:
+        return chunk
+    parts = [chunk]
+    while chunk:
+        chunk = os.read(fd, 65536)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def pidfd_alive(pidfd: int) -> bool:
