@@ -9,7 +9,7 @@ from pathlib import Path
 
 from app import __version__, procfs
 from app.config import Config
-from app.identity import load_node_identity
+from app.identity import load_node_identity, read_btime
 from app.journal import Journal
 from app.life import SourceSet
 from app.registry import Registry
@@ -74,8 +74,30 @@ class Service:
         self.registry = Registry(self.node, self.journal, config.history)
         self.tracker = Tracker(self.registry, clocks, proc)
         self.sources = build_sources(config) if sources is None else sources
+        self._seen_btime = self.node.clock.btime
+        self.tracker.on_resync.append(self.check_clock)
         self.started_at = time.time()
         self.started_mono = time.monotonic()
+
+    def check_clock(self) -> int | None:
+        """The kernel's btime now; journals a `clock` event when it moved from the last seen.
+
+        The kernel recomputes btime from the wall clock, so a step of the clock moves it;
+        lifewatch keeps its pinned btime (dates never change) and says that the clock moved.
+        Called when /v1/node is read and at every resync, not on a timer of its own.
+        """
+        try:
+            now = read_btime(self.proc)
+        except (OSError, RuntimeError):
+            return None
+        if now != self._seen_btime:
+            self.registry.note(
+                "clock",
+                {"btime_pinned": self.node.clock.btime, "btime_kernel": now,
+                 "btime_before": self._seen_btime, "stepped": now != self.node.clock.btime},
+            )  # fmt: skip
+            self._seen_btime = now
+        return now
 
     def sources_ok(self) -> bool:
         """True when at least one source runs and every source reports `ok`."""

@@ -52,7 +52,7 @@ class Tracker:
             "unidentified_exits": 0,
             "undated_forks": 0,
         }
-        self.on_resync: list[Callable[[], None]] = []
+        self.on_resync: list[Callable[[], object]] = []
 
     # -- the Sink interface ------------------------------------------------------------
     def submit(self, obs: Observation) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -212,3 +213,38 @@ def test_cli_check_and_port_in_use() -> None:
     assert out.stderr.strip().splitlines()[-1] == (
         f"lifewatch: port {port} on 127.0.0.1 is already in use"
     )
+
+
+async def test_clock_step_is_reported(client: Client, service: Service, tmp_path: Path) -> None:
+    """Simulate the kernel's btime moving (a clock step) with a fake /proc/stat."""
+    (tmp_path / "stat").write_text(f"cpu 0\nbtime {service.node.clock.btime + 3}\n")
+    service.proc = tmp_path
+    _, node = await call(client, "GET", "/v1/node")
+    assert node["clock_stepped"] is True
+    assert node["btime"] == service.node.clock.btime  # dates keep the pinned btime
+    clock = [e for e in service.journal.since(0) or [] if e.type == "clock"]
+    assert len(clock) == 1 and clock[0].fields is not None
+    assert clock[0].fields["btime_kernel"] == service.node.clock.btime + 3
+    await call(client, "GET", "/v1/node")
+    assert len([e for e in service.journal.since(0) or [] if e.type == "clock"]) == 1
+
+
+async def test_shutdown_closes_streams_cleanly() -> None:
+    """The same runner sequence as `lifewatch serve`: clients get a 1001 close, not a drop."""
+    import aiohttp
+    from aiohttp import web
+
+    svc = Service(make_config())
+    runner = web.AppRunner(make_app(svc))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"http://127.0.0.1:{port}/v1/stream")
+        cleanup = asyncio.create_task(runner.cleanup())
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert (msg.data, msg.extra) == (1001, "server shutdown")
+        await ws.close()
+        await cleanup

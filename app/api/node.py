@@ -9,7 +9,6 @@ from typing import Any
 from aiohttp import web
 
 from app.api.keys import SERVICE
-from app.identity import read_btime
 from app.life import _iso
 from app.service import Service
 
@@ -18,10 +17,7 @@ routes = web.RouteTableDef()
 
 def node_json(service: Service) -> dict[str, Any]:
     node, journal, reg = service.node, service.journal, service.registry
-    try:
-        kernel_btime: int | None = read_btime(service.proc)
-    except (OSError, RuntimeError):
-        kernel_btime = None
+    kernel_btime = service.check_clock()
     sources = {s.name: asdict(s.health()) for s in service.sources}
     for h in sources.values():
         h["since"] = _iso(h["since"]) if h["since"] else None
