@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from app.life import LifeView, SourceSet
+from app.life import LifeView, SourceSet, iso
 
 
 class Encoder(Protocol):
@@ -47,9 +47,7 @@ class Event:
         self._json: str | None = None
 
     def to_dict(self, enc: Encoder) -> dict[str, Any]:
-        from app.life import _iso  # one formatter for every date
-
-        out: dict[str, Any] = {"cursor": self.cursor, "type": self.type, "at": _iso(self.at)}
+        out: dict[str, Any] = {"cursor": self.cursor, "type": self.type, "at": iso(self.at)}
         if self.life is not None:
             out["life"] = enc.life_json(self.life)
         if self.sources:

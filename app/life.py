@@ -193,8 +193,8 @@ class LifeView(NamedTuple):
             "exe": self.exe,
             "argv": list(self.argv),
             "uid": self.uid,
-            "born_at": _iso(self.born_at),
-            "died_at": _iso(self.died_at),
+            "born_at": iso(self.born_at),
+            "died_at": iso(self.died_at),
             "exit": None
             if ex is None
             else {"code": ex.code, "signal": ex.signal, "core_dumped": ex.core_dumped},
@@ -205,7 +205,7 @@ class LifeView(NamedTuple):
         }
 
 
-def _iso(epoch: float | None) -> str | None:
+def iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return (

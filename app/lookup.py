@@ -8,7 +8,7 @@ import time
 
 from app import procfs
 from app.identity import LifeId
-from app.life import ALIVE, DEAD, UNKNOWN, Life, SourceSet
+from app.life import ALIVE, DEAD, UNKNOWN, Life, SourceSet, iso
 from app.registry import Answer, LifeText
 from app.service import Service
 
@@ -58,7 +58,7 @@ def _vanished(service: Service, life: Life) -> None:
     service.registry.note(
         "gap",
         {"source": "lookup", "reason": "missed_death",
-         "detail": f"pid {life.pid} vanished without an exit event", "since": None, "until": now},
+         "detail": f"pid {life.pid} vanished without an exit event", "since": None, "until": iso(now)},
         now,
     )  # fmt: skip
     service.tracker.request_resync("a lookup found a missed death")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import procfs
-from app.life import Life, SourceSet, exit_of, source_bit
+from app.life import Life, SourceSet, exit_of, iso, source_bit
 from app.observations import Exec, Exit, Fork, Health, Loss, Observation
 from app.registry import Registry
 
@@ -179,7 +179,7 @@ class Tracker:
         self.registry.note(
             "gap",
             {"source": o.source, "reason": o.reason, "detail": o.detail,
-             "since": o.since, "until": o.at},
+             "since": iso(o.since), "until": iso(o.at)},
             o.at,
         )  # fmt: skip
         self.request_resync(f"gap in {o.source}: {o.reason}")

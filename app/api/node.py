@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from app.api.keys import SERVICE
-from app.life import _iso
+from app.life import iso
 from app.service import Service
 
 routes = web.RouteTableDef()
@@ -20,7 +20,7 @@ def node_json(service: Service) -> dict[str, Any]:
     kernel_btime = service.check_clock()
     sources = {s.name: asdict(s.health()) for s in service.sources}
     for h in sources.values():
-        h["since"] = _iso(h["since"]) if h["since"] else None
+        h["since"] = iso(h["since"]) if h["since"] else None
     return {
         "host": node.hostname,
         "boot_id": node.boot_id,
@@ -33,7 +33,7 @@ def node_json(service: Service) -> dict[str, Any]:
         "hz": node.clock.hz,
         "start_format": "btime + start_ticks / hz, UTC, ISO 8601 at the tick's resolution",
         "version": service.version,
-        "started_at": _iso(service.started_at),
+        "started_at": iso(service.started_at),
         "uptime": round(time.monotonic() - service.started_mono, 3),
         "cursor": journal.last_cursor,
         "first_cursor": journal.first_cursor,
