@@ -57,8 +57,8 @@ def _vanished(service: Service, life: Life) -> None:
     service.registry.died(life, None, now, "vanished", SourceSet.LOOKUP)
     service.registry.note(
         "gap",
-        {"source": "lookup", "reason": "missed_death",
-         "detail": f"pid {life.pid} vanished without an exit event", "since": None, "until": iso(now)},
+        {"source": "lookup", "reason": "missed_death", "since": None, "until": iso(now),
+         "detail": f"pid {life.pid} vanished without an exit event"},
         now,
     )  # fmt: skip
     service.tracker.request_resync("a lookup found a missed death")

@@ -6,6 +6,8 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from app import procfs
 from tests.conftest import kernel
@@ -15,6 +17,9 @@ from tests.conftest import kernel
 def test_capture_pins_the_life_with_a_pidfd() -> None:
     p = subprocess.Popen(["sleep", "30"])
     try:
+        # Popen returns once exec has closed its close-on-exec pipe, which the kernel does
+        # before the new program's argv is in place: wait for it to appear.
+        _wait_for(lambda: Path(f"/proc/{p.pid}/cmdline").read_bytes() != b"")
         got = procfs.capture(p.pid)
         assert got is not None
         info, pidfd = got
@@ -73,6 +78,13 @@ def test_snapshot_agrees_with_ps() -> None:
     for pid in steady:
         st = procfs.read_stat(pid)
         assert snap[pid].stat.start_ticks == st.start_ticks
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.001)
 
 
 def _ps() -> set[int]:
