@@ -1,0 +1,110 @@
+"""The audit control plane over pyroute2: status (AUDIT_GET/SET) and rules (ADD/DEL/LIST).
+
+pyroute2 0.9.7's `AsyncNetlinkSocket(family=NETLINK_AUDIT)` does the netlink conversation
+(sequence numbers, ACKs, multi-part replies); the payloads are the kernel structs packed in
+`audit_proto`. Notes on how the kernel answers (kernel/audit.c audit_receive_msg):
+AUDIT_GET and AUDIT_LIST_RULES replies are sent from a separate kernel thread
+(audit_send_reply), so asking for an ACK as well would end pyroute2's wait on the ACK before
+the reply arrives: those two are sent without NLM_F_ACK. AUDIT_SET and the rule changes are
+answered by an ACK (or an error) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from typing import Any
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, nlmsg
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nlsocket import AsyncNetlinkSocket
+
+from app.netlink.audit_proto import (
+    AUDIT_ADD_RULE,
+    AUDIT_DEL_RULE,
+    AUDIT_GET,
+    AUDIT_LIST_RULES,
+    AUDIT_SET,
+    NETLINK_AUDIT,
+    AuditRule,
+    AuditStatus,
+)
+
+TIMEOUT = 5.0
+
+
+class audit_payload(nlmsg):  # noqa: N801 - pyroute2's naming for message classes
+    """A netlink message whose payload is a packed kernel struct, kept as raw bytes."""
+
+    fields = ()
+
+    def encode(self) -> Any:
+        payload: bytes = self.get("payload") or b""
+        super().encode()
+        self.data.extend(payload)
+        self["header"]["length"] = len(self.data)
+        self.data[0:4] = len(self.data).to_bytes(4, "little")
+        return self.data
+
+    def decode(self) -> None:
+        super().decode()
+        start = self.offset + 16
+        self["payload"] = bytes(self.data[start : self.offset + self.length])
+
+
+class AuditControl:
+    """One control socket. Methods raise OSError with the kernel's errno on refusal."""
+
+    def __init__(self) -> None:
+        self._sock: Any = None
+
+    async def open(self) -> None:
+        sock = AsyncNetlinkSocket(family=NETLINK_AUDIT)
+        for t in (AUDIT_GET, AUDIT_LIST_RULES):
+            sock.marshal.msg_map[t] = audit_payload
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def _request(self, mtype: int, payload: bytes, flags: int) -> list[bytes]:
+        if self._sock is None:
+            await self.open()
+        msg = audit_payload()
+        msg["payload"] = payload
+
+        async def run() -> list[bytes]:
+            out: list[bytes] = []
+            async for reply in await self._sock.nlm_request(msg, mtype, flags):
+                if "payload" in reply:
+                    out.append(reply["payload"])
+            return out
+
+        try:
+            return await asyncio.wait_for(run(), TIMEOUT)
+        except NetlinkError as e:
+            raise OSError(e.code, f"audit netlink {mtype}: {errno.errorcode.get(e.code, e.code)}")
+        except TimeoutError:
+            raise OSError(errno.ETIMEDOUT, f"audit netlink {mtype}: no answer") from None
+
+    async def get_status(self) -> AuditStatus:
+        replies = await self._request(AUDIT_GET, b"", NLM_F_REQUEST)
+        if not replies:
+            raise OSError(errno.EIO, "AUDIT_GET: no status in the reply")
+        return AuditStatus.unpack(replies[0])
+
+    async def set_status(self, status: AuditStatus) -> None:
+        """AUDIT_SET: only the fields named in `status.mask` change."""
+        await self._request(AUDIT_SET, status.pack(), NLM_F_REQUEST | NLM_F_ACK)
+
+    async def list_rules(self) -> list[AuditRule]:
+        replies = await self._request(AUDIT_LIST_RULES, b"", NLM_F_REQUEST)
+        return [AuditRule.unpack(p) for p in replies]
+
+    async def add_rule(self, rule: AuditRule) -> None:
+        await self._request(AUDIT_ADD_RULE, rule.pack(), NLM_F_REQUEST | NLM_F_ACK)
+
+    async def delete_rule(self, rule: AuditRule) -> None:
+        await self._request(AUDIT_DEL_RULE, rule.pack(), NLM_F_REQUEST | NLM_F_ACK)
