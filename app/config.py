@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,6 +32,30 @@ class Config(BaseModel):
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     max_batch: int = Field(10_000, ge=1, description="most lives in one POST /v1/lives/check")
     heartbeat: float = Field(15.0, gt=0, description="WebSocket ping interval, seconds")
+    # -- audit source (app/netlink/audit_source.py, docs/audit.md) --
+    audit_mode: Literal["auto", "unicast", "multicast"] = Field(
+        "auto",
+        description="auto: unicast when no audit daemon holds the audit pid, else multicast "
+        "next to it; unicast: be the audit daemon; multicast: read-only listener (readlog group)",
+    )
+    audit_backlog_limit: int = Field(
+        8192, ge=0, description="kernel audit queue length set in unicast mode (auditctl -b)"
+    )
+    audit_backlog_wait_time: int = Field(
+        15000, ge=0,
+        description="how long (kernel jiffies) a task waits for room in a full audit queue "
+        "before its record is dropped and counted lost; 0 drops at once (unicast mode)",
+    )  # fmt: skip
+    audit_rcvbuf: int = Field(
+        8 << 20, ge=65536, description="receive buffer of the audit record socket, bytes"
+    )
+    audit_status_interval: float = Field(
+        1.0, gt=0, description="seconds between reads of the kernel's lost/backlog counters"
+    )
+    audit_key: str = Field(
+        "lifewatch", min_length=1, max_length=64,
+        description="key that tags lifewatch's audit rules (only rules with it are removed)",
+    )  # fmt: skip
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -103,6 +103,11 @@ class Assembler:
     def pending(self) -> int:
         return len(self._open)
 
+    @property
+    def holes(self) -> int:
+        """Serials seen beyond the lowest missing one (0 when the stream is contiguous)."""
+        return len(self._ahead)
+
     # -- serial accounting -----------------------------------------------------------------
     def _see(self, serial: int) -> None:
         nxt = self._next

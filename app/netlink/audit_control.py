@@ -33,7 +33,7 @@ from app.netlink.audit_proto import (
 TIMEOUT = 5.0
 
 
-class audit_payload(nlmsg):  # noqa: N801 - pyroute2's naming for message classes
+class audit_payload(nlmsg):  # type: ignore[misc]  # pyroute2 is untyped; its naming kept
     """A netlink message whose payload is a packed kernel struct, kept as raw bytes."""
 
     fields = ()
@@ -85,7 +85,8 @@ class AuditControl:
         try:
             return await asyncio.wait_for(run(), TIMEOUT)
         except NetlinkError as e:
-            raise OSError(e.code, f"audit netlink {mtype}: {errno.errorcode.get(e.code, e.code)}")
+            name = errno.errorcode.get(e.code, str(e.code))
+            raise OSError(e.code, f"audit netlink {mtype}: {name}") from None
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, f"audit netlink {mtype}: no answer") from None
 

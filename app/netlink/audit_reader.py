@@ -1,0 +1,93 @@
+"""The record stream socket: a raw NETLINK_AUDIT socket read from the event loop.
+
+Why not pyroute2 here: its generic parser trusts `nlmsg_len`, which unicast records get
+wrong (design.md fact 2), and building a dict-like message object per record costs far more
+than the record is worth. Measured on this machine (bench/RESULTS.md, audit section): the
+whole pipeline over recorded records runs at the rate given there, where pyroute2's
+`Marshal.parse` alone decodes a small fraction of that. So the stream is read with
+`socket.recv` from a `loop.add_reader` callback and parsed by `audit_records`; pyroute2 keeps
+the control plane (audit_control), where it fits.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import time
+
+from app.netlink.audit_proto import (
+    AUDIT_NLGRP_READLOG,
+    AUDIT_SET,
+    AUDIT_STATUS_PID,
+    NETLINK_AUDIT,
+    NLMSG_ERROR,
+    AuditStatus,
+)
+
+RECV_SIZE = 1 << 16  # larger than MAX_AUDIT_MESSAGE_LENGTH (8970) plus the header
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+NETLINK_NO_ENOBUFS = 5  # include/uapi/linux/netlink.h; we want ENOBUFS, so never set it
+
+
+class RecordSocket:
+    """Unicast: this socket is registered as the audit daemon's (AUDIT_SET pid from this very
+    socket: the kernel sends records to the sender's netlink port). Multicast: bound to the
+    read-only log group; needs CAP_AUDIT_READ and coexists with a running auditd."""
+
+    def __init__(self, multicast: bool, rcvbuf: int) -> None:
+        self.multicast = multicast
+        groups = 1 << (AUDIT_NLGRP_READLOG - 1) if multicast else 0
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_AUDIT
+        )
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except OSError:  # without CAP_NET_ADMIN: capped by net.core.rmem_max
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((0, groups))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.port = sock.getsockname()[0]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def register(self, pid: int, timeout: float = 5.0) -> None:
+        """Become the audit daemon (unicast). Raises OSError(EEXIST) when another live
+        daemon holds the pid: only one may, and lifewatch never forces it out."""
+        status = AuditStatus(mask=AUDIT_STATUS_PID, pid=pid)
+        self._request(AUDIT_SET, status.pack(), timeout)
+
+    def _request(self, mtype: int, payload: bytes, timeout: float) -> None:
+        seq = int(time.monotonic() * 1000) & 0x7FFFFFFF
+        flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+        self.sock.send(struct.pack("=IHHII", 16 + len(payload), mtype, flags, seq, 0) + payload)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise OSError(errno.ETIMEDOUT, "audit: no ACK to AUDIT_SET")
+            data = self.sock.recv(RECV_SIZE)
+            if len(data) < 20:
+                continue
+            _, t, _, rseq, _ = struct.unpack_from("=IHHII", data)
+            if t == NLMSG_ERROR and rseq == seq:
+                (code,) = struct.unpack_from("=i", data, 16)
+                if code:
+                    raise OSError(-code, f"AUDIT_SET pid: {os.strerror(-code)}")
+                return
+
+    def recv(self) -> bytes:
+        """One datagram; raises BlockingIOError when none is waiting, OSError(ENOBUFS)
+        after the kernel dropped datagrams for this socket (receive buffer overrun)."""
+        return self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+
+    def close(self) -> None:
+        self.sock.close()
