@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.config import Config
@@ -114,6 +115,8 @@ class AuditSource:
         self._last_loss = 0.0
         self._last_datagram = time.time()
         self._lost_seen = 0
+        # A raw-bytes tap (every datagram as read): used to record kernel output for tests.
+        self.tap: Callable[[bytes], None] | None = None
         self.asm = Assembler(self)
         self.lives = LifeEvents(self._emit, proc)
         self.counters: dict[str, int] = {
@@ -136,10 +139,10 @@ class AuditSource:
         found = self._found = await self._control.get_status()
         self.lives = LifeEvents(self._emit, self.proc, known=pids_now(self.proc))
         mode, why = await self._choose_and_open(found)
-        arches = await self._install_rules(mode)
-        if not found.enabled:
+        if not found.enabled:  # first, so that our rule changes are in the stream too
             await self._control.set_status(AuditStatus(mask=AUDIT_STATUS_ENABLED, enabled=1))
             self._restore_mask |= AUDIT_STATUS_ENABLED
+        arches = await self._install_rules(mode)
         status = await self._control.get_status()
         self._lost_seen = status.lost
         self._health = SourceHealth(OK, f"{mode}: {why}", time.time())
@@ -296,6 +299,7 @@ class AuditSource:
         if sock is None:
             return
         push = self.asm.push
+        tap = self.tap
         n = 0
         while n < BATCH:
             try:
@@ -310,6 +314,8 @@ class AuditSource:
                 asyncio.get_running_loop().remove_reader(sock.fileno())
                 return
             n += 1
+            if tap is not None:
+                tap(data)
             for rec in parse_datagram(data):
                 push(rec)
         self.counters["datagrams"] += n
