@@ -8,6 +8,7 @@ exact match or by this run's own key: never `auditctl -D`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -82,7 +83,7 @@ async def restore(found: AuditStatus, found_rules: list[AuditRule]) -> None:
                 AuditStatus(
                     mask=mask, enabled=found.enabled, backlog_limit=found.backlog_limit,
                     backlog_wait_time=found.backlog_wait_time,
-                )  # fmt: skip
+                )
             )
     finally:
         c.close()
@@ -148,6 +149,17 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
+async def started(svc: Any) -> Any:
+    """Start a Service and insist its audit source runs (Service.start reports a source that
+    failed to start instead of raising)."""
+    await svc.start()
+    health = svc.sources[0].health()
+    if health.state != "ok":
+        await svc.stop()
+        pytest.fail(f"audit source did not start: {health.state}: {health.reason}")
+    return svc
+
+
 def auditctl(*args: str) -> str:
     return subprocess.run(
         ["auditctl", *args], check=True, capture_output=True, text=True
@@ -192,10 +204,8 @@ def auditd_running(tmp: Path) -> Iterator[Path]:
         auditctl(*AUDITD_RULE)
         yield log
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             auditctl("-d", *AUDITD_RULE[1:])
-        except subprocess.CalledProcessError:
-            pass
         daemon.send_signal(signal.SIGTERM)
         try:
             daemon.wait(10)

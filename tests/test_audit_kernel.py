@@ -25,6 +25,7 @@ from tests.audit_kernel import (
     kernel_audit_state,
     rules,
     run_helper,
+    started,
     status,
     wait_for,
     wait_unicast_free,
@@ -55,8 +56,7 @@ def config(**kw: Any) -> Config:
 @pytest.fixture
 async def unicast(kernel_audit: Any) -> AsyncIterator[Service]:
     await wait_unicast_free()
-    svc = Service(config(audit_mode="unicast"))
-    await svc.start()
+    svc = await started(Service(config(audit_mode="unicast")))
     try:
         yield svc
     finally:
@@ -89,8 +89,7 @@ async def check_lives(svc: Service, truth: dict[str, Any], exact: bool) -> None:
             assert life.argv == tuple(x["argv"]), x["kind"]
             assert life.exe == x["exe"], x["kind"]
     for tid in truth["threads"]:  # a thread is not a life
-        assert tid not in reg.alive
-        assert not any(pid == tid for pid, _ in reg.dead)
+        assert [x for x in reg.lives() if x.pid == tid and x.born_at is not None] == []
     # the shell's pipeline: its two children, with the shell as parent
     sh = next(x for x in truth["lives"] if x["kind"] == "pipeline")
     sh_life = reg.find(sh["pid"], sh["start_ticks"])
@@ -125,9 +124,7 @@ async def test_daemon_own_forks_are_not_audited_in_unicast(unicast: Service) -> 
     child.wait()
     counters = unicast.sources[0].health().counters
     assert counters["forks"] - before >= len(truth["lives"])
-    life = unicast.registry.holder(child.pid) or next(
-        (x for (pid, _), x in unicast.registry.dead.items() if pid == child.pid), None
-    )
+    life = next((x for x in unicast.registry.lives() if x.pid == child.pid), None)
     # its exec was audited (the child is not the daemon) but its birth came from the exec
     # (a life learned late from /proc), never from a fork record
     assert life is None or life.born_at is None
@@ -148,8 +145,7 @@ async def test_sigkill_leaves_no_exit_record(unicast: Service) -> None:
 async def test_stop_removes_rules_restores_and_releases(kernel_audit: Any) -> None:
     await wait_unicast_free()
     found = await status()
-    svc = Service(config(audit_mode="auto"))
-    await svc.start()
+    svc = await started(Service(config(audit_mode="auto")))
     info = svc.sources[0].health().info
     assert info["mode"] == "unicast" and "no audit daemon" in info["mode_reason"]
     assert KEY in auditctl("-l")
@@ -166,8 +162,7 @@ async def test_stop_removes_rules_restores_and_releases(kernel_audit: Any) -> No
 
 async def test_multicast_next_to_auditd(kernel_audit: Any, auditd: Path) -> None:
     theirs = [r for r in await rules() if r.key != KEY]
-    svc = Service(config(audit_mode="auto"))
-    await svc.start()
+    svc = await started(Service(config(audit_mode="auto")))
     try:
         info = svc.sources[0].health().info
         assert info["mode"] == "multicast" and "held by pid" in info["mode_reason"]
@@ -193,7 +188,7 @@ async def test_forced_loss_gives_gap_resync_and_a_right_registry(kernel_audit: A
     await wait_unicast_free()
     svc = Service(config(audit_mode="unicast", audit_backlog_limit=2, audit_backlog_wait_time=0,
                          audit_rcvbuf=65536))  # fmt: skip
-    await svc.start()
+    svc = await started(svc)
     try:
         source = svc.sources[0]
         lost0 = (await status()).lost

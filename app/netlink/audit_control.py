@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from dataclasses import replace
 from typing import Any
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, nlmsg
@@ -22,6 +23,7 @@ from pyroute2.netlink.nlsocket import AsyncNetlinkSocket
 from app.netlink.audit_proto import (
     AUDIT_ADD_RULE,
     AUDIT_DEL_RULE,
+    AUDIT_FILTER_PREPEND,
     AUDIT_GET,
     AUDIT_LIST_RULES,
     AUDIT_SET,
@@ -108,4 +110,7 @@ class AuditControl:
         await self._request(AUDIT_ADD_RULE, rule.pack(), NLM_F_REQUEST | NLM_F_ACK)
 
     async def delete_rule(self, rule: AuditRule) -> None:
-        await self._request(AUDIT_DEL_RULE, rule.pack(), NLM_F_REQUEST | NLM_F_ACK)
+        # The kernel drops AUDIT_FILTER_PREPEND once the rule is placed (kernel/auditfilter.c
+        # audit_add_rule) and compares flags on delete: a prepended rule is deleted without it.
+        plain = replace(rule, flags=rule.flags & ~AUDIT_FILTER_PREPEND)
+        await self._request(AUDIT_DEL_RULE, plain.pack(), NLM_F_REQUEST | NLM_F_ACK)

@@ -86,6 +86,9 @@ class LifeEvents:
         self.clock = clock
         self.hold = hold
         self.names = SyscallNames()
+        # Wall time of the registry's last resync against /proc: a Fork stamped before it
+        # whose child is gone was settled by that resync (see `_fork`).
+        self.stale_before = 0.0
         # pids whose Fork we sent (or that were alive at start): their records pass at once
         self._known: OrderedDict[int, None] = OrderedDict((p, None) for p in known)
         # pid -> (since, [observations]) held until that pid's Fork
@@ -96,7 +99,7 @@ class LifeEvents:
         self._exits: dict[int, tuple[float, Exit]] = {}
         self.counters = {
             "forks": 0, "execs": 0, "exits": 0, "threads": 0, "clone3_unresolved": 0,
-            "held": 0, "thread_exits": 0, "failed_syscalls": 0,
+            "held": 0, "thread_exits": 0, "failed_syscalls": 0, "stale_forks": 0,
         }  # fmt: skip
 
     # -- one event ---------------------------------------------------------------------------
@@ -140,6 +143,12 @@ class LifeEvents:
                 return
             if flags & CLONE_PARENT:
                 ppid = _int(f.get("ppid")) or pid
+        if stamp < self.stale_before and not os.path.exists(f"{self.proc}/{child}"):
+            # Read after a resync that already judged this pid from /proc: the child was in
+            # that snapshot (the registry has it) or already dead. Recreating it now, with
+            # its exit record maybe among the lost ones, would leave a dead life alive.
+            self.counters["stale_forks"] += 1
+            return
         obs = Fork(SOURCE, child, ppid, stamp, audit_stamp=stamp, uid=_int(f.get("uid")))
         if name == "clone3":
             tgid = thread_group_of(child, self.proc)

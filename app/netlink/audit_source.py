@@ -127,6 +127,11 @@ class AuditSource:
     # -- Source ------------------------------------------------------------------------------
     async def start(self, sink: Sink) -> None:
         self._sink = sink
+        # The tracker resyncs against /proc after our Loss reports; records read after that
+        # about forks before it must not undo it (LifeEvents.stale_before).
+        hooks = getattr(sink, "on_resync", None)
+        if isinstance(hooks, list):
+            hooks.append(self._resynced)
         try:
             await self._start()
         except BaseException:
@@ -227,7 +232,13 @@ class AuditSource:
                 raise
         self._installed.append(rule)
 
+    def _resynced(self) -> None:
+        self.lives.stale_before = time.time()
+
     async def stop(self) -> None:
+        hooks = getattr(self._sink, "on_resync", None)
+        if isinstance(hooks, list) and self._resynced in hooks:
+            hooks.remove(self._resynced)
         await self._teardown()
         self._set_health(STOPPED, "stopped")
 
