@@ -19,7 +19,9 @@ from app.netlink.audit_records import (
     fields,
     parse_datagram,
     parse_record,
+    parse_syscall,
     proctitle_argv,
+    raw_fields,
     split_datagram,
     untrusted,
 )
@@ -113,6 +115,7 @@ def test_untrusted_values() -> None:
     assert untrusted("(null)") is None
     assert untrusted(None) is None
     assert untrusted("zz") == "zz"
+    assert untrusted(b"782279") == 'x"y'
 
 
 def test_fields_keep_quoted_spaces_of_user_messages() -> None:
@@ -304,3 +307,22 @@ def test_pipeline_children_have_the_shell_as_parent(
     children = {o.pid for o in obs if isinstance(o, Fork) and o.ppid == sh}
     exes = {o.exe for o in obs if isinstance(o, Exec) and o.pid in children}
     assert {"/usr/bin/echo", "/usr/bin/cat"} <= exes
+
+
+def test_syscall_fast_path_agrees_with_the_field_split(unicast: list[bytes]) -> None:
+    bodies = [r.body for r in all_records(unicast) if r.type == AUDIT_SYSCALL]
+    assert len(bodies) > 100
+    for body in bodies:
+        fast = parse_syscall(body)
+        f = raw_fields(body)
+        assert fast is not None
+        assert fast == (
+            f[b"arch"], f[b"syscall"], f.get(b"success"), f.get(b"exit"), f[b"a0"],
+            f[b"ppid"], f[b"pid"], f[b"uid"], f[b"comm"], f[b"exe"],
+        )  # fmt: skip
+    # fields in another order still parse (the slow path)
+    odd = b'syscall=56 arch=c000003e a0=11 exit=5 success=yes ppid=1 pid=2 uid=0 comm="x" exe="/x"'
+    assert parse_syscall(odd) == (
+        b"c000003e", b"56", b"yes", b"5", b"11", b"1", b"2", b"0", b'"x"', b'"/x"',
+    )  # fmt: skip
+    assert parse_syscall(b"nothing=here") is None

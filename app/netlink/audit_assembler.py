@@ -53,15 +53,16 @@ class Assembler:
         self._next: int | None = None  # the lowest serial not seen yet
         self._ahead: set[int] = set()  # serials seen beyond _next
         self._hole_since = 0.0
-        self.counters = {
-            "records": 0, "events": 0, "timed_out": 0, "gaps": 0, "lost_serials": 0,
+        self.records = 0
+        self._counters = {
+            "events": 0, "timed_out": 0, "gaps": 0, "lost_serials": 0,
             "late": 0,
         }  # fmt: skip
 
     # -- input -----------------------------------------------------------------------------
     def push(self, rec: Record) -> None:
         """One record. Hot path: keep it short (see bench/audit_parser.py)."""
-        self.counters["records"] += 1
+        self.records += 1
         serial = rec.serial
         group = self._open.get(serial)
         if group is None:
@@ -93,11 +94,15 @@ class Assembler:
             stale = [s for s, g in self._open.items() if force or now - g[0] >= self.timeout]
             for serial in stale:
                 group = self._open.pop(serial)
-                self.counters["timed_out"] += 1
+                self._counters["timed_out"] += 1
                 self._emit(group[2])
         if self._ahead and (force or now - self._hole_since >= self.reorder):
             while self._ahead:
                 self._declare_gap()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {"records": self.records, **self._counters}
 
     @property
     def pending(self) -> int:
@@ -123,7 +128,7 @@ class Assembler:
             if len(self._ahead) > self.window:
                 self._declare_gap()
         else:
-            self.counters["late"] += 1  # behind: late, or arriving after its gap was declared
+            self._counters["late"] += 1  # behind: late, or arriving after its gap was declared
 
     def _advance(self) -> None:
         nxt = self._next
@@ -140,12 +145,12 @@ class Assembler:
         assert nxt is not None
         lowest = min(self._ahead, key=lambda s: (s - nxt) & U32)
         count = (lowest - nxt) & U32
-        self.counters["gaps"] += 1
-        self.counters["lost_serials"] += count
+        self._counters["gaps"] += 1
+        self._counters["lost_serials"] += count
         self._next = lowest
         self._advance()
         self.sink.events_lost(nxt, count)
 
     def _emit(self, records: list[Record]) -> None:
-        self.counters["events"] += 1
+        self._counters["events"] += 1
         self.sink.event_complete(records)

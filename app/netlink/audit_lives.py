@@ -27,15 +27,23 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from app.netlink.audit_proto import (
+    ARCH_SYSCALLS,
     AUDIT_CWD,
     AUDIT_EXECVE,
     AUDIT_PROCTITLE,
     AUDIT_SYSCALL,
     CLONE_PARENT,
     CLONE_THREAD,
-    SyscallNames,
 )
-from app.netlink.audit_records import Record, execve_argv, fields, proctitle_argv, untrusted
+from app.netlink.audit_records import (
+    Record,
+    Syscall,
+    execve_argv,
+    parse_syscall,
+    proctitle_argv,
+    raw_fields,
+    untrusted,
+)
 from app.observations import Exec, Exit, Fork, Observation
 
 SOURCE = "audit"
@@ -85,7 +93,12 @@ class LifeEvents:
         self.proc = proc
         self.clock = clock
         self.hold = hold
-        self.names = SyscallNames()
+        # (arch, syscall) as the record writes them (hex arch, decimal nr) -> syscall name
+        self._names: dict[tuple[bytes, bytes], str] = {
+            (b"%x" % arch, b"%d" % nr): name
+            for arch, table in ARCH_SYSCALLS.items()
+            for name, nr in table.items()
+        }
         # Wall time of the registry's last resync against /proc: a Fork stamped before it
         # whose child is gone was settled by that resync (see `_fork`).
         self.stale_before = 0.0
@@ -111,14 +124,13 @@ class LifeEvents:
                 break
         if syscall is None:
             return
-        f = fields(syscall.body)
-        try:
-            name = self.names.name(int(f.get("arch", "0"), 16), int(f.get("syscall", "-1")))
-        except ValueError:
+        f = parse_syscall(syscall.body)
+        if f is None:
             return
+        name = self._names.get((f.arch, f.syscall))
         if name is None:
             return  # someone else's rule (auditd's) matched another syscall
-        if f.get("success") == "no":
+        if f.success == b"no":
             self.counters["failed_syscalls"] += 1
             return
         if name in FORKS:
@@ -130,26 +142,26 @@ class LifeEvents:
         elif name == "exit":
             self._died(_exit_obs(f, syscall.stamp), thread_exit=True)
 
-    def _fork(self, name: str, f: dict[str, str], stamp: float) -> None:
-        child = _int(f.get("exit"))
-        pid = _int(f.get("pid"))
+    def _fork(self, name: str, f: Syscall, stamp: float) -> None:
+        child = _int(f.exit)
+        pid = _int(f.pid)
         if child is None or child <= 0 or pid is None:
             return
         ppid = pid
         if name == "clone":
-            flags = _int(f.get("a0"), 16) or 0
+            flags = _int(f.a0, 16) or 0
             if flags & CLONE_THREAD:
                 self.counters["threads"] += 1
                 return
             if flags & CLONE_PARENT:
-                ppid = _int(f.get("ppid")) or pid
+                ppid = _int(f.ppid) or pid
         if stamp < self.stale_before and not os.path.exists(f"{self.proc}/{child}"):
             # Read after a resync that already judged this pid from /proc: the child was in
             # that snapshot (the registry has it) or already dead. Recreating it now, with
             # its exit record maybe among the lost ones, would leave a dead life alive.
             self.counters["stale_forks"] += 1
             return
-        obs = Fork(SOURCE, child, ppid, stamp, audit_stamp=stamp, uid=_int(f.get("uid")))
+        obs = Fork(SOURCE, child, ppid, stamp, audit_stamp=stamp, uid=_int(f.uid))
         if name == "clone3":
             tgid = thread_group_of(child, self.proc)
             if tgid is None:
@@ -167,8 +179,8 @@ class LifeEvents:
         self.emit(obs)
         self._release(obs.pid)
 
-    def _exec(self, f: dict[str, str], records: list[Record], stamp: float) -> None:
-        pid = _int(f.get("pid"))
+    def _exec(self, f: Syscall, records: list[Record], stamp: float) -> None:
+        pid = _int(f.pid)
         if pid is None:
             return
         execve = [r.body for r in records if r.type == AUDIT_EXECVE]
@@ -176,13 +188,12 @@ class LifeEvents:
         cwd = None
         for r in records:
             if r.type == AUDIT_CWD:
-                cwd = untrusted(fields(r.body).get("cwd"))
+                cwd = untrusted(raw_fields(r.body).get(b"cwd"))
             elif argv is None and r.type == AUDIT_PROCTITLE:
-                argv = proctitle_argv(fields(r.body).get("proctitle"))
+                argv = proctitle_argv(raw_fields(r.body).get(b"proctitle"))
         obs = Exec(
-            SOURCE, pid, stamp, exe=untrusted(f.get("exe")), argv=argv,
-            comm=untrusted(f.get("comm")), uid=_int(f.get("uid")), cwd=cwd,
-            ppid=_int(f.get("ppid")),
+            SOURCE, pid, stamp, exe=untrusted(f.exe), argv=argv,
+            comm=untrusted(f.comm), uid=_int(f.uid), cwd=cwd, ppid=_int(f.ppid),
         )  # fmt: skip
         self.counters["execs"] += 1
         self._deliver(pid, obs)
@@ -247,12 +258,12 @@ class LifeEvents:
         return len(self._held) + len(self._unresolved) + len(self._exits)
 
 
-def _exit_obs(f: dict[str, str], stamp: float) -> Exit:
-    code = _int(f.get("a0"), 16)
-    return Exit(SOURCE, _int(f.get("pid")) or 0, stamp, code=None if code is None else code & 0xFF)
+def _exit_obs(f: Syscall, stamp: float) -> Exit:
+    code = _int(f.a0, 16)
+    return Exit(SOURCE, _int(f.pid) or 0, stamp, code=None if code is None else code & 0xFF)
 
 
-def _int(text: str | None, base: int = 10) -> int | None:
+def _int(text: bytes | None, base: int = 10) -> int | None:
     if text is None:
         return None
     try:
