@@ -120,8 +120,12 @@ class Tracker:
         if o.audit_stamp is not None:
             # Audit's stamp is coarse wall clock at the parent's syscall entry: one tick
             # early in about a third of cases, never late (design.md fact 11).
+            # It is a lower bound: the start is set at the end of copy_process, after the
+            # parent's mm was copied, which takes ticks when fork is slow (measured with
+            # bench/audit_forks.py: stamp 0-2 ticks early). So the window is centred one
+            # tick later: stamp+1 +-1 covers 0, 1 and 2 ticks early.
             since_boot = o.audit_stamp - self.clocks.real_minus_boot()
-            return int(since_boot * self.hz), 1, None
+            return int(since_boot * self.hz) + 1, 1, None
         return None
 
     def _life_now(self, pid: int, source: SourceSet, start_ticks: int | None) -> Life | None:
