@@ -115,13 +115,14 @@ class AuditSource:
         self._last_loss = 0.0
         self._last_datagram = time.time()
         self._lost_seen = 0
+        self._lost_at_start = 0
         # A raw-bytes tap (every datagram as read): used to record kernel output for tests.
         self.tap: Callable[[bytes], None] | None = None
         self.asm = Assembler(self)
         self.lives = LifeEvents(self._emit, proc)
         self.counters: dict[str, int] = {
-            "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "backlog": 0, "backlog_max": 0,
-            "losses": 0,
+            "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
+            "backlog": 0, "backlog_max": 0, "losses": 0,
         }  # fmt: skip
 
     # -- Source ------------------------------------------------------------------------------
@@ -159,6 +160,7 @@ class AuditSource:
             rcvbuf=str(self._sock.rcvbuf if self._sock else 0),
         )  # fmt: skip
         self.counters["kernel_lost"] = status.lost
+        self._lost_at_start = status.lost
         assert self._sock is not None
         loop = asyncio.get_running_loop()
         loop.add_reader(self._sock.fileno(), self._on_readable)
@@ -408,6 +410,7 @@ class AuditSource:
         self.counters["backlog"] = status.backlog
         self.counters["backlog_max"] = max(self.counters["backlog_max"], status.backlog)
         self.counters["kernel_lost"] = status.lost
+        self.counters["kernel_lost_since_start"] = max(0, status.lost - self._lost_at_start)
         self._health.info["audit_pid"] = str(status.pid)
         if status.lost > self._lost_seen:
             detail = f"kernel lost counter rose {self._lost_seen} -> {status.lost}"
