@@ -75,7 +75,8 @@ def parse_record(mtype: int, payload: bytes) -> Record | None:
 
 
 _HEAD = struct.Struct("=IH")
-_STAMP = re.compile(rb"audit\(([0-9]+\.[0-9]+):([0-9]+)\): ?")
+_new = tuple.__new__
+_STAMP = re.compile(rb"audit\(([0-9]+\.[0-9]+):([0-9]+)\): ?(.*)", re.DOTALL)
 
 
 def parse_datagram(data: bytes) -> list[Record]:
@@ -91,10 +92,11 @@ def parse_datagram(data: bytes) -> list[Record]:
         if length == n - NLMSG_HDRLEN or length == n:
             m = _STAMP.match(data, NLMSG_HDRLEN)
             if m is not None:
-                body = data[m.end() :]
+                stamp, serial, body = m.groups()
                 if body.endswith((b"\0", b"\n")):
                     body = body.rstrip(b"\0\n")
-                return [Record(mtype, float(m[1]), int(m[2]), body)]
+                # tuple.__new__ skips NamedTuple's Python-level __new__: 2x cheaper here
+                return [_new(Record, (mtype, float(stamp), int(serial), body))]
     out = []
     for msg in split_datagram(data):
         rec = parse_record(msg.type, msg.payload)
