@@ -224,3 +224,35 @@ async def test_forced_loss_gives_gap_resync_and_a_right_registry(kernel_audit: A
         assert [p for p in pids if p in alive and not Path(f"/proc/{p}").exists()] == []
     finally:
         await svc.stop()
+
+
+async def test_multicast_overrun_is_a_gap(kernel_audit: Any) -> None:
+    """A multicast reader is never waited for: when its socket overruns, the kernel drops
+    the records for it and the next read fails with ENOBUFS. That must be a `gap` (and the
+    records dropped leave serial holes too), then a resync."""
+    svc = await started(Service(config(audit_mode="multicast", audit_rcvbuf=65536)))
+    try:
+        source: Any = svc.sources[0]
+        assert source.health().info["mode"] == "multicast"
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(source._sock.fileno())  # stop reading: the socket fills
+        t0 = time.time()
+        code = ("import os\nfor i in range(1500):\n p=os.fork()\n if p==0: os._exit(0)\n"
+                " os.waitpid(p,0)")
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+        await proc.wait()
+        loop.add_reader(source._sock.fileno(), source._on_readable)
+
+        def gap_and_resync() -> bool:
+            types = [e.type for e in svc.journal.since(0) or [] if e.at >= t0 - 1]
+            return "gap" in types and "resync" in types
+
+        assert await wait_for(gap_and_resync, 10.0)
+        reasons = {e.fields["reason"] for e in svc.journal.since(0) or []
+                   if e.type == "gap" and e.fields}  # fmt: skip
+        assert "enobufs" in reasons
+        counters = source.health().counters
+        assert counters["enobufs"] >= 1
+        assert source.health().state == "degraded"
+    finally:
+        await svc.stop()
