@@ -66,7 +66,7 @@ async def restore(found: AuditStatus, found_rules: list[AuditRule]) -> None:
     c = AuditControl()
     try:
         for rule in await c.list_rules():
-            if rule.key == KEY and rule not in found_rules:
+            if rule.key is not None and rule.key.startswith(KEY) and rule not in found_rules:
                 await c.delete_rule(rule)
         now = await c.get_status()
         if now.pid == os.getpid() and found.pid != os.getpid():

@@ -135,9 +135,11 @@ class AuditSource:
             hooks.append(self._resynced)
         try:
             await self._start()
-        except BaseException:
+        except BaseException as e:
             await self._teardown()
-            self._set_health(FAILED, "start failed")
+            if isinstance(hooks, list) and self._resynced in hooks:
+                hooks.remove(self._resynced)
+            self._set_health(FAILED, f"start failed: {e}")
             raise
 
     async def _start(self) -> None:
