@@ -256,3 +256,21 @@ async def test_multicast_overrun_is_a_gap(kernel_audit: Any) -> None:
         assert source.health().state == "degraded"
     finally:
         await svc.stop()
+
+
+async def test_unicast_never_forces_out_a_running_daemon(kernel_audit: Any, auditd: Path) -> None:
+    """Only one process can hold the audit pid: a second gets EEXIST. lifewatch configured
+    for unicast then fails (visibly) and leaves auditd, its pid and its rules alone."""
+    before = await status()
+    theirs = [r for r in await rules() if r.key != KEY]
+    svc = Service(config(audit_mode="unicast"))
+    await svc.start()  # a source that cannot start is reported, not fatal
+    try:
+        health = svc.sources[0].health()
+        assert health.state == "failed"
+        assert "EEXIST" in health.reason or "File exists" in health.reason
+    finally:
+        await svc.stop()
+    assert (await status()).pid == before.pid
+    assert [r for r in await rules() if r.key != KEY] == theirs
+    assert [r for r in await rules() if r.key == KEY] == []
