@@ -54,7 +54,8 @@ class Config(BaseModel):
     )
     audit_key: str = Field(
         "lifewatch", min_length=1, max_length=64,
-        description="key that tags lifewatch's audit rules (only rules with it are removed)",
+        description="tags lifewatch's audit rules as <key>:<pid>; only its own are removed "
+        "on stop (and those of dead runs at start)",
     )  # fmt: skip
 
     @field_validator("sources", mode="before")

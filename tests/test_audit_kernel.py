@@ -23,6 +23,7 @@ from tests.audit_kernel import (
     auditctl,
     auditd_running,
     kernel_audit_state,
+    ours,
     rules,
     run_helper,
     started,
@@ -162,13 +163,13 @@ async def test_stop_removes_rules_restores_and_releases(kernel_audit: Any) -> No
 
 
 async def test_multicast_next_to_auditd(kernel_audit: Any, auditd: Path) -> None:
-    theirs = [r for r in await rules() if r.key != KEY]
+    theirs = [r for r in await rules() if not ours(r)]
     svc = await started(Service(config(audit_mode="auto")))
     try:
         info = svc.sources[0].health().info
         assert info["mode"] == "multicast" and "held by pid" in info["mode_reason"]
         # the multicast reader excludes itself (fact 7) with a `never` rule on its pid
-        mine = [r for r in await rules() if r.key == KEY]
+        mine = [r for r in await rules() if ours(r)]
         assert any(r.action == AUDIT_NEVER and (AUDIT_PID, 0x40000000, os.getpid())
                    in r.conditions for r in mine)  # fmt: skip
         truth = await run_helper("--linger", "0.3")
@@ -180,8 +181,8 @@ async def test_multicast_next_to_auditd(kernel_audit: Any, auditd: Path) -> None
     helper_exec = f"pid={truth['lives'][1]['pid']} "
     assert await wait_for(lambda: helper_exec in auditd.read_text(), 5.0)
     # ... and its rules and its audit pid are untouched by lifewatch's stop
-    assert [r for r in await rules() if r.key != KEY] == theirs
-    assert [r for r in await rules() if r.key == KEY] == []
+    assert [r for r in await rules() if not ours(r)] == theirs
+    assert [r for r in await rules() if ours(r)] == []
     assert (await status()).pid != 0
 
 
@@ -262,7 +263,7 @@ async def test_unicast_never_forces_out_a_running_daemon(kernel_audit: Any, audi
     """Only one process can hold the audit pid: a second gets EEXIST. lifewatch configured
     for unicast then fails (visibly) and leaves auditd, its pid and its rules alone."""
     before = await status()
-    theirs = [r for r in await rules() if r.key != KEY]
+    theirs = [r for r in await rules() if not ours(r)]
     svc = Service(config(audit_mode="unicast"))
     await svc.start()  # a source that cannot start is reported, not fatal
     try:
@@ -272,5 +273,33 @@ async def test_unicast_never_forces_out_a_running_daemon(kernel_audit: Any, audi
     finally:
         await svc.stop()
     assert (await status()).pid == before.pid
-    assert [r for r in await rules() if r.key != KEY] == theirs
-    assert [r for r in await rules() if r.key == KEY] == []
+    assert [r for r in await rules() if not ours(r)] == theirs
+    assert [r for r in await rules() if ours(r)] == []
+
+
+async def test_rules_are_owned_per_run(kernel_audit: Any) -> None:
+    """Each run tags its rules `<key>:<pid>`: a second lifewatch never removes the first's
+    rules, and rules of a run that died are removed at the next start."""
+    from app.netlink.audit_control import AuditControl
+    from app.netlink.audit_source import lifewatch_rules
+
+    proc = subprocess.Popen(["/bin/true"])  # its pid is gone afterwards
+    proc.wait()
+    dead = proc.pid
+    c = AuditControl()
+    try:
+        stale = lifewatch_rules(f"{KEY}:{dead}", [0xC000003E])[0]
+        other = lifewatch_rules(f"{KEY}:1", [0xC000003E])[0]  # pid 1 lives: another run
+        await c.add_rule(stale)
+        await c.add_rule(other)
+        await wait_unicast_free()
+        svc = await started(Service(config(audit_mode="unicast")))
+        keys = {r.key for r in await rules()}
+        assert stale.key not in keys and other.key in keys
+        assert f"{KEY}:{os.getpid()}" in keys
+        await svc.stop()
+        keys = {r.key for r in await rules()}
+        assert other.key in keys and f"{KEY}:{os.getpid()}" not in keys
+        await c.delete_rule(other)
+    finally:
+        c.close()

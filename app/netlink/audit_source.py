@@ -21,6 +21,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,7 +102,10 @@ class AuditSource:
     def __init__(self, config: Config, proc: Path = Path("/proc")) -> None:
         self.config = config
         self.proc = proc
-        self.key = config.audit_key
+        # `<audit_key>:<pid>`: each instance owns its rules. Two lifewatch runs on one node
+        # (a test next to the daemon, a restart overlapping its predecessor) would otherwise
+        # install identical rules, and the first to stop would delete the other's.
+        self.key = f"{config.audit_key}:{os.getpid()}"
         self._sink: Sink | None = None
         self._control = AuditControl()
         self._sock: RecordSocket | None = None
@@ -210,7 +214,18 @@ class AuditSource:
         self._sock = RecordSocket(multicast=True, rcvbuf=self.config.audit_rcvbuf)
         return "multicast", why
 
+    async def _remove_stale_rules(self) -> None:
+        """Rules left by a lifewatch run that died without stopping (its pid is gone)."""
+        own = re.compile(rf"{re.escape(self.config.audit_key)}:([0-9]+)")
+        for rule in await self._control.list_rules():
+            m = own.fullmatch(rule.key or "")
+            if m is not None and not pid_alive(int(m[1])):
+                log.info("audit: removing a rule left by dead run %s", m[1])
+                with contextlib.suppress(OSError):
+                    await self._control.delete_rule(rule)
+
     async def _install_rules(self, mode: str) -> list[int]:
+        await self._remove_stale_rules()
         arches: list[int] = []
         for arch in ARCH_SYSCALLS:
             rules = lifewatch_rules(self.key, [arch])
@@ -231,7 +246,7 @@ class AuditSource:
         try:
             await self._control.add_rule(rule)
         except OSError as e:
-            # EEXIST: an earlier run that died left the same rule (same key): take it over.
+            # EEXIST: a dead run with our pid left the same rule (same key): take it over.
             if e.errno != errno.EEXIST:
                 raise
         self._installed.append(rule)
