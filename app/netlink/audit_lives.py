@@ -155,23 +155,32 @@ class LifeEvents:
                 return
             if flags & CLONE_PARENT:
                 ppid = _int(f.ppid) or pid
-        if stamp < self.stale_before and not os.path.exists(f"{self.proc}/{child}"):
-            # Read after a resync that already judged this pid from /proc: the child was in
-            # that snapshot (the registry has it) or already dead. Recreating it now, with
-            # its exit record maybe among the lost ones, would leave a dead life alive.
-            self.counters["stale_forks"] += 1
-            return
         obs = Fork(SOURCE, child, ppid, stamp, audit_stamp=stamp, uid=_int(f.uid))
+        if stamp < self.stale_before and not os.path.exists(f"{self.proc}/{child}"):
+            # Read after a resync that already judged this pid from /proc (records can come
+            # seconds late through the kernel's retry queue). Recreating the child on the
+            # fork alone, its exit record maybe lost, could leave a dead life alive: it is
+            # born only with its own exec or exit as evidence, like an unresolved clone3.
+            self.counters["stale_forks"] += 1
+            self._wait_for_evidence(obs)
+            return
         if name == "clone3":
             tgid = thread_group_of(child, self.proc)
             if tgid is None:
-                self._unresolved[child] = (self.clock(), obs)
-                self._release(child)  # its own records will tell
+                self._wait_for_evidence(obs)
                 return
             if tgid != child:
                 self.counters["threads"] += 1
                 return
         self._born(obs)
+
+    def _wait_for_evidence(self, obs: Fork) -> None:
+        """Born only once the child's own records (exec, exit_group: they carry its pid,
+        never a thread's) are seen: already held ones count."""
+        if obs.pid in self._held:
+            self._born(obs)
+        else:
+            self._unresolved[obs.pid] = (self.clock(), obs)
 
     def _born(self, obs: Fork) -> None:
         self.counters["forks"] += 1
