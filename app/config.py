@@ -49,7 +49,7 @@ class Config(BaseModel):
     audit_rcvbuf: int = Field(
         32 << 20, ge=65536,
         description="receive buffer of the audit record socket, bytes: the kernel waits only "
-        "100 ms for room in it before parking records (docs/audit.md, lossless mode)",
+        "100 ms for room in it, then gives up on those records (docs/audit.md, lossless mode)",
     )  # fmt: skip
     audit_status_interval: float = Field(
         1.0, gt=0, description="seconds between reads of the kernel's lost/backlog counters"
