@@ -59,6 +59,19 @@ class Config(BaseModel):
         description="tags lifewatch's audit rules as <key>:<pid>; only its own are removed "
         "on stop (and those of dead runs at start)",
     )  # fmt: skip
+    # -- proc connector, pidfd follow, canary (app/netlink/proc_source.py, app/canary.py) --
+    proc_rcvbuf: int = Field(
+        8 << 20, ge=65536, description="proc connector socket receive buffer, bytes"
+    )
+    max_follow: int = Field(
+        1024, ge=0, description="lives followed with a pidfd at once (POST /v1/follow)"
+    )
+    canary_interval: float = Field(
+        5.0, ge=0, description="seconds between canary lives that prove each source works; 0: off"
+    )
+    canary_deadline: float = Field(
+        2.0, gt=0, description="seconds a source has to report a canary's birth and death"
+    )
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -1,0 +1,161 @@
+"""Pure decoder for proc connector datagrams (include/uapi/linux/cn_proc.h): bytes in, tuples out.
+
+The wire layouts are pyroute2's own field tables (`pyroute2.netlink.connector.cn_proc`, kernel
+names verbatim), compiled once into `struct.Struct`s. pyroute2's `ProcEventMarshal` parses the
+same bytes into dicts at ~27 us a message; the compiled structs take ~0.5 us, which matters at
+tens of thousands of forks and exits a second (measured on this machine; the tests check both
+decoders agree on recorded kernel output).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from pyroute2.netlink.connector import cn_msg
+from pyroute2.netlink.connector.cn_proc import (
+    CN_IDX_PROC,
+    CN_VAL_PROC,
+    PROC_CN_MCAST_IGNORE,
+    PROC_CN_MCAST_LISTEN,
+    PROC_EVENT_EXEC,
+    PROC_EVENT_EXIT,
+    PROC_EVENT_FORK,
+    PROC_EVENT_NONE,
+    proc_event_base,
+    proc_event_exec,
+    proc_event_exit,
+    proc_event_fork,
+)
+
+__all__ = [
+    "CN_IDX_PROC",
+    "PROC_CN_MCAST_IGNORE",
+    "PROC_CN_MCAST_LISTEN",
+    "Ack",
+    "ExecEvent",
+    "ExitEvent",
+    "ForkEvent",
+    "OtherEvent",
+    "ProcEvent",
+    "control_message",
+    "decode",
+]
+
+NLMSG_HDR = struct.Struct("=IHHII")  # struct nlmsghdr
+NLMSG_DONE = 3
+
+
+def _compile(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
+    return struct.Struct("=" + "".join(fmt for _, fmt in fields))
+
+
+# cn_msg + proc_event header (what, cpu, timestamp_ns), then the union member per event type.
+_BASE = _compile(proc_event_base.fields)
+_FORK = _compile(proc_event_fork.fields)
+_EXEC = _compile(proc_event_exec.fields)
+_EXIT = _compile(proc_event_exit.fields)
+_NBASE = len(proc_event_base.fields)  # fields before the event data
+_NCN = len(cn_msg.fields)
+_SEQ = [n for n, _ in cn_msg.fields].index("seq")
+assert [n for n, _ in proc_event_base.fields][_NCN:] == ["what", "cpu", "timestamp_ns"]
+_ACK_ERR = struct.Struct("=I")
+
+
+class ForkEvent(NamedTuple):
+    cpu: int
+    seq: int
+    timestamp_ns: int  # CLOCK_MONOTONIC (ktime_get_ns) when the child was set up
+    parent_pid: int
+    parent_tgid: int
+    child_pid: int
+    child_tgid: int  # == child_pid for a new process, else a new thread
+
+
+class ExecEvent(NamedTuple):
+    cpu: int
+    seq: int
+    timestamp_ns: int
+    process_pid: int
+    process_tgid: int
+
+
+class ExitEvent(NamedTuple):
+    cpu: int
+    seq: int
+    timestamp_ns: int
+    process_pid: int
+    process_tgid: int
+    exit_code: int  # the wait(2) status (task->exit_code): 9 for SIGKILL, 0x300 for exit(3)
+    exit_signal: int  # signal sent to the parent (SIGCHLD), not the one that killed
+    parent_pid: int
+    parent_tgid: int
+
+
+class Ack(NamedTuple):
+    """PROC_EVENT_NONE: the kernel's answer to a LISTEN/IGNORE (cn_proc_ack); err 0 is success.
+    It is multicast to every listener and numbered in the CPU's event sequence like any event;
+    `ack` is the requester's cn_msg.ack + 1, which is how a requester recognises its own."""
+
+    cpu: int
+    seq: int
+    timestamp_ns: int
+    ack: int
+    err: int
+
+
+class OtherEvent(NamedTuple):
+    """UID, GID, SID, PTRACE, COMM, COREDUMP...: counted for sequence tracking, not used."""
+
+    what: int
+    cpu: int
+    seq: int
+    timestamp_ns: int
+
+
+ProcEvent = ForkEvent | ExecEvent | ExitEvent | Ack | OtherEvent
+
+
+def decode(data: bytes | memoryview) -> Iterator[ProcEvent]:
+    """Every proc event in one datagram (the kernel sends one per datagram; the loop is for
+    robustness). Truncated or foreign messages are skipped, never guessed at."""
+    offset, end = 0, len(data)
+    while offset + NLMSG_HDR.size <= end:
+        length = NLMSG_HDR.unpack_from(data, offset)[0]
+        if length < NLMSG_HDR.size or offset + length > end:
+            return
+        body = offset + NLMSG_HDR.size
+        if length - NLMSG_HDR.size >= _BASE.size:
+            ev = _decode_one(data, body, length - NLMSG_HDR.size)
+            if ev is not None:
+                yield ev
+        offset += (length + 3) & ~3  # NLMSG_ALIGN
+
+
+def _decode_one(data: bytes | memoryview, at: int, size: int) -> ProcEvent | None:
+    base = _BASE.unpack_from(data, at)
+    if base[0] != CN_IDX_PROC or base[1] != CN_VAL_PROC:
+        return None
+    what, cpu, ts = base[_NCN : _NBASE]
+    if what == PROC_EVENT_FORK and size >= _FORK.size:
+        return ForkEvent(cpu, base[_SEQ], ts, *_FORK.unpack_from(data, at)[_NBASE:])
+    if what == PROC_EVENT_EXIT and size >= _EXIT.size:
+        return ExitEvent(cpu, base[_SEQ], ts, *_EXIT.unpack_from(data, at)[_NBASE:])
+    if what == PROC_EVENT_EXEC and size >= _EXEC.size:
+        return ExecEvent(cpu, base[_SEQ], ts, *_EXEC.unpack_from(data, at)[_NBASE:])
+    if what == PROC_EVENT_NONE:
+        err = _ACK_ERR.unpack_from(data, at + _BASE.size)[0] if size >= _BASE.size + 4 else 0
+        return Ack(cpu, base[_SEQ], ts, base[3], err)
+    return OtherEvent(what, cpu, base[_SEQ], ts)
+
+
+def control_message(op: int, ack: int = 0) -> bytes:
+    """A PROC_CN_MCAST_LISTEN or _IGNORE request: nlmsghdr + cn_msg + the 4-byte op.
+
+    The 4-byte form (not 6.6's `struct proc_input` with an event mask) asks for every event:
+    the per-CPU sequence numbers then have no holes of their own, so a hole is a loss.
+    """
+    payload = struct.pack("=I", op)
+    cn = struct.pack("=IIIIHH", CN_IDX_PROC, CN_VAL_PROC, 0, ack, len(payload), 0) + payload
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn

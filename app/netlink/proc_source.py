@@ -1,0 +1,231 @@
+"""The proc connector as an event source: FORK, EXEC and EXIT of every process, on the event loop.
+
+One raw NETLINK_CONNECTOR socket joined to CN_IDX_PROC, read with `loop.add_reader` (pyroute2's
+`ProcEventSocket` is synchronous). Threads are dropped here: a FORK whose child_pid differs from
+child_tgid is a new thread, an EXIT whose process_pid differs from process_tgid is a thread's.
+Loss shows three ways: ENOBUFS on the socket (our queue overflowed), a hole in a CPU's
+sequence numbers (the kernel dropped a message, e.g. an skb allocation failure under
+GFP_NOWAIT), and the canary (app/canary.py) for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from app.config import Config
+from app.netlink.cn_proc import (
+    CN_IDX_PROC,
+    PROC_CN_MCAST_IGNORE,
+    PROC_CN_MCAST_LISTEN,
+    Ack,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    control_message,
+    decode,
+)
+from app.observations import Exec, Exit, Fork, Health, Loss, wait_status
+from app.source import FAILED, OK, STOPPED, Sink, SourceHealth
+
+log = logging.getLogger(__name__)
+
+NETLINK_CONNECTOR = 11
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF past rmem_max, with CAP_NET_ADMIN
+READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
+ACK_TIMEOUT = 2.0
+
+
+class ProcConnectorError(RuntimeError):
+    """The proc connector could not be joined (no CAP_NET_ADMIN, no CONFIG_PROC_EVENTS...)."""
+
+
+class ProcConnectorSource:
+    name = "proc"
+
+    def __init__(
+        self,
+        config: Config,
+        wall: Callable[[], float] = time.time,
+        tap: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.rcvbuf = config.proc_rcvbuf
+        self._wall = wall
+        self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
+        self._sock: socket.socket | None = None
+        self._sink: Sink | None = None
+        self._listening = False
+        self._last_seq: dict[int, int] = {}
+        self._last_at = 0.0
+        self._health = SourceHealth()
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
+             "enobufs", "seq_gaps", "seq_missing"),
+            0,
+        )  # fmt: skip
+
+    # -- life cycle ------------------------------------------------------------------------
+    async def start(self, sink: Sink) -> None:
+        self._sink = sink
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            sock.bind((0, CN_IDX_PROC))
+            self._sock = sock
+            await self._listen(sock)
+        except BaseException:
+            self._sock = None
+            sock.close()
+            raise
+        sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+        self._last_at = self._wall()
+        self._set_health(OK, "listening")
+        self._health.info["rcvbuf"] = str(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+    async def _listen(self, sock: socket.socket) -> None:
+        """Send PROC_CN_MCAST_LISTEN and wait for the kernel's ack; events that arrive before
+        it are delivered. Acks are multicast to every listener: ours is the one whose `ack`
+        is the token we sent plus one (cn_proc.c cn_proc_ack)."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        token = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        await loop.sock_sendall(sock, control_message(PROC_CN_MCAST_LISTEN, token))
+        deadline = loop.time() + ACK_TIMEOUT
+        while not self._listening:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise ProcConnectorError("no answer from the proc connector to LISTEN")
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), left)
+            except TimeoutError:
+                continue
+            for ev in decode(data):
+                if isinstance(ev, Ack) and ev.ack == token + 1:
+                    if ev.err:
+                        raise ProcConnectorError(
+                            f"proc connector refused LISTEN: {os.strerror(ev.err)}"
+                        )
+                    self._listening = True
+            self._deliver(data)
+
+    async def stop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        if self._listening:
+            # The kernel counts listeners globally; each LISTEN needs its IGNORE.
+            try:
+                sock.send(control_message(PROC_CN_MCAST_IGNORE))
+            except OSError as e:
+                log.warning("proc connector IGNORE failed: %s", e)
+            self._listening = False
+        sock.close()
+        self._set_health(STOPPED, "stopped")
+
+    def health(self) -> SourceHealth:
+        self._health.counters = dict(self.counters)
+        return self._health
+
+    def _set_health(self, state: str, reason: str) -> None:
+        changed = state != self._health.state
+        at = self._wall()
+        self._health.state, self._health.reason, self._health.since = state, reason, at
+        if changed and self._sink is not None and state != STOPPED:
+            self._sink.submit(Health(self.name, state, reason, at))
+
+    # -- the hot path ----------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(READ_BUDGET):
+            try:
+                data = sock.recv(256)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self._overrun()
+                    continue
+                log.error("proc connector read failed: %s", e)
+                self._set_health(FAILED, f"read failed: {e}")
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+                return
+            self._deliver(data)
+
+    def _overrun(self) -> None:
+        """Our receive queue overflowed: some events are gone. Sequence holes after this are
+        part of the same loss, so the per-CPU baselines restart."""
+        now = self._wall()
+        self.counters["enobufs"] += 1
+        self._last_seq.clear()
+        assert self._sink is not None
+        self._sink.submit(
+            Loss(self.name, "enobufs", now, "proc connector socket overrun", self._last_at)
+        )
+
+    def _deliver(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap(data)
+        sink = self._sink
+        assert sink is not None
+        c = self.counters
+        c["datagrams"] += 1
+        # Kernel timestamps are CLOCK_MONOTONIC; one offset per datagram turns them into
+        # wall-clock times of the event itself rather than of our read.
+        wall = self._wall()
+        offset = wall - time.monotonic()
+        for ev in decode(data):
+            self._check_seq(ev.cpu, ev.seq)
+            if isinstance(ev, Ack):
+                continue
+            at = ev.timestamp_ns / 1e9 + offset
+            if isinstance(ev, ForkEvent):
+                if ev.child_pid != ev.child_tgid:
+                    c["threads"] += 1
+                    continue
+                c["forks"] += 1
+                sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
+                                 mono_ns=ev.timestamp_ns))  # fmt: skip
+            elif isinstance(ev, ExitEvent):
+                if ev.process_pid != ev.process_tgid:
+                    c["thread_exits"] += 1
+                    continue
+                c["exits"] += 1
+                code, sig, core = wait_status(ev.exit_code)
+                sink.submit(Exit(self.name, ev.process_pid, at, code, sig, core,
+                                 mono_ns=ev.timestamp_ns))  # fmt: skip
+            elif isinstance(ev, ExecEvent):
+                c["execs"] += 1
+                sink.submit(Exec(self.name, ev.process_tgid, at))
+            else:
+                c["other"] += 1
+        self._last_at = wall
+
+    def _check_seq(self, cpu: int, seq: int) -> None:
+        """Each CPU numbers its proc events (cn_proc.c send_msg: a per-CPU counter) and, with no
+        event filter, every one of them is sent to us: a hole is a message the kernel dropped."""
+        last = self._last_seq.get(cpu)
+        self._last_seq[cpu] = seq
+        if last is None:
+            return
+        missing = (seq - last - 1) & 0xFFFFFFFF
+        if missing == 0 or missing >= 1 << 31:  # in order, or an old one (reordered)
+            return
+        self.counters["seq_gaps"] += 1
+        self.counters["seq_missing"] += missing
+        assert self._sink is not None
+        detail = f"cpu {cpu}: {missing} proc event(s) missing"
+        self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))
