@@ -27,17 +27,25 @@ def config(tmp_path: Path, **kw: object) -> Config:
     return Config.model_validate(base)
 
 
+_unread: dict[int, list[Event]] = {}
+
+
 async def wait_for(
     sub: Subscriber, want: Callable[[Event], bool], timeout: float = 5.0
 ) -> list[Event]:
-    """Read `sub` until an event satisfies `want`; returns everything read."""
+    """Read `sub` until an event satisfies `want`; returns everything read up to it. Events
+    after it in the same batch are kept for the next call."""
     seen: list[Event] = []
+    backlog = _unread.setdefault(id(sub), [])
 
     async def run() -> None:
         while True:
-            for ev in await sub.next_batch():
+            batch = backlog[:] or await sub.next_batch()
+            backlog.clear()
+            for i, ev in enumerate(batch):
                 seen.append(ev)
                 if want(ev):
+                    backlog.extend(batch[i + 1 :])
                     return
 
     await asyncio.wait_for(run(), timeout)
