@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app import __version__, procfs
 from app.config import Config
+from app.follow import Follower
 from app.identity import load_node_identity, read_btime
 from app.journal import Journal
 from app.life import SourceSet
@@ -52,6 +53,7 @@ class FailedSource:
         return None
 
     async def stop(self) -> None:
+        self.follower.close()
         return None
 
     def health(self) -> SourceHealth:
@@ -76,6 +78,7 @@ class Service:
         self.sources = build_sources(config) if sources is None else sources
         self._seen_btime = self.node.clock.btime
         self.tracker.on_resync.append(self.check_clock)
+        self.follower = Follower(self.tracker, config.max_follow, proc)
         self.started_at = time.time()
         self.started_mono = time.monotonic()
 
@@ -123,6 +126,7 @@ class Service:
         log.info("snapshot: %d lives in %.3f s", n, time.monotonic() - t0)
 
     async def stop(self) -> None:
+        self.follower.close()
         for source in reversed(self.sources):
             try:
                 await source.stop()
