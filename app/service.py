@@ -53,7 +53,6 @@ class FailedSource:
         return None
 
     async def stop(self) -> None:
-        self.follower.close()
         return None
 
     def health(self) -> SourceHealth:
