@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from app import __version__, procfs
-from app.config import Config
+from app.canary import Canary
+from app.config import KNOWN_SOURCES, Config
 from app.follow import Follower
 from app.identity import load_node_identity, read_btime
 from app.journal import Journal
@@ -78,6 +79,7 @@ class Service:
         self._seen_btime = self.node.clock.btime
         self.tracker.on_resync.append(self.check_clock)
         self.follower = Follower(self.tracker, config.max_follow, proc)
+        self.canary: Canary | None = None
         self.started_at = time.time()
         self.started_mono = time.monotonic()
 
@@ -123,11 +125,23 @@ class Service:
         n = self.registry.load(procfs.snapshot(self.proc), SourceSet.SNAPSHOT)
         self.registry.note("snapshot", {"lives": n, "seconds": round(time.monotonic() - t0, 6)})
         log.info("snapshot: %d lives in %.3f s", n, time.monotonic() - t0)
+        if self.config.canary_interval > 0 and any(s.name in KNOWN_SOURCES for s in self.sources):
+            self.canary = Canary(
+                self.tracker, self.sources, self.config.canary_interval, self.config.canary_deadline
+            )
+            await self.canary.start()
 
     async def stop(self) -> None:
+        if self.canary is not None:
+            await self.canary.stop()
         self.follower.close()
         for source in reversed(self.sources):
             try:
                 await source.stop()
             except Exception:
                 log.exception("stopping source %s", source.name)
+
+    def source_health(self, source: Source) -> SourceHealth:
+        """A source's health as clients see it: its own, made `degraded` by a missed canary."""
+        health = source.health()
+        return health if self.canary is None else self.canary.overlay(source.name, health)

@@ -18,7 +18,7 @@ routes = web.RouteTableDef()
 def node_json(service: Service) -> dict[str, Any]:
     node, journal, reg = service.node, service.journal, service.registry
     kernel_btime = service.check_clock()
-    sources = {s.name: asdict(s.health()) for s in service.sources}
+    sources = {s.name: asdict(service.source_health(s)) for s in service.sources}
     for h in sources.values():
         h["since"] = iso(h["since"]) if h["since"] else None
     return {
@@ -58,7 +58,7 @@ async def node(request: web.Request) -> web.Response:
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    states = {s.name: s.health().state for s in service.sources}
+    states = {s.name: service.source_health(s).state for s in service.sources}
     ok = all(st == "ok" for st in states.values())
     return web.json_response(
         {"status": "ok" if ok else "degraded", "sources": states}, status=200 if ok else 503
