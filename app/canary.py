@@ -105,6 +105,7 @@ class Canary:
         self._complete = asyncio.Event()
         self._want: frozenset[str] = frozenset()
         self._pid: int | None = None
+        self._stopping = False
         self._lock = asyncio.Lock()  # one round at a time (the periodic task, a test, an API)
 
     # -- life cycle ------------------------------------------------------------------------
@@ -116,11 +117,16 @@ class Canary:
             self._task = asyncio.create_task(self._rounds(), name="canary")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            # Python 3.11's wait_for can swallow a cancel that lands as its inner future
+            # completes (cpython#86296): the flag ends the loop whatever happens to the cancel.
+            for _ in range(3):
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=1.0)
+                if done:
+                    break
         await self._kill_helper()
         self.tracker.on_canary = None
 
@@ -145,7 +151,7 @@ class Canary:
             await helper.wait()
 
     async def _rounds(self) -> None:
-        while True:
+        while not self._stopping:
             started = self._clock()
             try:
                 await self.check_once()
