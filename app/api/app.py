@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from app.api import events, lives, node, stream
+from app.api import events, follow, lives, node, stream
 from app.api.errors import json_errors
 from app.api.keys import SERVICE, SOCKETS
 from app.service import Service
@@ -19,7 +19,7 @@ def make_app(service: Service, manage: bool = True) -> web.Application:
     )
     app[SERVICE] = service
     app[SOCKETS] = set()
-    for module in (node, lives, events, stream):
+    for module in (node, lives, events, stream, follow):
         app.add_routes(module.routes)
     if manage:
         app.cleanup_ctx.append(_run_service)

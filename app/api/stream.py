@@ -12,6 +12,7 @@ import contextlib
 
 from aiohttp import WSMsgType, web
 
+from app.api.follow import follow_for_stream
 from app.api.keys import SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.identity import LifeId, parse_life_id
@@ -51,8 +52,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if q.life is not None:
         lid: LifeId = parse_life_id(q.life)
         life = (lid.pid, lid.ticks(service.node.clock))
+    # A stream about one life holds a pidfd on it while open (issue 4: death even if the
+    # event sources lose it).
+    followed = life is not None and follow_for_stream(service, *life)
     ws = web.WebSocketResponse(heartbeat=service.config.heartbeat, max_msg_size=64 * 1024)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        if followed and life is not None:
+            service.follower.release(life[0])
+        raise
     request.app[SOCKETS].add(ws)
     sub = service.journal.subscribe(make_filter(q, life), service.config.subscriber_queue, q.after)
     reader = asyncio.create_task(_drain_client(ws))
@@ -68,6 +77,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
+        if followed and life is not None:
+            service.follower.release(life[0])
         sub.close()
         request.app[SOCKETS].discard(ws)
         reader.cancel()

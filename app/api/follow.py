@@ -1,0 +1,67 @@
+"""Routes to follow a life with a pidfd: its death is then reported even if every event source
+loses it. The WebSocket stream's `life=` filter follows through `follow_for_stream`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.errors import ApiError
+from app.api.keys import SERVICE
+from app.follow import FollowError
+from app.identity import LifeId, parse_life_id
+from app.service import Service
+
+routes = web.RouteTableDef()
+
+STATUS = {"follow_limit": 409, "not_found": 404}
+
+
+class FollowRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    life: str = Field(..., max_length=400, description="host/pid/start")
+
+
+def _ticks(service: Service, lid: LifeId) -> int:
+    if lid.host != service.node.hostname:
+        raise ApiError(404, "not_found", f"{lid.host} is another host; follow it there")
+    return lid.ticks(service.node.clock)
+
+
+def follow_json(service: Service, lid: LifeId) -> dict[str, Any]:
+    """Follow `lid`; the answer says whether a pidfd now holds it, and the life."""
+    try:
+        life = service.follower.follow(lid.pid, _ticks(service, lid))
+    except FollowError as e:
+        raise ApiError(STATUS.get(e.error, 409), e.error, e.detail) from None
+    return {
+        "id": service.node.life_id(life.pid, life.start_ticks),
+        "state": life.state,
+        "following": life.alive,
+        "followed": len(service.follower),
+        "max_follow": service.follower.limit,
+        "life": service.registry.life_dict(life),
+    }
+
+
+def follow_for_stream(service: Service, pid: int, ticks: int) -> bool:
+    """Follow a life for a WebSocket subscribed to it; True when the caller must `release`
+    it on close. A full follow table refuses the stream (409); a life that is not running
+    is streamed without a pidfd (a resumed stream may replay its death)."""
+    try:
+        life = service.follower.follow(pid, ticks)
+    except FollowError as e:
+        if e.error == "follow_limit":
+            raise ApiError(409, e.error, e.detail) from None
+        return False
+    return life.alive
+
+
+@routes.post("/v1/follow")
+async def follow(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body = FollowRequest.model_validate_json(await request.read())
+    return web.json_response(follow_json(service, parse_life_id(body.life)))
