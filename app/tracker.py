@@ -161,17 +161,25 @@ class Tracker:
         else the report's own estimate (+-1 tick, design.md fact 11)."""
         if est is not None and est[1] == 0:
             return est[0], 0, None
-        got = procfs.capture(o.pid, self.proc) if o.pid else None
-        if got is not None:
-            info, pidfd = got
-            os.close(pidfd)
-            same_parent = info.stat.ppid == o.ppid or o.ppid == 0
-            # A pid reaped and reused already holds a later start than the report's.
-            same_time = est is None or abs(info.stat.start_ticks - est[0]) <= est[1] + 1
-            if same_parent and same_time:
-                return info.stat.start_ticks, 0, info.stat.comm
         if est is not None:
+            # Hot path (every fork): `stat` alone, 15 us instead of 50 for a pidfd capture.
+            # A pid reaped and reused since would show another parent or a later start than
+            # the kernel's timestamp says; a pid is not reused within one tick.
+            try:
+                st: procfs.Stat | None = procfs.read_stat(o.pid, self.proc)
+            except (OSError, procfs.StatError):
+                st = None
+            same_parent = st is not None and (st.ppid == o.ppid or o.ppid == 0)
+            if st is not None and same_parent and abs(st.start_ticks - est[0]) <= est[1] + 1:
+                return st.start_ticks, 0, st.comm
             return est[0], est[1], None
+        got = procfs.capture(o.pid, self.proc) if o.pid else None
+        if got is None:
+            return None
+        info, pidfd = got
+        os.close(pidfd)
+        if info.stat.ppid == o.ppid or o.ppid == 0:
+            return info.stat.start_ticks, 0, info.stat.comm
         return None
 
     def _life_now(self, pid: int, source: SourceSet, start_ticks: int | None) -> Life | None:
