@@ -26,6 +26,7 @@ import time
 from collections import Counter
 
 import aiohttp
+import uvloop
 
 MONO = time.CLOCK_MONOTONIC
 
@@ -113,7 +114,7 @@ def main() -> None:
             if pid == 0:
                 fork_loop()
             load.append(pid)
-        lat, deaths, total = asyncio.run(measure(url, args.n, args.gap))
+        lat, deaths, total = uvloop.run(measure(url, args.n, args.gap))
     finally:
         for pid in load:
             os.kill(pid, signal.SIGKILL)
