@@ -130,3 +130,23 @@ async def test_overrun_is_a_gap_then_a_resync(tmp_path: Path) -> None:
         assert src.health().counters["enobufs"] >= 1
     finally:
         await s.stop()
+
+
+EXEC_FROM_THREAD = """
+import os, threading, time
+threading.Thread(target=os.execv, args=("/bin/sh", ["sh", "-c", "sleep 0.3; exit 4"])).start()
+time.sleep(5)
+"""
+
+
+async def test_exec_from_a_thread_is_not_a_death(svc: Service) -> None:
+    # de_thread: the kernel kills the leader (an EXIT for pid == tgid, status 0), then the
+    # exec'ing thread takes the pid. The process lives on; only its real end is a death.
+    sub = subscribe(svc)
+    t0 = asyncio.get_running_loop().time()
+    p = subprocess.Popen([sys.executable, "-c", EXEC_FROM_THREAD])
+    assert await death_of(svc, sub, p.pid) == (4, None, False)
+    assert asyncio.get_running_loop().time() - t0 >= 0.3
+    (src,) = svc.sources
+    assert src.health().counters["leader_exits_deferred"] >= 1
+    p.wait()

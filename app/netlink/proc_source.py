@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 NETLINK_CONNECTOR = 11
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF past rmem_max, with CAP_NET_ADMIN
+DEFERRED_MAX = 4096
 READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
 ACK_TIMEOUT = 2.0
 
@@ -62,11 +63,12 @@ class ProcConnectorSource:
         self._sink: Sink | None = None
         self._listening = False
         self._last_seq: dict[int, int] = {}
+        self._deferred: dict[int, None] = {}  # tgids whose leader exited before the group
         self._last_at = 0.0
         self._health = SourceHealth()
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
-             "enobufs", "seq_gaps", "seq_missing"),
+             "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred"),
             0,
         )  # fmt: skip
 
@@ -200,12 +202,12 @@ class ProcConnectorSource:
                 sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
                                  mono_ns=ev.timestamp_ns))  # fmt: skip
             elif isinstance(ev, ExitEvent):
-                if ev.process_pid != ev.process_tgid:
-                    c["thread_exits"] += 1
+                status = self._group_exit(ev)
+                if status is None:
                     continue
                 c["exits"] += 1
-                code, sig, core = wait_status(ev.exit_code)
-                sink.submit(Exit(self.name, ev.process_pid, at, code, sig, core,
+                code, sig, core = wait_status(status)
+                sink.submit(Exit(self.name, ev.process_tgid, at, code, sig, core,
                                  mono_ns=ev.timestamp_ns))  # fmt: skip
             elif isinstance(ev, ExecEvent):
                 c["execs"] += 1
@@ -213,6 +215,34 @@ class ProcConnectorSource:
             else:
                 c["other"] += 1
         self._last_at = wall
+
+    def _group_exit(self, ev: ExitEvent) -> int | None:
+        """The wait status if this EXIT ends the process, else None.
+
+        The connector reports each task's exit. The leader's (process_pid == process_tgid)
+        usually ends the process, but not when the leader leaves first: a non-leader thread
+        that calls execve has the kernel kill the leader and take its pid (de_thread: an
+        EXIT with status 0, then EXEC; Go programs exec from any thread), and a leader may
+        pthread_exit while its threads run. Both give status 0, so only a 0 exit is checked
+        against /proc (a signal or a non-zero exit_group ends every thread): a pid still
+        running, or a zombie leader still counting live threads, is not dead yet. Its end is
+        then the later leader EXIT (exec case) or its last thread's EXIT (checked again).
+        """
+        tgid = ev.process_tgid
+        leader = ev.process_pid == tgid
+        if not leader and tgid not in self._deferred:
+            self.counters["thread_exits"] += 1
+            return None
+        if ev.exit_code == 0 or not leader:
+            alive = _group_alive(tgid)
+            if alive:
+                self._deferred[tgid] = None
+                while len(self._deferred) > DEFERRED_MAX:
+                    del self._deferred[next(iter(self._deferred))]
+                self.counters["leader_exits_deferred"] += 1
+                return None
+        self._deferred.pop(tgid, None)
+        return ev.exit_code if leader else alive_status(tgid, ev.exit_code)
 
     def _check_seq(self, cpu: int, seq: int) -> None:
         """Each CPU numbers its proc events (cn_proc.c send_msg: a per-CPU counter) and, with no
@@ -229,3 +259,26 @@ class ProcConnectorSource:
         assert self._sink is not None
         detail = f"cpu {cpu}: {missing} proc event(s) missing"
         self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))
+
+
+def _group_alive(tgid: int) -> bool:
+    """Is process `tgid` still running: in /proc, and not a zombie alone in its group
+    (stat field 3 state, field 20 num_threads: a zombie leader counts itself)?"""
+    try:
+        with open(f"/proc/{tgid}/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    if len(rest) < 18:
+        return False
+    return rest[0] not in (b"Z", b"X") or int(rest[17]) > 1
+
+
+def alive_status(tgid: int, fallback: int) -> int:
+    """The wait status of a zombie process (stat field 52), else `fallback`."""
+    try:
+        with open(f"/proc/{tgid}/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+        return int(rest[49])
+    except (OSError, IndexError, ValueError):
+        return fallback
