@@ -1,1 +1,0 @@
-"""Kernel event interfaces: netlink sockets, their wire formats and the sources built on them."""
