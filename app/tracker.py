@@ -142,9 +142,11 @@ class Tracker:
             boot_ns = o.mono_ns + self.clocks.boot_minus_mono_ns()
             return boot_ns * self.hz // 1_000_000_000, 1
         if o.audit_stamp is not None:
-            # Coarse wall clock at the parent's syscall entry: exact or one tick early.
+            # Coarse wall clock at the parent's syscall entry: a lower bound, 0-2 ticks early
+            # (design.md fact 11; 2 when fork is slow, measured by the audit branch's
+            # bench/audit_forks.py). Centred one tick later: stamp+1 +-1.
             since_boot = o.audit_stamp - self.clocks.real_minus_boot()
-            return int(since_boot * self.hz), 1
+            return int(since_boot * self.hz) + 1, 1
         return None
 
     def _known(self, pid: int, est: tuple[int, int] | None) -> Life | None:
