@@ -40,6 +40,7 @@ class Clocks:
 
 PENDING = 4096  # pids with reports that came before the birth they belong to
 PENDING_TTL = 10.0  # seconds such a report waits for its birth before it is dropped
+RESYNC_SPACING = 0.5  # s between two repairs from /proc, however many gaps come
 SAME_MOMENT = 0.02  # s: audit stamps are coarse wall clock, up to a tick or two early
 
 
@@ -67,6 +68,7 @@ class Tracker:
         # pid -> [life, {source bit: execs that source reported for this life}]
         self._execs: dict[int, tuple[Life, dict[int, int]]] = {}
         self._resync_pending = False
+        self._last_resync = float("-inf")
         self.counters: dict[str, int] = {
             "duplicates": 0,
             "unidentified_exits": 0,
@@ -330,14 +332,24 @@ class Tracker:
             return
         self._resync_pending = True
         try:
-            asyncio.get_running_loop().call_soon(self.resync, why)
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             self.resync(why)
+            return
+        # Under a sustained overrun every read brings a new gap; a full /proc snapshot per
+        # gap would starve the reader that is already behind. Gaps are journaled at once;
+        # the repair runs at most every RESYNC_SPACING seconds.
+        wait = self._last_resync + RESYNC_SPACING - time.monotonic()
+        if wait > 0:
+            loop.call_later(wait, self.resync, why)
+        else:
+            loop.call_soon(self.resync, why)
 
     def resync(self, why: str = "requested") -> dict[str, int]:
         """Lives whose pid vanished or changed start are dead (`exit` unknown, cause
         `resync`); live processes the registry lacks are added."""
         self._resync_pending = False
+        self._last_resync = time.monotonic()
         # After a gap the sources' exec counts no longer line up: start them again.
         self._execs = {pid: t for pid, t in self._execs.items() if not t[0].alive}
         started = self.clocks.wall()

@@ -194,3 +194,24 @@ async def test_resync_death_is_enriched_not_repeated_by_a_late_exit(tmp_path: Pa
     life = svc.registry.find(c.pid, died[0].life.start_ticks)
     assert life is not None and life.exit is not None and life.exit.signal == 9
     await svc.stop()
+
+
+async def test_gaps_are_journaled_at_once_and_repairs_are_spaced(tmp_path: Path) -> None:
+    from app.observations import Loss
+
+    svc = Service(make_config(state_dir=tmp_path, canary_interval=0))
+    await svc.start()
+    try:
+        sub = svc.journal.subscribe(lambda e: e.type in ("gap", "resync"), 100)
+        t0 = time.monotonic()
+        for _ in range(3):  # a burst of gaps: one repair
+            svc.tracker.submit(Loss("proc", "enobufs", time.time()))
+        await asyncio.sleep(0.05)
+        assert [e.type for e in sub.take()] == ["gap", "gap", "gap", "resync"]
+        svc.tracker.submit(Loss("proc", "enobufs", time.time()))
+        assert [e.type for e in sub.take()] == ["gap"]  # told now, repaired later
+        while not any(e.type == "resync" for e in sub.take()):
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - t0 >= 0.45
+    finally:
+        await svc.stop()
