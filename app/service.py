@@ -126,10 +126,16 @@ class Service:
         self.registry.note("snapshot", {"lives": n, "seconds": round(time.monotonic() - t0, 6)})
         log.info("snapshot: %d lives in %.3f s", n, time.monotonic() - t0)
         if self.config.canary_interval > 0 and any(s.name in KNOWN_SOURCES for s in self.sources):
-            self.canary = Canary(
+            canary = Canary(
                 self.tracker, self.sources, self.config.canary_interval, self.config.canary_deadline
             )
-            await self.canary.start()
+            try:
+                await canary.start()
+                self.canary = canary
+            except OSError as e:  # no helper: the sources run unproven, and say so
+                log.error("canary helper cannot start: %s", e)
+                self.registry.note("source", {"source": "canary", "state": FAILED,
+                                              "reason": f"helper cannot start: {e}"})  # fmt: skip
 
     async def stop(self) -> None:
         if self.canary is not None:

@@ -111,3 +111,27 @@ async def test_rounds_run_by_themselves(tmp_path: Path) -> None:
     finally:
         await s.stop()
     assert s.canary.stats.helper_failures == 0
+
+
+async def test_node_and_healthz_show_the_canary_verdict(svc: Service) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from app.api.app import make_app
+    from tests.spec import call
+
+    assert svc.canary is not None
+    mutable = svc.sources[1]
+    assert isinstance(mutable, MutableProc) and mutable.gate is not None
+    async with TestClient(TestServer(make_app(svc, manage=False))) as client:
+        await svc.canary.check_once()
+        _, node = await call(client, "GET", "/v1/node")
+        assert node["sources"]["proc"]["state"] == "ok"
+        assert node["sources"]["proc"]["counters"]["canary_passes"] >= 1
+        assert "canary_latency_p50_us" in node["sources"]["proc"]["counters"]
+        mutable.gate.muted = True
+        await svc.canary.check_once()
+        resp, health = await call(client, "GET", "/healthz")
+        assert resp.status == 503 and health["sources"]["audit"] == "degraded"
+        _, node = await call(client, "GET", "/v1/node")
+        assert node["sources"]["audit"]["state"] == "degraded"
+        assert "canary" in node["sources"]["audit"]["info"]
