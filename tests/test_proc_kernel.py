@@ -150,3 +150,26 @@ async def test_exec_from_a_thread_is_not_a_death(svc: Service) -> None:
     (src,) = svc.sources
     assert src.health().counters["leader_exits_deferred"] >= 1
     p.wait()
+
+
+LEADER_LEAVES_FIRST = """
+import ctypes, threading, time
+threading.Thread(target=time.sleep, args=(30,)).start()
+time.sleep(0.1)
+ctypes.CDLL(None).pthread_exit(None)  # the leader ends; its thread keeps the process alive
+"""
+
+
+async def test_a_leader_leaving_first_is_not_the_process_death(svc: Service) -> None:
+    sub = subscribe(svc)
+    p = subprocess.Popen([sys.executable, "-c", LEADER_LEAVES_FIRST])
+    try:
+        await asyncio.sleep(0.5)  # the leader has exited (a zombie leader, one live thread)
+        told = [e.type for e in svc.journal.since(0) or [] if e.life and e.life.pid == p.pid]
+        assert "died" not in told
+        assert svc.registry.alive.get(p.pid) is not None
+        p.send_signal(signal.SIGKILL)
+        assert await death_of(svc, sub, p.pid) == (None, 9, False)
+    finally:
+        p.kill()
+        p.wait()

@@ -242,7 +242,8 @@ class ProcConnectorSource:
                 self.counters["leader_exits_deferred"] += 1
                 return None
         self._deferred.pop(tgid, None)
-        return ev.exit_code if leader else alive_status(tgid, ev.exit_code)
+        # The last thread's exit_code is the group's when it ended the group (exit_group).
+        return ev.exit_code
 
     def _check_seq(self, cpu: int, seq: int) -> None:
         """Each CPU numbers its proc events (cn_proc.c send_msg: a per-CPU counter) and, with no
@@ -273,12 +274,3 @@ def _group_alive(tgid: int) -> bool:
         return False
     return rest[0] not in (b"Z", b"X") or int(rest[17]) > 1
 
-
-def alive_status(tgid: int, fallback: int) -> int:
-    """The wait status of a zombie process (stat field 52), else `fallback`."""
-    try:
-        with open(f"/proc/{tgid}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-        return int(rest[49])
-    except (OSError, IndexError, ValueError):
-        return fallback
