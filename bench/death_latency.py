@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
 import json
 import os
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -96,6 +99,87 @@ async def measure(url: str, n: int, gap: float) -> tuple[list[float], Counter[in
     return latencies, ours, sum(deaths.values())
 
 
+class RawStream:
+    """A minimal blocking WebSocket client (RFC 6455) for `/v1/stream`: receipt is the moment
+    the frame's bytes are read, with no client framework between the socket and the clock."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(4096)
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            raise SystemExit(f"no WebSocket: {head[:80]!r}")
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise SystemExit("stream closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def text(self, timeout: float) -> str:
+        """The next text message; answers pings; TimeoutError after `timeout` s."""
+        self.sock.settimeout(timeout)
+        while True:
+            b0, b1 = self._read(2)
+            size = b1 & 0x7F
+            if size == 126:
+                size = struct.unpack("!H", self._read(2))[0]
+            elif size == 127:
+                size = struct.unpack("!Q", self._read(8))[0]
+            payload = self._read(size)
+            op = b0 & 0x0F
+            if op == 1:
+                return payload.decode()
+            if op == 9:  # ping: a masked pong with the same payload
+                mask = os.urandom(4)
+                body = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+                self.sock.sendall(bytes([0x8A, 0x80 | len(payload)]) + mask + body)
+            elif op == 8:
+                raise SystemExit("stream closed by the server")
+
+
+def measure_raw(port: int, n: int, gap: float) -> tuple[list[float], Counter[int], int]:
+    latencies: list[float] = []
+    deaths: Counter[int] = Counter()
+    victims: list[subprocess.Popen[bytes]] = []
+    ws = RawStream(port, "/v1/stream?types=died")
+    time.sleep(0.2)
+    for _ in range(n):
+        p = subprocess.Popen(["sleep", "1000"])
+        victims.append(p)
+        time.sleep(gap)
+        t0 = now_ns()
+        os.kill(p.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):  # a miss is counted, not fatal
+            while True:
+                data = ws.text(10.0)
+                t1 = now_ns()
+                pid = json.loads(data)["life"]["pid"]
+                deaths[pid] += 1
+                if pid == p.pid:
+                    latencies.append((t1 - t0) / 1e6)
+                    break
+        p.wait()
+    with contextlib.suppress(TimeoutError):
+        while True:
+            deaths[json.loads(ws.text(1.0))["life"]["pid"]] += 1
+    ws.sock.close()
+    ours = Counter({p.pid: deaths[p.pid] for p in victims})
+    return latencies, ours, sum(deaths.values())
+
+
 def pct(xs: list[float], q: int) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[q - 1]
 
@@ -107,6 +191,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=7879)
     ap.add_argument("--gap", type=float, default=0.01, help="s between victims (default 0.01)")
     ap.add_argument("--load-workers", type=int, default=0, help="fork+exit load processes")
+    ap.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp",
+                    help="aiohttp on uvloop, or a minimal blocking WebSocket reader")  # fmt: skip
     args = ap.parse_args()
     url = f"http://127.0.0.1:{args.port}"
     env = dict(os.environ, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
@@ -123,7 +209,10 @@ def main() -> None:
             if pid == 0:
                 fork_loop()
             load.append(pid)
-        lat, deaths, total = uvloop.run(measure(url, args.n, args.gap))
+        if args.client == "raw":
+            lat, deaths, total = measure_raw(args.port, args.n, args.gap)
+        else:
+            lat, deaths, total = uvloop.run(measure(url, args.n, args.gap))
     finally:
         for pid in load:
             os.kill(pid, signal.SIGKILL)
@@ -136,7 +225,8 @@ def main() -> None:
             daemon.wait()
     missing = sum(1 for c in deaths.values() if c == 0)
     twice = sum(1 for c in deaths.values() if c > 1)
-    print(f"sources={args.sources} load_workers={args.load_workers} victims={args.n} "
+    print(f"client={args.client} sources={args.sources} load_workers={args.load_workers} "
+          f"victims={args.n} "
           f"died_messages={total}")  # fmt: skip
     print(f"death -> WebSocket receipt (ms): p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  "
           f"p99 {pct(lat, 99):.3f}  max {max(lat):.3f}")  # fmt: skip
