@@ -1,8 +1,13 @@
 """The audit control plane over pyroute2: status (AUDIT_GET/SET) and rules (ADD/DEL/LIST).
 
-pyroute2 0.9.7's `AsyncNetlinkSocket(family=NETLINK_AUDIT)` does the netlink conversation
+pyroute2 0.9.7's `NetlinkSocket(family=NETLINK_AUDIT)` does the netlink conversation
 (sequence numbers, ACKs, multi-part replies); the payloads are the kernel structs packed in
-`audit_proto`. Notes on how the kernel answers (kernel/audit.c audit_receive_msg):
+`audit_proto`. Its asyncio socket cannot be used here: it opens a datagram endpoint on the
+running loop, which uvloop refuses for AF_NETLINK ("cannot open a UDP handle, invalid family
+16"). So the synchronous socket runs on one thread of its own (it builds a private plain
+asyncio loop there) and the daemon's loop awaits it: a request takes about 1 ms, a few per
+second at most (status reads), and the event loop never blocks on it.
+Notes on how the kernel answers (kernel/audit.c audit_receive_msg):
 AUDIT_GET and AUDIT_LIST_RULES replies are sent from a separate kernel thread
 (audit_send_reply), so asking for an ACK as well would end pyroute2's wait on the ACK before
 the reply arrives: those two are sent without NLM_F_ACK. AUDIT_SET and the rule changes are
@@ -13,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nlsocket import AsyncNetlinkSocket
+from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from app.netlink.audit_proto import (
     AUDIT_ADD_RULE,
@@ -59,36 +65,54 @@ class AuditControl:
 
     def __init__(self) -> None:
         self._sock: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def _thread(self) -> ThreadPoolExecutor:
+        # One thread: the socket (and pyroute2's private loop inside it) stays on it.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="audit-control")
+        return self._pool
+
+    def _open(self) -> None:
+        if self._sock is None:
+            sock = NetlinkSocket(family=NETLINK_AUDIT)
+            for t in (AUDIT_GET, AUDIT_LIST_RULES):
+                sock.marshal.msg_map[t] = audit_payload
+            self._sock = sock
 
     async def open(self) -> None:
-        sock = AsyncNetlinkSocket(family=NETLINK_AUDIT)
-        for t in (AUDIT_GET, AUDIT_LIST_RULES):
-            sock.marshal.msg_map[t] = audit_payload
-        self._sock = sock
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        def close_socket() -> None:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
-    async def _request(self, mtype: int, payload: bytes, flags: int) -> list[bytes]:
-        if self._sock is None:
-            await self.open()
+        if self._pool is not None:
+            try:
+                self._pool.submit(close_socket).result(TIMEOUT)
+            finally:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+
+    def _call(self, mtype: int, payload: bytes, flags: int) -> list[bytes]:
+        self._open()
         msg = audit_payload()
         msg["payload"] = payload
-
-        async def run() -> list[bytes]:
-            out: list[bytes] = []
-            async for reply in await self._sock.nlm_request(msg, mtype, flags):
-                if "payload" in reply:
-                    out.append(reply["payload"])
-            return out
-
         try:
-            return await asyncio.wait_for(run(), TIMEOUT)
+            return [r["payload"] for r in self._sock.nlm_request(msg, mtype, flags)
+                    if "payload" in r]  # fmt: skip
         except NetlinkError as e:
             name = errno.errorcode.get(e.code, str(e.code))
             raise OSError(e.code, f"audit netlink {mtype}: {name}") from None
+
+    async def _request(self, mtype: int, payload: bytes, flags: int) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._thread, self._call, mtype, payload, flags)
+        try:
+            return await asyncio.wait_for(job, TIMEOUT)
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, f"audit netlink {mtype}: no answer") from None
 
