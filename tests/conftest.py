@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import pytest
+import uvloop
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
@@ -42,3 +44,10 @@ async def client(service: Service) -> AsyncIterator[TestClient[object, object]]:
     app = make_app(service, manage=False)
     async with TestClient(TestServer(app)) as c:
         yield c
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, like `lifewatch serve`: a socket it refuses fails here too."""
+    return {"uvloop": uvloop.new_event_loop}

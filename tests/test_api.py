@@ -248,3 +248,9 @@ async def test_shutdown_closes_streams_cleanly() -> None:
         assert (msg.data, msg.extra) == (1001, "server shutdown")
         await ws.close()
         await cleanup
+
+
+async def test_the_tests_run_on_uvloop_like_the_daemon() -> None:
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)

@@ -66,6 +66,7 @@ class AuditControl:
     def __init__(self) -> None:
         self._sock: Any = None
         self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def _thread(self) -> ThreadPoolExecutor:
@@ -76,7 +77,10 @@ class AuditControl:
 
     def _open(self) -> None:
         if self._sock is None:
-            sock = NetlinkSocket(family=NETLINK_AUDIT)
+            # A plain selector loop, whatever the policy: under uvloop.install() (and in
+            # the tests) the default new loop would be uvloop's, which refuses netlink.
+            self._loop = asyncio.SelectorEventLoop()
+            sock = NetlinkSocket(family=NETLINK_AUDIT, use_event_loop=self._loop)
             for t in (AUDIT_GET, AUDIT_LIST_RULES):
                 sock.marshal.msg_map[t] = audit_payload
             self._sock = sock
@@ -89,6 +93,9 @@ class AuditControl:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
 
         if self._pool is not None:
             try:
