@@ -73,6 +73,11 @@ class Config(BaseModel):
         2.0, gt=0, description="seconds a source has to report a canary's birth and death"
     )
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _no_dir(cls, v: Any) -> Any:
+        return None if v in ("", "none") else v  # an empty value turns pinning to disk off
+
     @field_validator("sources", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from json.encoder import encode_basestring_ascii as _quote
 
 from app import procfs
 from app.identity import LifeId
@@ -83,7 +83,9 @@ def answer_text(service: Service, lid: LifeId, asked: str) -> str:
 
 
 def _envelope(ident: str, state: str, reason: str, life: LifeText | None) -> str:
-    head = json.dumps({"id": ident, "state": state, "reason": reason})[:-1]
+    # encode_basestring_ascii is json's own C string encoder: a third of json.dumps's time.
+    head = f'{{"id":{_quote(ident)},"state":"{state}","reason":{_quote(reason)}'
+
     if life is None:
         return head + ',"died_at":null,"exit":null,"life":null}'
     return f'{head},"died_at":{life.died_at},"exit":{life.exit},"life":{life.text}}}'

@@ -58,7 +58,11 @@ def wrk(url: str, seconds: int, conns: int) -> tuple[float, str]:
 
 def main(seconds: int = 5, conns: int = 32) -> None:
     lw_port, min_port = free_port(), free_port()
-    env = dict(os.environ, LIFEWATCH_PORT=str(lw_port), LIFEWATCH_SOURCES="")
+    # As deployed: both kernel sources when root (alive answers then take the cheap check).
+    sources = "audit,proc" if os.geteuid() == 0 else ""
+    env = dict(os.environ, LIFEWATCH_PORT=str(lw_port), LIFEWATCH_SOURCES=sources,
+               LIFEWATCH_STATE_DIR="")  # fmt: skip
+    print(f"lifewatch sources: {sources or 'none'}")
     lw = subprocess.Popen([sys.executable, "-m", "app", "serve", "--log-level", "WARNING"], env=env)
     mini = subprocess.Popen([sys.executable, "-c", MINIMAL, str(min_port)])
     target = subprocess.Popen(["sleep", "600"])
