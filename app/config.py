@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.watches import WatchSpec
 
 KNOWN_SOURCES = ("audit", "proc")
 
@@ -77,6 +80,16 @@ class Config(BaseModel):
     @classmethod
     def _no_dir(cls, v: Any) -> Any:
         return None if v in ("", "none") else v  # an empty value turns pinning to disk off
+    token: str | None = Field(
+        None,
+        description="bearer token that PUT/DELETE /v1/watches require; without one they are "
+        "refused (reads stay open)",
+    )
+    watches: dict[str, WatchSpec] = Field(
+        default_factory=dict,
+        description="named process patterns, e.g. [watches.ntpd] comm = \"ntpd\" "
+        "(LIFEWATCH_WATCHES takes JSON)",
+    )
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -84,6 +97,11 @@ class Config(BaseModel):
         if isinstance(v, str):
             v = tuple(s.strip() for s in v.split(",") if s.strip())
         return v
+
+    @field_validator("watches", mode="before")
+    @classmethod
+    def _json(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
 
     @field_validator("sources")
     @classmethod

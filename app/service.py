@@ -17,6 +17,7 @@ from app.life import SourceSet
 from app.registry import Registry
 from app.source import FAILED, OK, Sink, Source, SourceHealth
 from app.tracker import Clocks, Tracker
+from app.watches import WatchEngine
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Service:
         self.journal = Journal(config.journal_size)
         self.registry = Registry(self.node, self.journal, config.history)
         self.tracker = Tracker(self.registry, clocks, proc)
+        self.watches = WatchEngine(self.registry, config.watches)
         self.sources = build_sources(config) if sources is None else sources
         self._seen_btime = self.node.clock.btime
         self.tracker.on_resync.append(self.check_clock)
@@ -125,6 +127,7 @@ class Service:
         n = self.registry.load(procfs.snapshot(self.proc), SourceSet.SNAPSHOT)
         self.registry.note("snapshot", {"lives": n, "seconds": round(time.monotonic() - t0, 6)})
         log.info("snapshot: %d lives in %.3f s", n, time.monotonic() - t0)
+        self.watches.start()
         if self.config.canary_interval > 0 and any(s.name in KNOWN_SOURCES for s in self.sources):
             canary = Canary(
                 self.tracker, self.sources, self.config.canary_interval, self.config.canary_deadline
@@ -140,6 +143,7 @@ class Service:
     async def stop(self) -> None:
         if self.canary is not None:
             await self.canary.stop()
+        await self.watches.stop()
         self.follower.close()
         for source in reversed(self.sources):
             try:
