@@ -211,6 +211,11 @@ class WatchEngine:
             "lives": self.life_ids(watch),
         }
 
+    @property
+    def subscribed(self) -> int:
+        """Journal subscribers the engine holds (1 while running)."""
+        return 0 if self._sub is None else 1
+
     # -- running -----------------------------------------------------------------------
     def start(self) -> None:
         """Subscribe and re-evaluate in one synchronous step: no event falls between."""
@@ -223,6 +228,7 @@ class WatchEngine:
     async def stop(self) -> None:
         if self._sub is not None:
             self._sub.close()
+            self._sub = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,313 @@
+"""Prometheus metrics, read from the service at scrape time: no cost on the event path.
+
+Everything here is computed when `/metrics` is scraped, from state the service keeps anyway
+(registry sizes, journal counts, source health, watch states), except two things that need
+counting as they happen: events by source (a journal subscriber, `EventCounter`) and
+latencies (`LatencyHistogram`, observed by whoever measures them).
+
+The canary interface: an object among `service.sources`, or `service.canary` when the
+service has one, exposes its end-to-end latencies as an attribute `latencies`, a mapping
+`path -> LatencyHistogram` (e.g. `{"proc": h1, "audit": h2}`: from the canary's fork to
+the moment that path delivered it), or a single `latency: LatencyHistogram`. Each becomes
+`lifewatch_canary_latency_seconds{path=...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from app.journal import Event, Journal, Subscriber
+from app.life import SourceSet
+from app.source import DEGRADED, FAILED, OK, STOPPED
+
+if TYPE_CHECKING:
+    from app.service import Service
+
+log = logging.getLogger(__name__)
+
+# From 0.1 ms (a pidfd wakeup) to 5 s (a canary that is about to be declared lost).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+)  # fmt: skip
+SOURCE_STATES = (OK, DEGRADED, FAILED, STOPPED)
+
+
+class LatencyHistogram:
+    """A fixed-bucket histogram any part of the daemon can observe into without knowing
+    Prometheus; `recent` keeps the last samples for the dashboard's chart."""
+
+    __slots__ = ("buckets", "count", "counts", "recent", "sum")
+
+    def __init__(self, buckets: Iterable[float] = LATENCY_BUCKETS, recent: int = 256) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.buckets) + 1)  # the last is +Inf
+        self.count = 0
+        self.sum = 0.0
+        self.recent: deque[tuple[float, float]] = deque(maxlen=recent)  # (epoch, seconds)
+
+    def observe(self, seconds: float, at: float | None = None) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+        self.recent.append((time.time() if at is None else at, seconds))
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return out
+
+
+def canary_latencies(service: Service) -> dict[str, LatencyHistogram]:
+    """Every latency histogram the canary interface (module docstring) offers."""
+    out: dict[str, LatencyHistogram] = {}
+    holders: list[Any] = [getattr(service, "canary", None), *service.sources]
+    for obj in holders:
+        if obj is None:
+            continue
+        many = getattr(obj, "latencies", None)
+        if isinstance(many, Mapping):
+            out.update({str(k): v for k, v in many.items() if isinstance(v, LatencyHistogram)})
+        one = getattr(obj, "latency", None)
+        if isinstance(one, LatencyHistogram):
+            out[getattr(obj, "name", "canary")] = one
+    return out
+
+
+class EventCounter:
+    """Counts journal events by (type, source) and gaps by (source, reason): the only
+    per-event work the metrics do, done off the event path in its own task."""
+
+    QUEUE = 1 << 16
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.by_source: dict[tuple[str, str], int] = {}
+        self.gaps: dict[tuple[str, str], int] = {}
+        self.resets = 0  # times it fell behind the journal window: counts are then low
+        self._names: dict[int, list[str]] = {}
+        self._sub: Subscriber | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sub = self.journal.subscribe(lambda _e: True, self.QUEUE)
+        self._task = asyncio.create_task(self._run(self._sub), name="event-counter")
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def subscribed(self) -> int:
+        return 0 if self._sub is None else 1
+
+    async def _run(self, sub: Subscriber) -> None:
+        while True:
+            batch = await sub.next_batch()
+            if not batch:
+                return
+            self.count(batch)
+
+    def count(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            if ev.type == "reset":
+                self.resets += 1
+                continue
+            names = self._names.get(ev.sources)
+            if names is None:
+                names = self._names[ev.sources] = SourceSet(ev.sources).names() or ["none"]
+            for name in names:
+                key = (ev.type, name)
+                self.by_source[key] = self.by_source.get(key, 0) + 1
+            if ev.type == "gap" and ev.fields:
+                gkey = (str(ev.fields.get("source", "?")), str(ev.fields.get("reason", "?")))
+                self.gaps[gkey] = self.gaps.get(gkey, 0) + 1
+
+
+def _first(d: Mapping[str, Any], *keys: str) -> float | None:
+    for k in keys:
+        v = d.get(k)
+        if v is None:
+            continue
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+class LifewatchCollector(Collector):
+    """Reads the service when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        service: Service,
+        counter: EventCounter | None = None,
+        websockets: Callable[[], int] | None = None,
+    ) -> None:
+        self.service = service
+        self.counter = counter
+        self.websockets = websockets
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._node()
+        yield from self._journal()
+        yield from self._sources()
+        yield from self._watches()
+        yield from self._canary()
+
+    def _node(self) -> Iterator[Metric]:
+        s = self.service
+        info = InfoMetricFamily("lifewatch_build", "The daemon and the node it watches")
+        info.add_metric([], {"version": s.version, "host": s.node.hostname,
+                             "boot_id": s.node.boot_id})  # fmt: skip
+        yield info
+        g = GaugeMetricFamily("lifewatch_start_time_seconds", "When this daemon run started")
+        g.add_metric([], s.started_at)
+        yield g
+        lives = GaugeMetricFamily(
+            "lifewatch_lives", "Lives held by the registry (dead: kept for lookups)",
+            labels=["state"],
+        )  # fmt: skip
+        lives.add_metric(["alive"], len(s.registry.alive))
+        lives.add_metric(["dead"], len(s.registry.dead))
+        yield lives
+        yield CounterMetricFamily(
+            "lifewatch_lives_evicted", "Dead lives dropped from the bounded history",
+            value=s.registry.evicted,
+        )  # fmt: skip
+        tr = CounterMetricFamily(
+            "lifewatch_tracker_anomalies", "Source reports the tracker merged or could not use",
+            labels=["kind"],
+        )  # fmt: skip
+        for kind, n in sorted(s.tracker.counters.items()):
+            tr.add_metric([kind], n)
+        yield tr
+
+    def _journal(self) -> Iterator[Metric]:
+        j = self.service.journal
+        ev = CounterMetricFamily(
+            "lifewatch_events", "Events journaled since start, by type", labels=["type"]
+        )
+        for t, n in sorted(j.counts.items()):
+            ev.add_metric([t], n)
+        yield ev
+        c = self.counter
+        if c is not None:
+            bs = CounterMetricFamily(
+                "lifewatch_source_events",
+                "Journaled events by type and by the event source that reported them",
+                labels=["type", "source"],
+            )
+            for (t, src), n in sorted(c.by_source.items()):
+                bs.add_metric([t, src], n)
+            yield bs
+            gaps = CounterMetricFamily(
+                "lifewatch_gaps", "Losses reported by event sources (each a gap event)",
+                labels=["source", "reason"],
+            )  # fmt: skip
+            for (src, reason), n in sorted(c.gaps.items()):
+                gaps.add_metric([src, reason], n)
+            yield gaps
+        g = GaugeMetricFamily("lifewatch_journal_cursor", "Cursor of the newest event")
+        g.add_metric([], j.last_cursor)
+        yield g
+        g = GaugeMetricFamily("lifewatch_journal_window_events", "Events held for replay")
+        g.add_metric([], j.last_cursor - j.oldest_cursor + 1)
+        yield g
+        internal = (c.subscribed if c else 0) + self.service.watches.subscribed
+        ws = self.websockets() if self.websockets else max(0, j.subscribers - internal)
+        g = GaugeMetricFamily("lifewatch_stream_subscribers", "WebSocket stream clients")
+        g.add_metric([], ws)
+        yield g
+        yield CounterMetricFamily(
+            "lifewatch_subscriber_overflows",
+            "Times a subscriber's queue filled and it had to catch up (or reset)",
+            value=j.overflows,
+        )
+
+    def _sources(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("lifewatch_source_up", "1 when the source is ok", labels=["source"])
+        state = GaugeMetricFamily(
+            "lifewatch_source_state", "The source's state (one of ok, degraded, failed, stopped)",
+            labels=["source", "state"],
+        )  # fmt: skip
+        counters = CounterMetricFamily(
+            "lifewatch_source_counter", "Each source's own counters (records, messages...)",
+            labels=["source", "counter"],
+        )  # fmt: skip
+        lost = CounterMetricFamily(
+            "lifewatch_kernel_lost", "Records the kernel dropped (audit status `lost`)",
+            labels=["source"],
+        )  # fmt: skip
+        backlog = GaugeMetricFamily(
+            "lifewatch_kernel_backlog", "Records waiting in the kernel's audit queue",
+            labels=["source"],
+        )  # fmt: skip
+        limit = GaugeMetricFamily(
+            "lifewatch_kernel_backlog_limit", "The kernel's audit backlog_limit", labels=["source"]
+        )
+        for src in self.service.sources:
+            h = src.health()
+            up.add_metric([src.name], 1.0 if h.state == OK else 0.0)
+            for st in SOURCE_STATES:
+                state.add_metric([src.name, st], 1.0 if h.state == st else 0.0)
+            for k, n in sorted(h.counters.items()):
+                counters.add_metric([src.name, k], n)
+            both: dict[str, Any] = {**h.info, **h.counters}
+            for family, keys in (
+                (lost, ("kernel_lost", "lost")),
+                (backlog, ("kernel_backlog", "backlog")),
+                (limit, ("kernel_backlog_limit", "backlog_limit")),
+            ):
+                if (v := _first(both, *keys)) is not None:
+                    family.add_metric([src.name], v)
+        yield from (up, state, counters, lost, backlog, limit)
+
+    def _watches(self) -> Iterator[Metric]:
+        engine = self.service.watches
+        lives = GaugeMetricFamily(
+            "lifewatch_watch_lives", "Lives matching a watch", labels=["watch"]
+        )
+        ok = GaugeMetricFamily(
+            "lifewatch_watch_ok", "1 when a watch's count is within its min..max", labels=["watch"]
+        )
+        for name, w in sorted(engine.watches.items()):
+            lives.add_metric([name], w.count)
+            ok.add_metric([name], 1.0 if w.ok else 0.0)
+        yield lives
+        yield ok
+
+    def _canary(self) -> Iterator[Metric]:
+        h = HistogramMetricFamily(
+            "lifewatch_canary_latency_seconds",
+            "From a canary life's fork to its report by each path, seconds",
+            labels=["path"],
+        )
+        for path, hist in sorted(canary_latencies(self.service).items()):
+            h.add_metric([path], hist.cumulative(), hist.sum)
+        yield h
