@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from app.api import events, follow, lives, node, stream
+from app.api import dashboard, events, follow, lives, metrics, node, stream, watches
 from app.api.errors import json_errors
 from app.api.keys import SERVICE, SOCKETS
 from app.service import Service
@@ -19,8 +19,9 @@ def make_app(service: Service, manage: bool = True) -> web.Application:
     )
     app[SERVICE] = service
     app[SOCKETS] = set()
-    for module in (node, lives, events, stream, follow):
+    for module in (node, lives, events, stream, follow, watches, metrics, dashboard):
         app.add_routes(module.routes)
+    metrics.install(app)
     if manage:
         app.cleanup_ctx.append(_run_service)
     app.on_shutdown.append(_close_sockets)
