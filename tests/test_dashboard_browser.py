@@ -23,6 +23,7 @@ from aiohttp import web
 from app.api.app import make_app
 from app.config import Config
 from app.observations import Exec, Exit, Fork
+from app.procfs import parse_stat
 from app.scripted import ScriptedSource
 from app.service import Service
 
@@ -53,6 +54,16 @@ def kernel_sources() -> tuple[str, ...]:
     return ("proc",) if os.geteuid() == 0 else ()
 
 
+def exec_done(pid: int) -> None:
+    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
+    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
+    for _ in range(200):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read():
+                return
+        time.sleep(0.005)
+
+
 class Server:
     """One daemon run on a fixed port; `restart` is a new run (new cursors, new journal)."""
 
@@ -78,7 +89,9 @@ class Server:
     def spawned(self, proc: subprocess.Popen[bytes]) -> None:
         """Tell a scripted run what the kernel sources would have seen."""
         if self.script is not None:
-            self.script.push(Fork("proc", proc.pid, os.getpid(), time.time()))
+            exec_done(proc.pid)
+            ticks = parse_stat(Path(f"/proc/{proc.pid}/stat").read_bytes()).start_ticks
+            self.script.push(Fork("proc", proc.pid, os.getpid(), time.time(), start_ticks=ticks))
             self.script.push(Exec("proc", proc.pid, time.time()))
 
     def reaped(self, proc: subprocess.Popen[bytes]) -> None:

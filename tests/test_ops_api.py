@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from app.api.app import make_app
 from app.config import Config
 from app.metrics import LatencyHistogram
 from app.observations import Exec, Exit, Fork, Loss
+from app.procfs import parse_stat
 from app.scripted import ScriptedSource
 from app.service import Service
 
@@ -111,6 +113,21 @@ async def test_watch_events_reach_the_stream(api: Any) -> None:
     assert got[1]["life"]["exit"]["code"] == 3
 
 
+def exec_done(pid: int) -> None:
+    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
+    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
+    for _ in range(200):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read():
+                return
+        time.sleep(0.005)
+
+
+def start_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return parse_stat(f.read()).start_ticks
+
+
 def families(text: str) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
@@ -139,8 +156,12 @@ async def test_metrics_parse_and_move_when_processes_fork(api: Any) -> None:
     kids = [subprocess.Popen(["sleep", "3017"]) for _ in range(3)]
     try:
         for k in kids:
-            src.push(Fork("proc", k.pid, os.getpid(), 1.0))
+            exec_done(k.pid)
+            src.push(Fork("proc", k.pid, os.getpid(), 1.0, start_ticks=start_ticks(k.pid)))
             src.push(Exec("proc", k.pid, 1.0))  # exe and argv from /proc
+        await asyncio.sleep(0.05)
+        # Only this script feeds the registry: exactly our three children were added.
+        assert sample(await scrape(c), "lifewatch_lives", state="alive") == alive0 + 3
         src.push(Loss("proc", "serial_gap", 1.5, "2 records"))
         src.latencies["proc"].observe(0.0004)
         src.latencies["proc"].observe(0.003)
@@ -150,7 +171,6 @@ async def test_metrics_parse_and_move_when_processes_fork(api: Any) -> None:
         for k in kids:
             k.kill()
             k.wait()
-    assert sample(after, "lifewatch_lives", state="alive") >= alive0 + 3
     assert sample(after, "lifewatch_events_total", type="born") >= 3
     assert sample(after, "lifewatch_source_events_total", type="born", source="proc") == 3
     assert sample(after, "lifewatch_source_events_total", type="exec", source="proc") == 3

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from app.config import Config, load_config
 from app.observations import Exec, Exit, Fork
+from app.procfs import parse_stat
 from app.scripted import ScriptedSource
 from app.service import Service
 from app.watches import NOT_RUNNING, RUNNING, WatchEngine, WatchSpec
@@ -25,6 +27,20 @@ def watch_events(service: Service, name: str) -> list[dict[str, Any]]:
     evs = service.journal.since(0) or []
     return [e.to_dict(service.registry) for e in evs if e.type == "watch" and e.fields
             and e.fields.get("watch") == name]  # fmt: skip
+
+
+def exec_done(pid: int) -> None:
+    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
+    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
+    for _ in range(200):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read():
+                return
+        time.sleep(0.005)
+
+
+def start_ticks(pid: int) -> int:
+    return parse_stat(Path(f"/proc/{pid}/stat").read_bytes()).start_ticks
 
 
 async def settle() -> None:
@@ -149,13 +165,17 @@ async def test_real_program_killed_goes_not_running(scripted: Any) -> None:
     watch, _ = service.watches.define("sleeper", WatchSpec(argv=tag))
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", tag])
     try:
-        src.push(Fork("script", proc.pid, os.getpid(), 1.0))
+        # The start from /proc: without it a stale life of a reused pid could be taken
+        # for this one (the registry is fed by this script only).
+        exec_done(proc.pid)
+        ticks = start_ticks(proc.pid)
+        src.push(Fork("script", proc.pid, os.getpid(), 1.0, start_ticks=ticks))
         src.push(Exec("script", proc.pid, 1.0))  # exe/argv read from /proc
         await settle()
         assert watch.state == RUNNING
         proc.kill()
         proc.wait()
-        src.push(Exit("script", proc.pid, 2.0, signal=9))
+        src.push(Exit("script", proc.pid, 2.0, signal=9, start_ticks=ticks))
         await settle()
         assert watch.state == NOT_RUNNING
     finally:

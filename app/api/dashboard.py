@@ -10,13 +10,24 @@ from pathlib import Path
 
 from aiohttp import web
 
+from app.api.errors import ApiError
+
 STATIC = Path(__file__).parent / "static"
+# Only the files shipped with the package are served: no path from the request reaches
+# the filesystem.
+FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file() and p.name != "index.html")
+NO_CACHE = {"Cache-Control": "no-cache"}  # an upgraded daemon serves its own page at once
 routes = web.RouteTableDef()
 
 
 @routes.get("/")
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(STATIC / "index.html", headers=NO_CACHE)
 
 
-routes.static("/static", STATIC, append_version=False)
+@routes.get("/static/{file}")
+async def static(request: web.Request) -> web.FileResponse:
+    name = request.match_info["file"]
+    if name not in FILES:
+        raise ApiError(404, "not_found", f"no dashboard file {name!r}")
+    return web.FileResponse(STATIC / name, headers=NO_CACHE)
