@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from openapi_core.testing import MockRequest, MockResponse
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.app import make_app
@@ -20,6 +22,7 @@ from app.observations import Exec, Exit, Fork, Loss
 from app.procfs import parse_stat
 from app.scripted import ScriptedSource
 from app.service import Service
+from tests.spec import SPEC
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -75,11 +78,29 @@ async def test_mutations_need_the_token(api: Any, open_api: Client) -> None:
     assert (await c.get("/v1/watches/ntpd")).status == 404
 
 
+async def checked(
+    c: Client, method: str, path: str, body: Any = None, auth: bool = True
+) -> tuple[int, Any]:
+    """A request whose request and response are validated against openapi.yaml."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = dict(AUTH) if auth else {}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    r = await c.request(method, path, data=data, headers=headers)
+    raw = await r.read()
+    req = MockRequest("http://127.0.0.1:7878", method.lower(), path, headers=headers, data=data)
+    if r.status < 400:
+        SPEC.validate_request(req)
+    SPEC.validate_response(req, MockResponse(raw, r.status, content_type=r.content_type))
+    if r.content_type != "application/json":
+        return r.status, raw.decode()
+    return r.status, json.loads(raw)
+
+
 async def test_watch_crud_and_validation(api: Any) -> None:
     c, _, _ = api
-    r = await c.put("/v1/watches/web", json={"exe": "/usr/sbin/nginx", "max": 4}, headers=AUTH)
-    assert r.status == 201
-    w = await r.json()
+    status, w = await checked(c, "PUT", "/v1/watches/web", {"exe": "/usr/sbin/nginx", "max": 4})
+    assert status == 201
     assert w["name"] == "web" and w["state"] == "not running" and w["ok"] is False
     assert w["spec"] == {"exe": "/usr/sbin/nginx", "min": 1, "max": 4, "canary": False}
     r = await c.put("/v1/watches/web", json={"exe": "/usr/sbin/nginx", "max": 4}, headers=AUTH)
@@ -92,11 +113,18 @@ async def test_watch_crud_and_validation(api: Any) -> None:
     assert r.status == 400
     r = await c.put("/v1/watches/bad%20name", json={"comm": "x"}, headers=AUTH)
     assert r.status == 400 and (await r.json())["error"] == "bad_name"
-    names = [x["name"] for x in (await (await c.get("/v1/watches")).json())["watches"]]
-    assert names == ["web"]
-    r = await c.delete("/v1/watches/web", headers=AUTH)
-    assert r.status == 200 and (await r.json())["name"] == "web"
-    assert (await c.delete("/v1/watches/web", headers=AUTH)).status == 404
+    status, listed = await checked(c, "GET", "/v1/watches", auth=False)
+    assert [x["name"] for x in listed["watches"]] == ["web"]
+    status, one = await checked(c, "GET", "/v1/watches/web", auth=False)
+    assert one["spec"]["exe"] == "/usr/sbin/nginx"
+    status, text = await checked(c, "GET", "/metrics", auth=False)
+    assert status == 200 and "lifewatch_watch_ok" in text
+    status, page = await checked(c, "GET", "/", auth=False)
+    assert status == 200 and "/static/app.js" in page
+    status, gone = await checked(c, "DELETE", "/v1/watches/web")
+    assert status == 200 and gone["name"] == "web"
+    assert (await checked(c, "DELETE", "/v1/watches/web"))[0] == 404
+    assert (await checked(c, "PUT", "/v1/watches/x", {"comm": "x"}, auth=False))[0] == 401
 
 
 async def test_watch_events_reach_the_stream(api: Any) -> None:
