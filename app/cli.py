@@ -59,12 +59,26 @@ def parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("check", "ask whether lives (host/pid/start) are alive"),
-        ("tail", "print the event stream"),
+        ("tail", "print the event stream, one colored line per event"),
+        ("ps", "show the live processes as a tree"),
+        ("watch", "show a watch's state, then each change"),
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument("--url", default=os.environ.get("LIFEWATCH_URL", "http://127.0.0.1:7878"))
+        if name in ("tail", "ps", "watch"):
+            c.add_argument(
+                "--color", choices=("auto", "always", "never"), default="auto",
+                help="ANSI colors (auto: on a terminal, unless NO_COLOR is set)",
+            )  # fmt: skip
         if name == "check":
             c.add_argument("lives", nargs="+", metavar="host/pid/start")
+        elif name == "ps":
+            c.add_argument("pattern", nargs="?", help="show matches (pid, comm, exe, argv) "
+                           "and their ancestors")  # fmt: skip
+            c.add_argument("--all", action="store_true", help="include kernel threads, canaries")
+        elif name == "watch":
+            c.add_argument("name", help="the watch's name (GET /v1/watches lists them)")
+            c.add_argument("--once", action="store_true", help="print the state and exit")
         else:
             c.add_argument("--after", type=int, help="resume after this cursor")
             c.add_argument("--types", help="comma list: born,exec,died,gap,...")
@@ -72,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--comm")
             c.add_argument("--exe")
             c.add_argument("--life", help="host/pid/start")
+            c.add_argument("--no-canary", action="store_true", help="hide canary lives")
             c.add_argument("--json", action="store_true", help="print raw JSON events")
     return p
 
@@ -89,6 +104,15 @@ def main(argv: list[str] | None = None) -> None:
         check(args)
     elif args.command == "tail":
         tail(args)
+    elif args.command == "ps":
+        from app.console import run_ps
+
+        run_ps(args)
+    elif args.command == "watch":
+        from app.console import run_watch
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_watch(args))
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -1,56 +1,162 @@
-"""`lifewatch tail`: follow the stream, one line per event, resuming after disconnects."""
+"""`lifewatch tail`: follow the stream, one colored line per event, resuming after disconnects."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import sys
+from collections.abc import AsyncGenerator, Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 
+# ANSI SGR codes per event type: births green, execs blue, deaths plain (red when not clean),
+# losses red, repairs yellow, watches magenta.
+TYPE_COLORS = {"born": "32", "exec": "34", "died": "37", "gap": "1;31", "reset": "1;31",
+               "resync": "33", "source": "33", "clock": "33", "snapshot": "33",
+               "watch": "35"}  # fmt: skip
 
-def format_event(ev: dict[str, Any]) -> str:
+
+class Paint:
+    """ANSI colors, or nothing when off (pipes, NO_COLOR, --color never)."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __call__(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.on and code and text else text
+
+    @staticmethod
+    def wanted(mode: str, stream: Any = sys.stdout) -> bool:
+        if mode == "always":
+            return True
+        if mode == "never":
+            return False
+        return bool(stream.isatty()) and not os.environ.get("NO_COLOR")
+
+
+def clock_of(at: str | None) -> str:
+    """HH:MM:SS.mmm in local time, from the API's ISO date."""
+    if not at:
+        return " " * 12
+    when = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone()
+    return when.strftime("%H:%M:%S.") + f"{when.microsecond // 1000:03d}"
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def exit_text(life: dict[str, Any]) -> tuple[str, bool]:
+    """('exit 0' | 'killed by SIGKILL' | 'exit unknown (resync)', whether it is bad)."""
+    ex = life.get("exit")
+    if ex is None:
+        return f"exit unknown ({life.get('cause') or '?'})", True
+    if ex.get("signal"):
+        sig = ex["signal"]
+        core = " (core dumped)" if ex.get("core_dumped") else ""
+        return f"killed by {signal_name(sig)}{core}", True
+    return f"exit {ex.get('code')}", ex.get("code") != 0
+
+
+def _lifetime(life: dict[str, Any]) -> str:
+    try:
+        born = datetime.fromisoformat(life["born_at"].replace("Z", "+00:00"))
+        died = datetime.fromisoformat(life["died_at"].replace("Z", "+00:00"))
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return ""
+    s = (died - born).total_seconds()
+    return f" after {s * 1000:.0f} ms" if s < 1 else f" after {s:.1f} s"
+
+
+def format_event(ev: dict[str, Any], paint: Paint | None = None) -> str:
+    """One line: time, type, pid, comm, then what the type says."""
+    p = paint or Paint(False)
+    kind = ev.get("type", "?")
+    head = f"{p('2', clock_of(ev.get('at')))} {p(TYPE_COLORS.get(kind, ''), f'{kind:<8}')}"
     life = ev.get("life")
-    head = f"{ev['cursor']} {ev['at']} {ev['type']:<8}"
+    if kind == "watch":
+        tail = f" · {ev.get('change')}" + (f" pid {life['pid']}" if life else "")
+        bounds = "" if ev.get("ok", True) else p("33", " outside min..max")
+        state = p("32" if ev.get("state") == "running" else "31", str(ev.get("state")))
+        return f"{head} {ev.get('watch')}: {state} ({ev.get('count')}){bounds}{p('2', tail)}"
     if life is None:
-        rest = {k: v for k, v in ev.items() if k not in ("cursor", "at", "type")}
-        return f"{head} {json.dumps(rest)}"
-    text = f"{head} {life['id']} {life['comm'] or '?'}"
-    if ev["type"] == "exec":
-        text += " " + " ".join(life["argv"])[:120]
-    if ev["type"] == "died":
-        ex = life["exit"]
-        if ex is None:
-            text += f" exit unknown ({life['cause']})"
-        elif ex["signal"]:
-            text += f" killed by signal {ex['signal']}" + (" (core)" if ex["core_dumped"] else "")
-        else:
-            text += f" exit {ex['code']}"
-    return text
+        rest = {k: v for k, v in ev.items() if k not in ("cursor", "at", "type", "sources")}
+        text = " ".join(f"{k}={v}" for k, v in rest.items() if v not in (None, ""))
+        return f"{head} {text}"
+    comm = life.get("comm") or "?"
+    text = f"{head} {life['pid']:>7} {p('1', f'{comm:<15}')}"
+    if kind == "born":
+        text += p("2", f" ppid {life.get('ppid')}" + (" (found late)" if ev.get("late") else ""))
+    elif kind == "exec":
+        text += " " + " ".join(life.get("argv") or [life.get("exe") or ""])[:160]
+    elif kind == "died":
+        what, bad = exit_text(life)
+        text += " " + p("1;31" if bad else "32", what) + p("2", _lifetime(life))
+    if life.get("canary"):
+        text += p("2", " [canary]")
+    return text + " " + p("2", life.get("id", ""))
 
 
-async def run_tail(args: argparse.Namespace) -> None:
-    params = {k: str(v) for k in ("types", "pid", "comm", "exe", "life")
-              if (v := getattr(args, k)) is not None}  # fmt: skip
-    after: int | None = args.after
+async def follow(
+    url: str,
+    params: dict[str, str],
+    after: int | None,
+    on_error: Callable[[str], None],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Events from /v1/stream for ever, reconnecting with the last cursor."""
     async with aiohttp.ClientSession() as session:
         while True:
             query = dict(params, **({"after": str(after)} if after is not None else {}))
-            url = f"{args.url}/v1/stream?{urlencode(query)}"
             try:
-                async with session.ws_connect(url, heartbeat=30) as ws:
+                async with session.ws_connect(f"{url}/v1/stream?{urlencode(query)}",
+                                              heartbeat=30) as ws:  # fmt: skip
                     async for msg in ws:
                         if msg.type != aiohttp.WSMsgType.TEXT:
                             break
                         ev = json.loads(msg.data)
                         after = ev["cursor"]
-                        print(msg.data if args.json else format_event(ev), flush=True)
+                        yield ev
             except aiohttp.WSServerHandshakeError as e:
                 print(f"lifewatch: {e.status} {e.message}", file=sys.stderr)
                 raise SystemExit(2) from None
             except aiohttp.ClientError as e:
-                print(f"lifewatch: stream lost ({e}); reconnecting", file=sys.stderr)
+                on_error(f"stream lost ({e}); reconnecting")
             await asyncio.sleep(1)
+
+
+async def run_tail(args: argparse.Namespace) -> None:
+    params = {k: str(v) for k in ("types", "pid", "comm", "exe", "life")
+              if (v := getattr(args, k, None)) is not None}  # fmt: skip
+    if getattr(args, "no_canary", False):
+        params["canary"] = "false"
+    paint = Paint(Paint.wanted(getattr(args, "color", "auto")))
+    errors = Paint(Paint.wanted(getattr(args, "color", "auto"), sys.stderr))
+
+    def warn(text: str) -> None:
+        print(errors("33", f"lifewatch: {text}"), file=sys.stderr)
+
+    async with contextlib.aclosing(follow(args.url, params, args.after, warn)) as events:
+        async for ev in events:
+            if not emit(json.dumps(ev) if args.json else format_event(ev, paint)):
+                return
+
+
+def emit(line: str) -> bool:
+    """Print one line now; False when the reader went away (`| head`): stop quietly."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        # Python would complain again when flushing stdout at exit: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
