@@ -100,10 +100,9 @@ class EventCounter:
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
-        self.by_source: dict[tuple[str, str], int] = {}
+        self._by_bits: dict[tuple[str, int], int] = {}  # (type, SourceSet bits) -> n
         self.gaps: dict[tuple[str, str], int] = {}
         self.resets = 0  # times it fell behind the journal window: counts are then low
-        self._names: dict[int, list[str]] = {}
         self._sub: Subscriber | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -133,19 +132,27 @@ class EventCounter:
             self.count(batch)
 
     def count(self, events: Iterable[Event]) -> None:
+        """Per event: one dict update. Names are made at scrape time (`by_source`)."""
+        counts = self._by_bits
         for ev in events:
-            if ev.type == "reset":
-                self.resets += 1
-                continue
-            names = self._names.get(ev.sources)
-            if names is None:
-                names = self._names[ev.sources] = SourceSet(ev.sources).names() or ["none"]
-            for name in names:
-                key = (ev.type, name)
-                self.by_source[key] = self.by_source.get(key, 0) + 1
-            if ev.type == "gap" and ev.fields:
+            kind = ev.type
+            if ev.sources:
+                key = (kind, ev.sources)
+                counts[key] = counts.get(key, 0) + 1
+            elif kind == "gap" and ev.fields:
                 gkey = (str(ev.fields.get("source", "?")), str(ev.fields.get("reason", "?")))
                 self.gaps[gkey] = self.gaps.get(gkey, 0) + 1
+            elif kind == "reset":
+                self.resets += 1
+
+    @property
+    def by_source(self) -> dict[tuple[str, str], int]:
+        """(type, source name) -> events; an event seen by two sources counts for each."""
+        out: dict[tuple[str, str], int] = {}
+        for (kind, bits), n in list(self._by_bits.items()):
+            for name in SourceSet(bits).names():
+                out[(kind, name)] = out.get((kind, name), 0) + n
+        return out
 
 
 def _first(d: Mapping[str, Any], *keys: str) -> float | None:

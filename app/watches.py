@@ -73,12 +73,15 @@ ParentOf = Callable[[LifeView], LifeView | None]
 
 
 class Matcher:
-    """A compiled WatchSpec: one cheap test per life."""
+    """A compiled WatchSpec: one cheap test per life (globs compiled to regexes once)."""
 
-    __slots__ = ("_argv", "spec")
+    __slots__ = ("_argv", "_comm", "_exe", "_parent", "spec")
 
     def __init__(self, spec: WatchSpec) -> None:
         self.spec = spec
+        self._comm = _compile_glob(spec.comm)
+        self._exe = _compile_glob(spec.exe)
+        self._parent = _compile_glob(spec.parent)
         self._argv = re.compile(spec.argv) if spec.argv is not None else None
 
     def __call__(self, life: LifeView, parent_of: ParentOf) -> bool:
@@ -87,23 +90,33 @@ class Matcher:
             return False
         if s.uid is not None and life.uid != s.uid:
             return False
-        if s.comm is not None and not _glob(life.comm, s.comm):
+        if self._comm is not None and (life.comm is None or not self._comm(life.comm)):
             return False
-        if s.exe is not None and not _glob(life.exe, s.exe):
+        if self._exe is not None and (life.exe is None or not self._exe(life.exe)):
             return False
         if self._argv is not None and not self._argv.search(" ".join(life.argv)):
             return False
-        if s.parent is not None:
+        if self._parent is not None:
             parent = parent_of(life)
             if parent is None or not (
-                _glob(parent.comm, s.parent) or _glob(parent.exe, s.parent)
+                (parent.comm is not None and self._parent(parent.comm))
+                or (parent.exe is not None and self._parent(parent.exe))
             ):
                 return False
         return True
 
 
-def _glob(value: str | None, pattern: str) -> bool:
-    return value is not None and fnmatch.fnmatchcase(value, pattern)
+def _compile_glob(pattern: str | None) -> Callable[[str], object] | None:
+    if pattern is None:
+        return None
+    return re.compile(fnmatch.translate(pattern)).match
+
+
+def literal(pattern: str | None) -> str | None:
+    """The pattern itself when it has no glob characters (then it can be indexed)."""
+    if pattern is None or any(c in pattern for c in "*?["):
+        return None
+    return pattern
 
 
 Key = tuple[int, int]  # (pid, start_ticks)
@@ -119,6 +132,18 @@ class Watch:
         self.lives: dict[Key, LifeView] = {}
         self.since = now  # when `state` last changed (or the watch was defined)
         self.changed_at = now  # when membership last changed
+        # A literal comm or exe lets the engine find this watch by dict lookup (index key).
+        comm, exe = literal(spec.comm), literal(spec.exe)
+        self.index = f"c:{comm}" if comm else f"e:{exe}" if exe else None
+
+    @property
+    def since(self) -> float:
+        return self._since
+
+    @since.setter
+    def since(self, when: float) -> None:
+        self._since = when
+        self._since_iso = _iso(when)  # formatted once per state change, not per event
 
     @property
     def count(self) -> int:
@@ -142,7 +167,7 @@ class Watch:
             "count": self.count,
             "min": self.spec.min,
             "max": self.spec.max,
-            "since": _iso(self.since),
+            "since": self._since_iso,
         }
 
 
@@ -162,6 +187,11 @@ class WatchEngine:
         self.full_evaluations = 0
         self._sub: Subscriber | None = None
         self._task: asyncio.Task[None] | None = None
+        # Most lives match no watch: these make that answer a couple of dict lookups.
+        self._index: dict[str, list[Watch]] = {}  # "c:<comm>" / "e:<exe>" -> watches
+        self._generic: list[Watch] = []  # watches without a literal comm or exe
+        self._members: dict[Key, int] = {}  # lives in at least one watch -> how many
+        self._running = False
         # Configured watches are defined at start(), against the snapshot, so they begin
         # in their true state instead of flapping from "not running".
         self._configured = dict(specs or {})
@@ -172,22 +202,49 @@ class WatchEngine:
         old = self.watches.get(name)
         if old is not None and old.spec == spec:
             return old, False
+        if old is not None:
+            self._forget(old)
         watch = Watch(name, spec, self._clock())
         self.watches[name] = watch
         for life in self.registry.alive.values():
             view = life.snapshot()
             if watch.match(view, self._parent_of):
-                watch.lives[(view.pid, view.start_ticks)] = view
+                key = (view.pid, view.start_ticks)
+                watch.lives[key] = view
+                self._members[key] = self._members.get(key, 0) + 1
+        self._reindex()
         self._emit(watch, "defined" if old is None else "redefined", None, None)
+        self._follow()
         return watch, old is None
 
     def remove(self, name: str) -> Watch | None:
         watch = self.watches.pop(name, None)
         if watch is not None:
+            self._forget(watch)
+            self._reindex()
+            if not self.watches:
+                self._unfollow()
             self.registry.journal.append(
                 "watch", None, {**watch.summary(), "change": "removed"}, 0, None
             )
         return watch
+
+    def _forget(self, watch: Watch) -> None:
+        for key in watch.lives:
+            n = self._members.get(key, 0) - 1
+            if n > 0:
+                self._members[key] = n
+            else:
+                self._members.pop(key, None)
+
+    def _reindex(self) -> None:
+        self._index.clear()
+        self._generic = []
+        for watch in self.watches.values():
+            if watch.index is None:
+                self._generic.append(watch)
+            else:
+                self._index.setdefault(watch.index, []).append(watch)
 
     def life_ids(self, watch: Watch) -> list[dict[str, Any]]:
         """The watch's lives in brief, oldest first (for the API and the dashboard)."""
@@ -213,27 +270,40 @@ class WatchEngine:
 
     @property
     def subscribed(self) -> int:
-        """Journal subscribers the engine holds (1 while running)."""
+        """Journal subscribers the engine holds (1 while it has watches to keep)."""
         return 0 if self._sub is None else 1
 
     # -- running -----------------------------------------------------------------------
     def start(self) -> None:
-        """Subscribe and re-evaluate in one synchronous step: no event falls between."""
-        self._sub = self.registry.journal.subscribe(lambda e: e.type in _RELEVANT, QUEUE)
+        """Define the configured watches and follow the journal while there are any."""
+        self._running = True
         for name, spec in self._configured.items():
             self.define(name, spec)
+        self._follow()
+
+    def _follow(self) -> None:
+        """Subscribe only while some watch exists: a node without watches pays nothing.
+        Subscribing and evaluating happen in one synchronous step: no event falls between."""
+        if not self._running or self._sub is not None or not self.watches:
+            return
+        self._sub = self.registry.journal.subscribe(lambda e: e.type in _RELEVANT, QUEUE)
         self.reevaluate()
         self._task = asyncio.create_task(self._run(self._sub), name="watch-engine")
 
-    async def stop(self) -> None:
+    def _unfollow(self) -> asyncio.Task[None] | None:
+        task, self._task = self._task, None
         if self._sub is not None:
-            self._sub.close()
+            self._sub.close()  # next_batch returns [] and the task ends
             self._sub = None
-        if self._task is not None:
-            self._task.cancel()
+        return task
+
+    async def stop(self) -> None:
+        self._running = False
+        task = self._unfollow()
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
     async def _run(self, sub: Subscriber) -> None:
         while True:
@@ -278,7 +348,14 @@ class WatchEngine:
 
     def _consider(self, life: LifeView, at: float) -> None:
         key = (life.pid, life.start_ticks)
-        for watch in self.watches.values():
+        index = self._index
+        cands = self._generic
+        if index:
+            by_comm = index.get(f"c:{life.comm}")
+            by_exe = index.get(f"e:{life.exe}")
+            if by_comm or by_exe:
+                cands = [*cands, *(by_comm or ()), *(by_exe or ())]
+        for watch in cands:
             if watch.match(life, self._parent_of):
                 if key in watch.lives:
                     watch.lives[key] = life  # exec within the pattern: refresh, no change
@@ -286,9 +363,15 @@ class WatchEngine:
                     self._set(watch, key, life, at, "joined")
             elif key in watch.lives:
                 self._set(watch, key, None, at, "left")  # exec'd into something else
+        if key in self._members:  # it may have exec'd out of a watch not among cands
+            for watch in self.watches.values():
+                if key in watch.lives and not watch.match(life, self._parent_of):
+                    self._set(watch, key, None, at, "left")
 
     def _leave(self, life: LifeView, at: float) -> None:
         key = (life.pid, life.start_ticks)
+        if key not in self._members:
+            return
         for watch in self.watches.values():
             if key in watch.lives:
                 self._set(watch, key, None, at, "left", life)
@@ -304,8 +387,15 @@ class WatchEngine:
     ) -> None:
         before = watch.state
         old = watch.lives.pop(key, None)
+        if old is not None:
+            n = self._members.get(key, 0) - 1
+            if n > 0:
+                self._members[key] = n
+            else:
+                self._members.pop(key, None)
         if life is not None:
             watch.lives[key] = life
+            self._members[key] = self._members.get(key, 0) + 1
         when = self._clock() if at is None else at
         watch.changed_at = when
         if watch.state != before:

@@ -183,3 +183,22 @@ async def test_real_program_killed_goes_not_running(scripted: Any) -> None:
         proc.wait()
     states = [e["state"] for e in watch_events(service, "sleeper")]
     assert states == [NOT_RUNNING, RUNNING, NOT_RUNNING]
+
+
+async def test_engine_follows_the_journal_only_while_it_has_watches(scripted: Any) -> None:
+    service, src = scripted
+    engine: WatchEngine = service.watches
+    assert engine.subscribed == 0  # no watches configured: no cost per event
+    watch, _ = engine.define("w", WatchSpec(comm="fakeprog"))
+    assert engine.subscribed == 1
+    src.push(Fork("script", FAKE, 1, 1.0, start_ticks=990))
+    src.push(Exec("script", FAKE, 1.0, exe="/x", argv=("x",), comm="fakeprog"))
+    await settle()
+    assert watch.count == 1
+    engine.remove("w")
+    assert engine.subscribed == 0
+    watch, _ = engine.define("w", WatchSpec(comm="fakeprog"))
+    assert watch.count == 1  # evaluated against the registry when defined again
+    src.push(Exit("script", FAKE, 2.0, code=0, start_ticks=990))
+    await settle()
+    assert watch.count == 0 and engine.subscribed == 1
