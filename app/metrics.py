@@ -5,11 +5,16 @@ Everything here is computed when `/metrics` is scraped, from state the service k
 counting as they happen: events by source (a journal subscriber, `EventCounter`) and
 latencies (`LatencyHistogram`, observed by whoever measures them).
 
-The canary interface: an object among `service.sources`, or `service.canary` when the
-service has one, exposes its end-to-end latencies as an attribute `latencies`, a mapping
-`path -> LatencyHistogram` (e.g. `{"proc": h1, "audit": h2}`: from the canary's fork to
-the moment that path delivered it), or a single `latency: LatencyHistogram`. Each becomes
-`lifewatch_canary_latency_seconds{path=...}`.
+The canary interface, read duck-typed so that either side can change alone:
+- `service.canary.stats.verdicts`: a mapping `source name -> verdict` where a verdict has
+  `passes` (int, +1 per measured round) and `latencies` (the most recent round trips in
+  seconds, newest last; a bounded deque). At each scrape the samples added since the last
+  scrape (`passes` grew by n: the last n of `latencies`) are observed into a cumulative
+  histogram, so nothing is counted twice and scrapes further apart than the deque's length
+  lose only the oldest samples (counted in `lifewatch_canary_samples_missed_total`);
+- or, on `service.canary` or any source: `latencies`, a mapping `path -> LatencyHistogram`,
+  or `latency`, one `LatencyHistogram` (observe into it directly).
+Each path becomes `lifewatch_canary_latency_seconds{path=...}`.
 """
 
 from __future__ import annotations
@@ -76,10 +81,42 @@ class LatencyHistogram:
         return out
 
 
-def canary_latencies(service: Service) -> dict[str, LatencyHistogram]:
+class VerdictFeed:
+    """Turns the canary's per-source verdicts (a count and a window of recent latencies)
+    into cumulative histograms, at scrape time."""
+
+    def __init__(self) -> None:
+        self.histograms: dict[str, LatencyHistogram] = {}
+        self._seen: dict[str, int] = {}
+        self.missed = 0
+
+    def update(self, canary: Any) -> dict[str, LatencyHistogram]:
+        verdicts = getattr(getattr(canary, "stats", None), "verdicts", None)
+        if not isinstance(verdicts, Mapping):
+            return self.histograms
+        for name, v in list(verdicts.items()):
+            passes, window = getattr(v, "passes", None), getattr(v, "latencies", None)
+            if not isinstance(passes, int) or window is None:
+                continue
+            hist = self.histograms.setdefault(str(name), LatencyHistogram(recent=1))
+            new = passes - self._seen.get(str(name), 0)
+            self._seen[str(name)] = passes
+            samples = list(window)[-new:] if new > 0 else []
+            self.missed += max(0, new - len(samples))
+            for seconds in samples:
+                hist.observe(float(seconds))
+        return self.histograms
+
+
+def canary_latencies(
+    service: Service, feed: VerdictFeed | None = None
+) -> dict[str, LatencyHistogram]:
     """Every latency histogram the canary interface (module docstring) offers."""
+    canary = getattr(service, "canary", None)
     out: dict[str, LatencyHistogram] = {}
-    holders: list[Any] = [getattr(service, "canary", None), *service.sources]
+    if feed is not None and canary is not None:
+        out.update(feed.update(canary))
+    holders: list[Any] = [canary, *service.sources]
     for obj in holders:
         if obj is None:
             continue
@@ -179,6 +216,7 @@ class LifewatchCollector(Collector):
         self.service = service
         self.counter = counter
         self.websockets = websockets
+        self.verdicts = VerdictFeed()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._node()
@@ -278,8 +316,9 @@ class LifewatchCollector(Collector):
         limit = GaugeMetricFamily(
             "lifewatch_kernel_backlog_limit", "The kernel's audit backlog_limit", labels=["source"]
         )
+        health = getattr(self.service, "source_health", None)
         for src in self.service.sources:
-            h = src.health()
+            h = health(src) if callable(health) else src.health()  # with the canary's verdict
             up.add_metric([src.name], 1.0 if h.state == OK else 0.0)
             for st in SOURCE_STATES:
                 state.add_metric([src.name, st], 1.0 if h.state == st else 0.0)
@@ -315,6 +354,11 @@ class LifewatchCollector(Collector):
             "From a canary life's fork to its report by each path, seconds",
             labels=["path"],
         )
-        for path, hist in sorted(canary_latencies(self.service).items()):
+        for path, hist in sorted(canary_latencies(self.service, self.verdicts).items()):
             h.add_metric([path], hist.cumulative(), hist.sum)
         yield h
+        yield CounterMetricFamily(
+            "lifewatch_canary_samples_missed",
+            "Canary latencies dropped from the canary's window before a scrape read them",
+            value=self.verdicts.missed,
+        )

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.journal import Event, Subscriber
-from app.life import LifeView, _iso
+from app.life import LifeView, iso
 from app.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Watch:
     @since.setter
     def since(self, when: float) -> None:
         self._since = when
-        self._since_iso = _iso(when)  # formatted once per state change, not per event
+        self._since_iso = iso(when)  # formatted once per state change, not per event
 
     @property
     def count(self) -> int:
@@ -264,7 +264,7 @@ class WatchEngine:
             "name": watch.name,
             "spec": watch.spec.model_dump(exclude_none=True),
             **{k: v for k, v in watch.summary().items() if k != "watch"},
-            "changed_at": _iso(watch.changed_at),
+            "changed_at": iso(watch.changed_at),
             "lives": self.life_ids(watch),
         }
 

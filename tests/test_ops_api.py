@@ -237,3 +237,23 @@ async def test_dashboard_files_are_served(open_api: Client) -> None:
         r = await open_api.get(asset)
         assert r.status == 200, asset
     assert (await open_api.get("/static/../../config.py")).status in (403, 404)
+
+
+async def test_canary_verdicts_become_a_cumulative_histogram(api: Any) -> None:
+    """The canary keeps a count and a window of recent latencies per source; each scrape
+    adds only the samples that are new since the previous one."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    c, service, _ = api
+    verdict = SimpleNamespace(passes=2, latencies=deque([0.0003, 0.002], maxlen=3))
+    service.canary = SimpleNamespace(stats=SimpleNamespace(verdicts={"audit": verdict}))
+    fams = await scrape(c)
+    assert sample(fams, "lifewatch_canary_latency_seconds_count", path="audit") == 2
+    verdict.passes, verdict.latencies = 6, deque([0.004, 0.005, 0.006], maxlen=3)
+    fams = await scrape(c)  # 4 new rounds, the window holds 3: one sample missed
+    assert sample(fams, "lifewatch_canary_latency_seconds_count", path="audit") == 5
+    assert sample(fams, "lifewatch_canary_latency_seconds_bucket", path="audit", le="0.0005") == 1
+    assert sample(fams, "lifewatch_canary_samples_missed_total") == 1
+    fams = await scrape(c)  # nothing new: nothing added
+    assert sample(fams, "lifewatch_canary_latency_seconds_count", path="audit") == 5
