@@ -52,6 +52,12 @@ LATENCY_BUCKETS = (
     2.5, 5.0,
 )  # fmt: skip
 SOURCE_STATES = (OK, DEGRADED, FAILED, STOPPED)
+# Source "counters" that are levels, not counts: exported as gauges, not as *_total.
+LEVELS = frozenset({"backlog", "backlog_max", "kernel_backlog", "followed", "queued"})
+
+
+def is_level(name: str) -> bool:
+    return name in LEVELS or "latency" in name
 
 
 class LatencyHistogram:
@@ -305,6 +311,10 @@ class LifewatchCollector(Collector):
             "lifewatch_source_counter", "Each source's own counters (records, messages...)",
             labels=["source", "counter"],
         )  # fmt: skip
+        levels = GaugeMetricFamily(
+            "lifewatch_source_level", "Each source's own levels (queue depths, latencies...)",
+            labels=["source", "name"],
+        )  # fmt: skip
         lost = CounterMetricFamily(
             "lifewatch_kernel_lost", "Records the kernel dropped (audit status `lost`)",
             labels=["source"],
@@ -323,7 +333,7 @@ class LifewatchCollector(Collector):
             for st in SOURCE_STATES:
                 state.add_metric([src.name, st], 1.0 if h.state == st else 0.0)
             for k, n in sorted(h.counters.items()):
-                counters.add_metric([src.name, k], n)
+                (levels if is_level(k) else counters).add_metric([src.name, k], n)
             both: dict[str, Any] = {**h.info, **h.counters}
             for family, keys in (
                 (lost, ("kernel_lost", "lost")),
@@ -332,7 +342,7 @@ class LifewatchCollector(Collector):
             ):
                 if (v := _first(both, *keys)) is not None:
                     family.add_metric([src.name], v)
-        yield from (up, state, counters, lost, backlog, limit)
+        yield from (up, state, counters, levels, lost, backlog, limit)
 
     def _watches(self) -> Iterator[Metric]:
         engine = self.service.watches
