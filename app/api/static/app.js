@@ -324,8 +324,9 @@ function drawNode() {
   $("cursor").textContent = state.cursor ?? n.cursor;
   const srcs = Object.entries(n.sources || {});
   $("sources").innerHTML = srcs.length ? srcs.map(([name, h]) => {
-    const ctr = Object.entries(h.counters || {}).slice(0, 8).map(([k, v]) => `${k} ${v}`).join(" · ");
-    return `<div class="src st-${esc(h.state)}" data-source="${esc(name)}"><span class="name">${esc(name)}</span>`
+    const ctr = Object.entries(h.counters || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
+    const info = Object.entries(h.info || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+    return `<div class="src st-${esc(h.state)}" data-source="${esc(name)}" title="${esc(info)}"><span class="name">${esc(name)}</span>`
       + `<span class="state">${esc(h.state)}</span><span class="why" title="${esc(h.reason)}">${esc(h.reason)}`
       + `${h.since ? " · since " + hms(h.since) : ""}</span>${ctr ? `<span class="ctr">${esc(ctr)}</span>` : ""}</div>`;
   }).join("") : `<div class="empty">no kernel sources configured</div>`;
