@@ -86,7 +86,7 @@ class Config(BaseModel):
         "refused (reads stay open)",
     )
     watches: dict[str, WatchSpec] = Field(
-        default_factory=dict,
+        {},  # pydantic copies it for each Config
         description="named process patterns, e.g. [watches.ntpd] comm = \"ntpd\" "
         "(LIFEWATCH_WATCHES takes JSON)",
     )
