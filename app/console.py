@@ -57,15 +57,9 @@ def age(start: str, now: datetime) -> str:
     return f"{s // 86400:.0f}d{s % 86400 // 3600:.0f}h"
 
 
-def tree_lines(
-    lives: Iterable[Life],
-    keep: Callable[[Life], bool],
-    paint: Paint,
-    width: int,
-    now: datetime | None = None,
-) -> list[str]:
-    """The lives as a forest by ppid; with a filter, matches and their ancestors."""
-    now = now or datetime.now(UTC)
+def forest(lives: Iterable[Life]) -> tuple[dict[int, Life], dict[int, list[Life]], list[Life]]:
+    """(lives by pid, children by parent pid, roots): a life whose parent is not among
+    the lives is a root."""
     by_pid = {life["pid"]: life for life in lives}
     kids: dict[int, list[Life]] = {}
     roots: list[Life] = []
@@ -74,6 +68,10 @@ def tree_lines(
             kids.setdefault(life["ppid"], []).append(life)
         else:
             roots.append(life)
+    return by_pid, kids, roots
+
+
+def with_ancestors(by_pid: dict[int, Life], keep: Callable[[Life], bool]) -> set[int]:
     shown: set[int] = set()
     for life in by_pid.values():
         if keep(life):
@@ -81,22 +79,37 @@ def tree_lines(
             while node is not None and node["pid"] not in shown:
                 shown.add(node["pid"])
                 node = by_pid.get(node["ppid"])
+    return shown
+
+
+def row(life: Life, guide: str, paint: Paint, width: int, now: datetime) -> str:
+    uid = life.get("uid")
+    head = f"{life['pid']:>7} {uid if uid is not None else '?':>5} {age(life['start'], now):>6}  "
+    cmd = life.get("comm") or "?"
+    args = " ".join(life.get("argv") or [])
+    rest = args[len(cmd) :] if args.startswith(cmd) else (" " + args if args else "")
+    body = (cmd + rest)[: max(10, width - len(head) - len(guide))]
+    canary = paint("35", " [canary]") if life.get("canary") else ""
+    return head + paint("2", guide) + paint("1", body[: len(cmd)]) + paint("2", body[len(cmd) :]) \
+        + canary  # fmt: skip
+
+
+def tree_lines(
+    lives: Iterable[Life],
+    keep: Callable[[Life], bool],
+    paint: Paint,
+    width: int,
+    now: datetime | None = None,
+) -> list[str]:
+    """The lives as a forest by ppid; with a filter, matches and their ancestors."""
+    when = now or datetime.now(UTC)
+    by_pid, kids, roots = forest(lives)
+    shown = with_ancestors(by_pid, keep)
     lines = [paint("2", f"{'PID':>7} {'UID':>5} {'AGE':>6}  COMMAND")]
 
     def walk(life: Life, prefix: str, last: bool, depth: int) -> None:
-        if life["pid"] not in shown:
-            return
         guide = "" if depth == 0 else prefix + ("└─ " if last else "├─ ")
-        args = " ".join(life.get("argv") or [])
-        head = f"{life['pid']:>7} {life.get('uid') if life.get('uid') is not None else '?':>5} "
-        head += f"{age(life['start'], now):>6}  "
-        room = max(10, width - len(head) - len(guide))
-        cmd = f"{life.get('comm') or '?'}"
-        rest = args[len(cmd) :] if args.startswith(cmd) else (" " + args if args else "")
-        body = (cmd + rest)[:room]
-        colored = paint("1", body[: len(cmd)]) + paint("2", body[len(cmd) :])
-        canary = paint("35", " [canary]") if life.get("canary") else ""
-        lines.append(head + paint("2", guide) + colored + canary)
+        lines.append(row(life, guide, paint, width, when))
         children = sorted((c for c in kids.get(life["pid"], []) if c["pid"] in shown),
                           key=lambda c: c["pid"])  # fmt: skip
         nxt = "" if depth == 0 else prefix + ("   " if last else "│  ")
@@ -104,7 +117,8 @@ def tree_lines(
             walk(c, nxt, i == len(children) - 1, depth + 1)
 
     for r in sorted(roots, key=lambda x: x["pid"]):
-        walk(r, "", True, 0)
+        if r["pid"] in shown:
+            walk(r, "", True, 0)
     return lines
 
 

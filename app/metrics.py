@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 
 from app.journal import Event, Journal, Subscriber
 from app.life import SourceSet
-from app.source import DEGRADED, FAILED, OK, STOPPED
+from app.source import DEGRADED, FAILED, OK, STOPPED, SourceHealth
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -269,21 +269,7 @@ class LifewatchCollector(Collector):
         yield ev
         c = self.counter
         if c is not None:
-            bs = CounterMetricFamily(
-                "lifewatch_source_events",
-                "Journaled events by type and by the event source that reported them",
-                labels=["type", "source"],
-            )
-            for (t, src), n in sorted(c.by_source.items()):
-                bs.add_metric([t, src], n)
-            yield bs
-            gaps = CounterMetricFamily(
-                "lifewatch_gaps", "Losses reported by event sources (each a gap event)",
-                labels=["source", "reason"],
-            )  # fmt: skip
-            for (src, reason), n in sorted(c.gaps.items()):
-                gaps.add_metric([src, reason], n)
-            yield gaps
+            yield from self._by_source(c)
         g = GaugeMetricFamily("lifewatch_journal_cursor", "Cursor of the newest event")
         g.add_metric([], j.last_cursor)
         yield g
@@ -301,6 +287,23 @@ class LifewatchCollector(Collector):
             value=j.overflows,
         )
 
+    def _by_source(self, c: EventCounter) -> Iterator[Metric]:
+        bs = CounterMetricFamily(
+            "lifewatch_source_events",
+            "Journaled events by type and by the event source that reported them",
+            labels=["type", "source"],
+        )
+        for (t, src), n in sorted(c.by_source.items()):
+            bs.add_metric([t, src], n)
+        yield bs
+        gaps = CounterMetricFamily(
+            "lifewatch_gaps", "Losses reported by event sources (each a gap event)",
+            labels=["source", "reason"],
+        )  # fmt: skip
+        for (src, reason), n in sorted(c.gaps.items()):
+            gaps.add_metric([src, reason], n)
+        yield gaps
+
     def _sources(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("lifewatch_source_up", "1 when the source is ok", labels=["source"])
         state = GaugeMetricFamily(
@@ -315,6 +318,24 @@ class LifewatchCollector(Collector):
             "lifewatch_source_level", "Each source's own levels (queue depths, latencies...)",
             labels=["source", "name"],
         )  # fmt: skip
+        healths = self._healths()
+        for name, h in healths:
+            up.add_metric([name], 1.0 if h.state == OK else 0.0)
+            for st in SOURCE_STATES:
+                state.add_metric([name, st], 1.0 if h.state == st else 0.0)
+            for k, n in sorted(h.counters.items()):
+                (levels if is_level(k) else counters).add_metric([name, k], n)
+        yield from (up, state, counters, levels)
+        yield from self._kernel(healths)
+
+    def _healths(self) -> list[tuple[str, SourceHealth]]:
+        """Each source's health, with the canary's verdict when the service overlays it."""
+        overlay = getattr(self.service, "source_health", None)
+        return [(s.name, overlay(s) if callable(overlay) else s.health())
+                for s in self.service.sources]  # fmt: skip
+
+    def _kernel(self, healths: list[tuple[str, SourceHealth]]) -> Iterator[Metric]:
+        """The kernel's own audit figures, from the audit source's counters or info."""
         lost = CounterMetricFamily(
             "lifewatch_kernel_lost", "Records the kernel dropped (audit status `lost`)",
             labels=["source"],
@@ -326,14 +347,7 @@ class LifewatchCollector(Collector):
         limit = GaugeMetricFamily(
             "lifewatch_kernel_backlog_limit", "The kernel's audit backlog_limit", labels=["source"]
         )
-        health = getattr(self.service, "source_health", None)
-        for src in self.service.sources:
-            h = health(src) if callable(health) else src.health()  # with the canary's verdict
-            up.add_metric([src.name], 1.0 if h.state == OK else 0.0)
-            for st in SOURCE_STATES:
-                state.add_metric([src.name, st], 1.0 if h.state == st else 0.0)
-            for k, n in sorted(h.counters.items()):
-                (levels if is_level(k) else counters).add_metric([src.name, k], n)
+        for name, h in healths:
             both: dict[str, Any] = {**h.info, **h.counters}
             for family, keys in (
                 (lost, ("kernel_lost", "lost")),
@@ -341,8 +355,8 @@ class LifewatchCollector(Collector):
                 (limit, ("kernel_backlog_limit", "backlog_limit")),
             ):
                 if (v := _first(both, *keys)) is not None:
-                    family.add_metric([src.name], v)
-        yield from (up, state, counters, levels, lost, backlog, limit)
+                    family.add_metric([name], v)
+        yield from (lost, backlog, limit)
 
     def _watches(self) -> Iterator[Metric]:
         engine = self.service.watches
