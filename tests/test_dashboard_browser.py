@@ -26,6 +26,7 @@ from app.observations import Exec, Exit, Fork
 from app.procfs import parse_stat
 from app.scripted import ScriptedSource
 from app.service import Service
+from app.watches import WatchSpec
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -37,6 +38,8 @@ pytestmark = pytest.mark.skipif(
     reason="browser test runs as root or in CI (chromium installed by .ci/run)",
 )
 SHOTS = os.environ.get("LIFEWATCH_SCREENSHOTS")
+# A duration no other test on the machine uses: the watch matches only our sleeper.
+SLEEP = f"{30 + os.getpid() % 10_000 / 100_000:.5f}"
 
 
 def free_port() -> int:
@@ -74,7 +77,10 @@ class Server:
 
     async def start(self) -> None:
         kernel = kernel_sources()
-        cfg = Config(sources=kernel, state_dir=None, port=self.port, heartbeat=2.0)
+        cfg = Config(
+            sources=kernel, state_dir=None, port=self.port, heartbeat=2.0,
+            watches={"sleeper": WatchSpec(argv=f"^sleep {SLEEP}$")},
+        )  # fmt: skip
         self.script = None if kernel else ScriptedSource("proc")
         service = Service(cfg, sources=None if kernel else [self.script])
         self.runner = web.AppRunner(make_app(service), shutdown_timeout=1.0)
@@ -134,15 +140,23 @@ async def shot(pg: Any, tmp_path: Path, name: str) -> None:
         shutil.copy(path, Path(SHOTS) / path.name)
 
 
-async def see_a_life_and_its_death(pg: Any, server: Server, seconds: str) -> None:
-    proc = subprocess.Popen(["sleep", seconds])
+async def watch_state(pg: Any, state: str) -> None:
+    await pg.wait_for_function(
+        "s => document.querySelector('#watches [data-watch=\"sleeper\"] .state')"
+        "?.textContent.startsWith(s)", arg=state, timeout=10_000,
+    )  # fmt: skip
+
+
+async def see_a_life_and_its_death(pg: Any, server: Server) -> None:
+    proc = subprocess.Popen(["sleep", SLEEP])
     try:
         server.spawned(proc)
-        # It shows in the process tree (alive) and as a birth in the feed.
+        # It shows in the process tree (alive), as a birth in the feed, and in its watch.
         await pg.wait_for_selector(f'#tree .p[data-pid="{proc.pid}"]', timeout=10_000)
         await pg.wait_for_selector(
             f'#feed .e[data-type="born"][data-pid="{proc.pid}"]', timeout=10_000
         )
+        await watch_state(pg, "running")
     finally:
         proc.kill()
         await asyncio.to_thread(proc.wait)
@@ -151,6 +165,7 @@ async def see_a_life_and_its_death(pg: Any, server: Server, seconds: str) -> Non
         f'#feed .e[data-type="died"][data-pid="{proc.pid}"]', timeout=10_000
     )
     assert "SIGKILL" in await died.inner_text()
+    await watch_state(pg, "not running")
 
 
 async def test_dashboard_follows_lives_and_survives_a_restart(
@@ -160,7 +175,8 @@ async def test_dashboard_follows_lives_and_survives_a_restart(
     await page.goto(url)
     await page.wait_for_function("document.getElementById('conn').textContent === 'live'")
     assert await page.inner_text("#host") == socket.gethostname()
-    await see_a_life_and_its_death(page, server, "30")
+    await watch_state(page, "not running")
+    await see_a_life_and_its_death(page, server)
     await shot(page, tmp_path, "dashboard-live")
 
     await server.stop()
@@ -175,5 +191,5 @@ async def test_dashboard_follows_lives_and_survives_a_restart(
     await page.wait_for_function(
         "document.getElementById('conn').textContent === 'live'", timeout=15_000
     )
-    await see_a_life_and_its_death(page, server, "31")
+    await see_a_life_and_its_death(page, server)
     await shot(page, tmp_path, "dashboard-after-restart")

@@ -27,6 +27,7 @@ const state = {
   dirty: { tree: true, watches: true, node: true },
   ws: null,
   backoff: 500,
+  staleSince: null,   // when the stream stopped being live
 };
 
 // ---------- helpers ----------
@@ -98,6 +99,13 @@ function setConn(cls, text) {
   const el = $("conn");
   el.className = "pill " + cls;
   el.textContent = text;
+  // What the page shows is only as good as its stream: say so when it is not live.
+  const live = cls === "conn-live";
+  if (!live && !state.staleSince) state.staleSince = new Date();
+  if (live) state.staleSince = null;
+  document.body.classList.toggle("stale", !live);
+  $("stale").textContent = live ? "" : `Not live since ${hms(state.staleSince.toISOString())}: `
+    + "showing the last state received. The page reconnects by itself.";
 }
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
@@ -181,6 +189,7 @@ function feedWanted(ev) {
   const on = new Set([...boxes].filter((b) => b.checked).map((b) => b.value));
   if (!on.has(feedKind(ev.type))) return false;
   if (ev.life && ev.life.canary && !$("feed-canary").checked) return false;
+  if (ev.life && isKthread(ev.life) && !$("show-kthreads").checked) return false;
   return true;
 }
 function pushFeed(ev, force) {
