@@ -1,6 +1,6 @@
 """Watches: named patterns over lives ("is ntpd running?"), kept current from the journal.
 
-A watch engine is one journal subscriber. It applies each born/exec/died event to every
+A watch engine is one journal subscriber (only while some watch exists). It applies each born/exec/died event to every
 watch's set of matching lives and journals a `watch` event whenever a watch's membership
 changes. Applying an event is idempotent (a set keyed by life), so a full re-evaluation
 against the registry (after a snapshot, a resync or a subscriber reset) may overlap with
@@ -39,7 +39,9 @@ class WatchSpec(BaseModel):
     `exe`, `comm` and `parent` are shell globs (fnmatch); `argv` is a regular expression
     searched in the arguments joined by single spaces."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Patterns run on every birth and exec: keep them short (a token holder defines them,
+    # but a runaway regex would still stall the event loop).
+    model_config = ConfigDict(frozen=True, extra="forbid", str_max_length=512)
 
     exe: str | None = Field(None, description="glob on the executable path, e.g. /usr/sbin/ntpd")
     comm: str | None = Field(None, description="glob on the command name (15 chars max)")
