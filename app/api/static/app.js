@@ -24,7 +24,7 @@ const state = {
   lastBuckets: null,   // previous scrape's canary histogram, for per-interval quantiles
   paused: false,
   pending: [],         // feed rows not yet drawn
-  dirty: { tree: true, watches: true, node: true },
+  dirty: { tree: true, watches: true },
   ws: null,
   backoff: 500,
   staleSince: null,   // when the stream stopped being live
@@ -79,7 +79,7 @@ async function loadAll() {
   await loadWatches();
   // Events after the node's cursor are replayed by the stream; applying them is idempotent.
   state.cursor = node.cursor;
-  state.dirty.tree = state.dirty.node = true;
+  state.dirty.tree = true;
 }
 async function loadWatches() {
   try {
@@ -168,7 +168,7 @@ function apply(ev) {
   } else if (ev.type === "watch") {
     reloadWatchesSoon();
   } else if (ev.type === "source" || ev.type === "gap" || ev.type === "resync" || ev.type === "clock") {
-    state.dirty.node = true;
+    pollNodeSoon(); // health and counters changed: show them now, not at the next poll
   }
   countRate(ev);
   pushFeed(ev, false);
@@ -331,6 +331,9 @@ function drawNode() {
   $("version").textContent = `v${n.version} · HZ ${n.hz}`;
   $("uptime").textContent = dur(n.uptime);
   $("cursor").textContent = state.cursor ?? n.cursor;
+  const gaps = (n.events && n.events.gap) || 0;
+  $("gaps").textContent = gaps;
+  $("gaps-kv").classList.toggle("alarm", gaps > 0);
   const srcs = Object.entries(n.sources || {});
   $("sources").innerHTML = srcs.length ? srcs.map(([name, h]) => {
     const ctr = Object.entries(h.counters || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
@@ -494,6 +497,11 @@ async function pollMetrics() {
     if (state.canary.length > 400) state.canary.shift();
     $("canary-now").textContent = `now p50 ${(p50 * 1000).toFixed(2)} ms · p99 ${(p99 * 1000).toFixed(2)} ms`;
   } catch (e) { /* the stream's reconnect loop reports a dead daemon */ }
+}
+let nodeTimer = null;
+function pollNodeSoon() {
+  if (nodeTimer) return;
+  nodeTimer = setTimeout(async () => { nodeTimer = null; await pollNode(); }, 300);
 }
 async function pollNode() {
   try { state.node = await getJSON("/v1/node"); } catch (e) { /* shown by the connection pill */ }
