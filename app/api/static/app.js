@@ -415,10 +415,15 @@ function drawRates() {
   axes(ctx, w, h, max, "", left);
   const x = (t) => left + (w - left - 6) * (t - (now - WINDOW)) / WINDOW;
   const y = (v) => 8 + (h - 26) * (1 - v / max);
-  for (const [type, color] of [["died", "--died"], ["exec", "--exec"], ["born", "--born"], ["gap", "--bad"]]) {
+  for (const [type, color] of [["died", "--died"], ["exec", "--exec"], ["born", "--born"]]) {
     const pts = [];
     for (let t = now - WINDOW; t <= now; t++) pts.push([x(t), y((state.rates.get(t) || {})[type] || 0)]);
-    line(ctx, pts, css(color), type === "gap" ? 2 : 1.5);
+    line(ctx, pts, css(color), 1.5);
+  }
+  // A gap is an alarm, not a rate: a red mark over the second it happened.
+  ctx.fillStyle = css("--bad");
+  for (let t = now - WINDOW; t <= now; t++) {
+    if ((state.rates.get(t) || {}).gap) ctx.fillRect(x(t) - 1.5, 8, 3, h - 26);
   }
   ctx.fillStyle = css("--muted");
   ctx.fillText(`-${WINDOW}s`, left, h - 4);
