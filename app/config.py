@@ -29,6 +29,16 @@ class Config(BaseModel):
     subscriber_queue: int = Field(
         4096, ge=1, description="events queued per WebSocket client before it must catch up"
     )
+    token: str | None = Field(
+        None,
+        description="bearer token that PUT/DELETE /v1/watches require; without one they are "
+        "refused (reads stay open)",
+    )
+    watches: dict[str, WatchSpec] = Field(
+        {},  # pydantic copies it for each Config
+        description="named process patterns, e.g. [watches.ntpd] comm = \"ntpd\" "
+        "(LIFEWATCH_WATCHES takes JSON)",
+    )
     state_dir: Path | None = Field(
         Path("/run/lifewatch"), description="where btime is pinned per boot (tmpfs)"
     )
@@ -80,16 +90,6 @@ class Config(BaseModel):
     @classmethod
     def _no_dir(cls, v: Any) -> Any:
         return None if v in ("", "none") else v  # an empty value turns pinning to disk off
-    token: str | None = Field(
-        None,
-        description="bearer token that PUT/DELETE /v1/watches require; without one they are "
-        "refused (reads stay open)",
-    )
-    watches: dict[str, WatchSpec] = Field(
-        {},  # pydantic copies it for each Config
-        description="named process patterns, e.g. [watches.ntpd] comm = \"ntpd\" "
-        "(LIFEWATCH_WATCHES takes JSON)",
-    )
 
     @field_validator("sources", mode="before")
     @classmethod
