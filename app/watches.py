@@ -1,11 +1,11 @@
 """Watches: named patterns over lives ("is ntpd running?"), kept current from the journal.
 
-A watch engine is one journal subscriber (only while some watch exists). It applies each born/exec/died event to every
-watch's set of matching lives and journals a `watch` event whenever a watch's membership
-changes. Applying an event is idempotent (a set keyed by life), so a full re-evaluation
-against the registry (after a snapshot, a resync or a subscriber reset) may overlap with
-events still queued without double counting. No polling: the engine sleeps until the
-journal offers it something.
+A watch engine is one journal subscriber (only while some watch exists). It applies each
+born/exec/died event to every watch's set of matching lives and journals a `watch` event
+whenever a watch's membership changes. Applying an event is idempotent (a set keyed by
+life), so a full re-evaluation against the registry (after a snapshot, a resync or a
+subscriber reset) may overlap with events still queued without double counting. No
+polling: the engine sleeps until the journal offers it something.
 """
 
 from __future__ import annotations
