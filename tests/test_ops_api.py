@@ -245,9 +245,19 @@ async def test_canary_verdicts_become_a_cumulative_histogram(api: Any) -> None:
     from collections import deque
     from types import SimpleNamespace
 
+    class FakeCanary:  # the shape of app.canary.Canary that the metrics read
+        def __init__(self, verdicts: dict[str, Any]) -> None:
+            self.stats = SimpleNamespace(verdicts=verdicts)
+
+        def overlay(self, name: str, health: Any) -> Any:
+            return health
+
+        async def stop(self) -> None:
+            return None
+
     c, service, _ = api
     verdict = SimpleNamespace(passes=2, latencies=deque([0.0003, 0.002], maxlen=3))
-    service.canary = SimpleNamespace(stats=SimpleNamespace(verdicts={"audit": verdict}))
+    service.canary = FakeCanary({"audit": verdict})
     fams = await scrape(c)
     assert sample(fams, "lifewatch_canary_latency_seconds_count", path="audit") == 2
     verdict.passes, verdict.latencies = 6, deque([0.004, 0.005, 0.006], maxlen=3)
