@@ -58,23 +58,33 @@ async def until(cond: Any, timeout: float = 5.0) -> None:
 
 
 async def test_watch_follows_a_real_program_to_its_death(svc: Service) -> None:
+    source = svc.sources[0].name
     tag = f"lifewatch-kernel-watch-{os.getpid()}"
     watch, _ = svc.watches.define("prog", WatchSpec(argv=tag))
     assert watch.state == NOT_RUNNING
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", tag])
+    prog = [sys.executable, "-c", "import sys; sys.stdin.read()", tag]
+    proc = subprocess.Popen(prog, stdin=subprocess.PIPE)
     try:
         await until(lambda: watch.state == RUNNING)
         assert [k[0] for k in watch.lives] == [proc.pid]
     finally:
-        proc.kill()
+        if source == "audit":
+            # A killed process makes no exit record (design.md fact 4): audit alone sees
+            # only a program that ends by itself. The proc connector sees the SIGKILL.
+            assert proc.stdin is not None
+            proc.stdin.close()
+        else:
+            proc.kill()
         proc.wait()
     await until(lambda: watch.state == NOT_RUNNING)
     evs = [e for e in svc.journal.since(0) or [] if e.type == "watch" and e.fields
            and e.fields["watch"] == "prog"]  # fmt: skip
     assert [e.fields["state"] for e in evs if e.fields] == [NOT_RUNNING, RUNNING, NOT_RUNNING]
     last = evs[-1]
-    assert last.life is not None and last.life.pid == proc.pid
-    if last.life.exit is not None:  # audit alone cannot see a SIGKILL's exit (fact 4)
+    assert last.life is not None and last.life.pid == proc.pid and last.life.exit is not None
+    if source == "audit":
+        assert last.life.exit.code == 0
+    else:
         assert last.life.exit.signal == 9
 
 
@@ -93,8 +103,8 @@ async def test_metrics_move_when_the_test_forks(svc: Service) -> None:
                                                            ("source", source)}))  # fmt: skip
         died = ("lifewatch_events_total", frozenset({("type", "died")}))
         before = samples(await (await c.get("/metrics")).text())
-        for _ in range(20):
-            subprocess.run(["true"], check=True)
+        # From a shell: in unicast mode the daemon's own forks are never audited (fact 3).
+        subprocess.run(["sh", "-c", "for i in $(seq 20); do /bin/true; done"], check=True)
         await asyncio.sleep(0.3)
         after = samples(await (await c.get("/metrics")).text())
     assert after.get(born, 0) - before.get(born, 0) >= 20
