@@ -36,7 +36,7 @@ class Config(BaseModel):
     )
     watches: dict[str, WatchSpec] = Field(
         {},  # pydantic copies it for each Config
-        description="named process patterns, e.g. [watches.ntpd] comm = \"ntpd\" "
+        description='named process patterns, e.g. [watches.ntpd] comm = "ntpd" '
         "(LIFEWATCH_WATCHES takes JSON)",
     )
     state_dir: Path | None = Field(

@@ -183,9 +183,7 @@ class Follower:
         self._drop(pid)
         self.stats.deaths += 1
         code, sig, core = (None, None, False) if status is None else wait_status(status)
-        self.tracker.submit(
-            Exit("pidfd", pid, at, code, sig, core, start_ticks=f.life.start_ticks)
-        )
+        self.tracker.submit(Exit("pidfd", pid, at, code, sig, core, start_ticks=f.life.start_ticks))
 
     def _status(self, f: _Followed) -> int | None:
         """Reaped: the pidfd knows. A zombie: its stat's field 52 (a zombie's pid cannot be

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from app.life import LifeView, SourceSet, iso
+from app.life import LifeView, iso, source_names
 
 
 class Encoder(Protocol):
@@ -51,7 +51,7 @@ class Event:
         if self.life is not None:
             out["life"] = enc.life_json(self.life)
         if self.sources:
-            out["sources"] = SourceSet(self.sources).names()
+            out["sources"] = source_names(self.sources)
         if self.fields:
             out.update(self.fields)
         return out

@@ -38,7 +38,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from app.journal import Event, Journal, Subscriber
-from app.life import SourceSet
+from app.life import source_names
 from app.source import DEGRADED, FAILED, OK, STOPPED, SourceHealth
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class EventCounter:
         """(type, source name) -> events; an event seen by two sources counts for each."""
         out: dict[tuple[str, str], int] = {}
         for (kind, bits), n in list(self._by_bits.items()):
-            for name in SourceSet(bits).names():
+            for name in source_names(bits):
                 out[(kind, name)] = out.get((kind, name), 0) + n
         return out
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from app.identity import NodeIdentity
 from app.journal import Journal
-from app.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView, SourceSet
+from app.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView
 from app.procfs import ProcInfo
 
 
@@ -114,7 +114,7 @@ class Registry:
         return len(self.alive) + len(self.dead)
 
     # -- changing ------------------------------------------------------------------------
-    def load(self, infos: Iterable[ProcInfo], source: SourceSet) -> int:
+    def load(self, infos: Iterable[ProcInfo], source: int) -> int:
         """Add lives found in /proc without a birth event (the start-up snapshot)."""
         n = 0
         for info in infos:
@@ -125,7 +125,7 @@ class Registry:
             self._link_parent(life)
         return n
 
-    def _from_proc(self, info: ProcInfo, source: SourceSet, born_at: float | None) -> Life:
+    def _from_proc(self, info: ProcInfo, source: int, born_at: float | None) -> Life:
         st = info.stat
         life = Life(
             st.pid, st.start_ticks, st.ppid, st.comm, source,
@@ -139,27 +139,25 @@ class Registry:
         if parent is not None and parent.start_ticks <= life.start_ticks:
             life.parent_ticks = parent.start_ticks
 
-    def born(self, life: Life, sources: SourceSet, fields: dict[str, Any] | None = None) -> None:
+    def born(self, life: Life, sources: int, fields: dict[str, Any] | None = None) -> None:
         old = self.alive.get(life.pid)
         if old is not None and old is not life:
             # The pid is held by a new start: evidence that the old life is gone.
-            self.died(old, None, life.born_at or self._clock(), "pid_reused", SourceSet(0))
+            self.died(old, None, life.born_at or self._clock(), "pid_reused", 0)
         self._link_parent(life)
         self.alive[life.pid] = life
-        self.journal.append("born", life.snapshot(), fields, int(sources), life.born_at)
+        self.journal.append("born", life.snapshot(), fields, sources, life.born_at)
 
-    def learned(self, info: ProcInfo, source: SourceSet) -> Life:
+    def learned(self, info: ProcInfo, source: int) -> Life:
         """A live process found outside the event stream (lookup, resync)."""
         life = self._from_proc(info, source, born_at=None)
         self.born(life, source, {"late": True})
         return life
 
-    def exec(self, life: Life, sources: SourceSet, at: float) -> None:
-        self.journal.append("exec", life.snapshot(), None, int(sources), at)
+    def exec(self, life: Life, sources: int, at: float) -> None:
+        self.journal.append("exec", life.snapshot(), None, sources, at)
 
-    def died(
-        self, life: Life, exit: Exit | None, at: float, cause: str, sources: SourceSet
-    ) -> None:
+    def died(self, life: Life, exit: Exit | None, at: float, cause: str, sources: int) -> None:
         life.died_at = at
         life.exit = exit
         life.cause = cause
@@ -172,7 +170,7 @@ class Registry:
         while len(self._dead_order) > self.history:
             if self.dead.pop(self._dead_order.popleft(), None) is not None:
                 self.evicted += 1
-        self.journal.append("died", life.snapshot(), None, int(sources), at)
+        self.journal.append("died", life.snapshot(), None, sources, at)
 
     def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
         """A journal event about the node rather than a life (gap, resync, source...)."""

@@ -158,9 +158,7 @@ class Tracker:
                 return life
         return None
 
-    def _start_of(
-        self, o: Fork, est: tuple[int, int] | None
-    ) -> tuple[int, int, str | None] | None:
+    def _start_of(self, o: Fork, est: tuple[int, int] | None) -> tuple[int, int, str | None] | None:
         """(start ticks, slack, comm): read from /proc while the child is there (exact),
         else the report's own estimate (+-1 tick, design.md fact 11)."""
         if est is not None and est[1] == 0:
@@ -186,7 +184,7 @@ class Tracker:
             return info.stat.start_ticks, 0, info.stat.comm
         return None
 
-    def _life_now(self, pid: int, source: SourceSet, start_ticks: int | None) -> Life | None:
+    def _life_now(self, pid: int, source: int, start_ticks: int | None) -> Life | None:
         """The alive life of `pid`, learning it from /proc if the birth was missed."""
         life = self.registry.alive.get(pid)
         if life is not None and (start_ticks is None or life.matches(start_ticks)):

@@ -168,9 +168,7 @@ class AuditRule:
 
 # Fields whose value is a length into `buf`: LSM subject/object strings (13-17, 19-23),
 # AUDIT_WATCH, AUDIT_DIR, AUDIT_EXE, AUDIT_FILTERKEY (kernel/auditfilter.c audit_krule_to_data).
-_STRING_FIELDS = frozenset(
-    {13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 105, 107, 112, AUDIT_FILTERKEY}
-)
+_STRING_FIELDS = frozenset({13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 105, 107, 112, AUDIT_FILTERKEY})
 
 # -- the syscalls lifewatch follows, per arch ----------------------------------------------
 # x86_64: arch/x86/entry/syscalls/syscall_64.tbl; i386: syscall_32.tbl.

@@ -64,8 +64,11 @@ def lifewatch_rules(key: str, arches: list[int]) -> list[AuditRule]:
     the kernel walks the exit list for each audited syscall, and each rule costs a test)."""
     return [
         AuditRule(
-            AUDIT_FILTER_EXIT, AUDIT_ALWAYS, frozenset(ARCH_SYSCALLS[arch].values()),
-            ((AUDIT_ARCH, AUDIT_EQUAL, arch),), key,
+            AUDIT_FILTER_EXIT,
+            AUDIT_ALWAYS,
+            frozenset(ARCH_SYSCALLS[arch].values()),
+            ((AUDIT_ARCH, AUDIT_EQUAL, arch),),
+            key,
         )
         for arch in arches
     ]
@@ -78,9 +81,11 @@ def self_exclusion_rules(key: str, arches: list[int], pid: int) -> list[AuditRul
     auditd's file watches) still see this process."""
     return [
         AuditRule(
-            AUDIT_FILTER_EXIT | AUDIT_FILTER_PREPEND, AUDIT_NEVER,
+            AUDIT_FILTER_EXIT | AUDIT_FILTER_PREPEND,
+            AUDIT_NEVER,
             frozenset(ARCH_SYSCALLS[arch].values()),
-            ((AUDIT_PID, AUDIT_EQUAL, pid), (AUDIT_ARCH, AUDIT_EQUAL, arch)), key,
+            ((AUDIT_PID, AUDIT_EQUAL, pid), (AUDIT_ARCH, AUDIT_EQUAL, arch)),
+            key,
         )
         for arch in arches
     ]
@@ -295,7 +300,8 @@ class AuditSource:
             try:
                 await self._control.set_status(
                     AuditStatus(
-                        mask=self._restore_mask, enabled=found.enabled,
+                        mask=self._restore_mask,
+                        enabled=found.enabled,
                         backlog_limit=found.backlog_limit,
                         backlog_wait_time=found.backlog_wait_time,
                     )

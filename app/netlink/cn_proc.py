@@ -137,7 +137,7 @@ def _decode_one(data: bytes | memoryview, at: int, size: int) -> ProcEvent | Non
     base = _BASE.unpack_from(data, at)
     if base[0] != CN_IDX_PROC or base[1] != CN_VAL_PROC:
         return None
-    what, cpu, ts = base[_NCN : _NBASE]
+    what, cpu, ts = base[_NCN:_NBASE]
     if what == PROC_EVENT_FORK and size >= _FORK.size:
         return ForkEvent(cpu, base[_SEQ], ts, *_FORK.unpack_from(data, at)[_NBASE:])
     if what == PROC_EVENT_EXIT and size >= _EXIT.size:

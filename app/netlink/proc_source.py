@@ -273,4 +273,3 @@ def _group_alive(tgid: int) -> bool:
     if len(rest) < 18:
         return False
     return rest[0] not in (b"Z", b"X") or int(rest[17]) > 1
-
