@@ -79,6 +79,7 @@ class Service:
         self.watches = WatchEngine(self.registry, config.watches)
         self.sources = build_sources(config) if sources is None else sources
         self._seen_btime = self.node.clock.btime
+        self._ok, self._ok_until = False, 0.0
         self.tracker.on_resync.append(self.check_clock)
         self.follower = Follower(self.tracker, config.max_follow, proc)
         self.canary: Canary | None = None
@@ -106,8 +107,16 @@ class Service:
         return now
 
     def sources_ok(self) -> bool:
-        """True when at least one source runs and every source reports `ok`."""
-        return bool(self.sources) and all(s.health().state == OK for s in self.sources)
+        """True when at least one source runs and every source, canary verdict included,
+        is `ok`. Lookups ask on every request: the answer is kept for 0.1 s (building every
+        source's health costs more than the rest of a lookup)."""
+        now = time.monotonic()
+        if now >= self._ok_until:
+            self._ok = bool(self.sources) and all(
+                self.source_health(s).state == OK for s in self.sources
+            )
+            self._ok_until = now + 0.1
+        return self._ok
 
     async def start(self) -> None:
         # Sources first, snapshot second: a process born while /proc is read is then either

@@ -192,8 +192,12 @@ async def settle_and_check(svc: Service, lives: list[tuple[int, int, int]]) -> d
         n = 0
         for pid, ticks, code in lives:
             if svc.registry.find(pid, ticks) is None and any(
-                x.pid == pid and not x.alive and x.exit is not None and x.exit.code == code
-                and x.start_slack and 1 < ticks - x.start_ticks <= 10
+                x.pid == pid
+                and not x.alive
+                and x.exit is not None
+                and x.exit.code == code
+                and x.start_slack
+                and 1 < ticks - x.start_ticks <= 10
                 for x in svc.registry.lives("dead")
             ):
                 n += 1

@@ -37,8 +37,13 @@ FILLER = [n for n in range(400) if n not in (2, 3, 110, 257)][:64]
 
 def per_syscall_rules() -> list[AuditRule]:
     return [
-        AuditRule(AUDIT_FILTER_EXIT, AUDIT_ALWAYS, frozenset({nr}),
-                  ((AUDIT_ARCH, AUDIT_EQUAL, arch),), KEY)
+        AuditRule(
+            AUDIT_FILTER_EXIT,
+            AUDIT_ALWAYS,
+            frozenset({nr}),
+            ((AUDIT_ARCH, AUDIT_EQUAL, arch),),
+            KEY,
+        )
         for arch, table in ARCH_SYSCALLS.items()
         for nr in table.values()
     ]
@@ -46,8 +51,13 @@ def per_syscall_rules() -> list[AuditRule]:
 
 def many_rules(n: int) -> list[AuditRule]:
     return [
-        AuditRule(AUDIT_FILTER_EXIT, AUDIT_ALWAYS, frozenset({nr}),
-                  ((AUDIT_ARCH, AUDIT_EQUAL, arch),), f"{KEY}-{nr}")
+        AuditRule(
+            AUDIT_FILTER_EXIT,
+            AUDIT_ALWAYS,
+            frozenset({nr}),
+            ((AUDIT_ARCH, AUDIT_EQUAL, arch),),
+            f"{KEY}-{nr}",
+        )
         for arch in ARCH_SYSCALLS
         for nr in FILLER[:n]
     ]

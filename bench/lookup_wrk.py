@@ -2,7 +2,7 @@
 
 Run (root, wrk from Debian): .venv/bin/python -m bench.lookup_wrk [seconds] [connections]
 Both servers run the same way (aiohttp on uvloop, one process, access log off), are measured
-in the same run with the same wrk settings, alternately, three rounds each; the median is
+in the same run with the same wrk settings, alternately, five rounds each; the median is
 reported. Target: lifewatch >= 70 % of the minimal handler. wrk shares the machine's cores.
 """
 
@@ -78,7 +78,7 @@ def main(seconds: int = 5, conns: int = 32) -> None:
             answer = json.load(r)
         assert answer["state"] == "alive", answer
         results: dict[str, list[tuple[float, str]]] = {"lifewatch": [], "minimal": []}
-        for _ in range(3):
+        for _ in range(5):
             results["minimal"].append(wrk(f"http://127.0.0.1:{min_port}{path}", seconds, conns))
             results["lifewatch"].append(wrk(f"http://127.0.0.1:{lw_port}{path}", seconds, conns))
         for name, runs in results.items():
