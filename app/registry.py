@@ -78,7 +78,7 @@ class Registry:
     def _encode(self, view: LifeView) -> LifeText:
         d = self.life_json(view)
         dumps = json.dumps
-        return LifeText(dumps(d), dumps(d["died_at"]), dumps(d["exit"]))
+        return LifeText(dumps(d, separators=(",", ":")), dumps(d["died_at"]), dumps(d["exit"]))
 
     # -- reading ---------------------------------------------------------------------------
     def holder(self, pid: int) -> Life | None:
