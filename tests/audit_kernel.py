@@ -86,7 +86,9 @@ async def restore(found: AuditStatus, found_rules: list[AuditRule]) -> None:
         if mask:
             await c.set_status(
                 AuditStatus(
-                    mask=mask, enabled=found.enabled, backlog_limit=found.backlog_limit,
+                    mask=mask,
+                    enabled=found.enabled,
+                    backlog_limit=found.backlog_limit,
                     backlog_wait_time=found.backlog_wait_time,
                 )
             )
@@ -166,9 +168,7 @@ async def started(svc: Any) -> Any:
 
 
 def auditctl(*args: str) -> str:
-    return subprocess.run(
-        ["auditctl", *args], check=True, capture_output=True, text=True
-    ).stdout
+    return subprocess.run(["auditctl", *args], check=True, capture_output=True, text=True).stdout
 
 
 AUDITD_RULE = ("-a", "exit,always", "-F", "arch=b64", "-S", "execve", "-k", f"{KEY}-auditd")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
 from app.config import Config
+from app.procfs import parse_stat
 from app.service import Service
 
 DATA = Path(__file__).parent / "data"
@@ -51,3 +53,16 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Tests run on uvloop, like `lifewatch serve`: a socket it refuses fails here too."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+def exec_done(pid: int) -> None:
+    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
+    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
+    for _ in range(200):
+        if Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+        time.sleep(0.005)
+
+
+def start_ticks(pid: int) -> int:
+    return parse_stat(Path(f"/proc/{pid}/stat").read_bytes()).start_ticks

@@ -27,8 +27,11 @@ SCENARIOS = [
     ["sh", "-c", "kill -TERM $$"],
     ["sh", "-c", "kill -SEGV $$"],
     ["sh", "-c", "sleep 5 & wait"],
-    [sys.executable, "-c", "import threading; t=threading.Thread(target=len, args=('',)); "
-     "t.start(); t.join()"],
+    [
+        sys.executable,
+        "-c",
+        "import threading; t=threading.Thread(target=len, args=('',)); t.start(); t.join()",
+    ],
 ]
 
 

@@ -194,8 +194,10 @@ async def test_forced_loss_gives_gap_resync_and_a_right_registry(kernel_audit: A
     try:
         source = svc.sources[0]
         lost0 = (await status()).lost
-        code = ("import os\npids=[]\nfor i in range(3000):\n p=os.fork()\n if p==0: os._exit(3)\n"
-                " pids.append(p)\nfor p in pids: os.waitpid(p,0)\nprint(' '.join(map(str,pids)))")
+        code = (
+            "import os\npids=[]\nfor i in range(3000):\n p=os.fork()\n if p==0: os._exit(3)\n"
+            " pids.append(p)\nfor p in pids: os.waitpid(p,0)\nprint(' '.join(map(str,pids)))"
+        )
         # pause our reader so the kernel queue fills: records beyond backlog_limit are lost
         assert source._sock is not None  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
@@ -238,8 +240,10 @@ async def test_multicast_overrun_is_a_gap(kernel_audit: Any) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(source._sock.fileno())  # stop reading: the socket fills
         t0 = time.time()
-        code = ("import os\nfor i in range(1500):\n p=os.fork()\n if p==0: os._exit(0)\n"
-                " os.waitpid(p,0)")
+        code = (
+            "import os\nfor i in range(1500):\n p=os.fork()\n if p==0: os._exit(0)\n"
+            " os.waitpid(p,0)"
+        )
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
         await proc.wait()
         loop.add_reader(source._sock.fileno(), source._on_readable)

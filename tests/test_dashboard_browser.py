@@ -27,6 +27,7 @@ from app.procfs import parse_stat
 from app.scripted import ScriptedSource
 from app.service import Service
 from app.watches import WatchSpec
+from tests.conftest import exec_done
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -55,16 +56,6 @@ def kernel_sources() -> tuple[str, ...]:
     except ImportError:
         return ()
     return ("proc",) if os.geteuid() == 0 else ()
-
-
-def exec_done(pid: int) -> None:
-    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
-    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
-    for _ in range(200):
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if f.read():
-                return
-        time.sleep(0.005)
 
 
 class Server:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,9 +18,9 @@ from app.api.app import make_app
 from app.config import Config
 from app.metrics import LatencyHistogram
 from app.observations import Exec, Exit, Fork, Loss
-from app.procfs import parse_stat
 from app.scripted import ScriptedSource
 from app.service import Service
+from tests.conftest import exec_done, start_ticks
 from tests.spec import SPEC
 
 TOKEN = "t0ken"
@@ -136,24 +135,10 @@ async def test_watch_events_reach_the_stream(api: Any) -> None:
         src.push(Exit("proc", FAKE, 2.0, code=3, start_ticks=900))
         got = [await ws.receive_json(timeout=5) for _ in range(2)]
     assert [(e["change"], e["state"]) for e in got] == [
-        ("joined", "running"), ("left", "not running")
+        ("joined", "running"),
+        ("left", "not running"),
     ]
     assert got[1]["life"]["exit"]["code"] == 3
-
-
-def exec_done(pid: int) -> None:
-    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
-    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
-    for _ in range(200):
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if f.read():
-                return
-        time.sleep(0.005)
-
-
-def start_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return parse_stat(f.read()).start_ticks
 
 
 def families(text: str) -> dict[str, Any]:

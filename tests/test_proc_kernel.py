@@ -33,9 +33,7 @@ def subscribe(svc: Service) -> Subscriber:
     return svc.journal.subscribe(lambda e: e.type in ("born", "died", "exec"), 100_000)
 
 
-async def death_of(
-    svc: Service, sub: Subscriber, pid: int
-) -> tuple[int | None, int | None, bool]:
+async def death_of(svc: Service, sub: Subscriber, pid: int) -> tuple[int | None, int | None, bool]:
     seen = await wait_for(sub, died(pid))
     life = seen[-1].life
     assert life is not None and life.exit is not None

@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ from pydantic import ValidationError
 
 from app.config import Config, load_config
 from app.observations import Exec, Exit, Fork
-from app.procfs import parse_stat
 from app.scripted import ScriptedSource
 from app.service import Service
 from app.watches import NOT_RUNNING, RUNNING, WatchEngine, WatchSpec
+from tests.conftest import exec_done, start_ticks
 
 FAKE = 4_000_000  # pids above any this machine hands out: scripted lives never meet real ones
 
@@ -27,20 +26,6 @@ def watch_events(service: Service, name: str) -> list[dict[str, Any]]:
     evs = service.journal.since(0) or []
     return [e.to_dict(service.registry) for e in evs if e.type == "watch" and e.fields
             and e.fields.get("watch") == name]  # fmt: skip
-
-
-def exec_done(pid: int) -> None:
-    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
-    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
-    for _ in range(200):
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if f.read():
-                return
-        time.sleep(0.005)
-
-
-def start_ticks(pid: int) -> int:
-    return parse_stat(Path(f"/proc/{pid}/stat").read_bytes()).start_ticks
 
 
 async def settle() -> None:
@@ -92,7 +77,9 @@ async def test_running_then_not_running_from_scripted_events(scripted: Any) -> N
     assert watch.state == NOT_RUNNING and watch.since == t + 2
     evs = watch_events(service, "daemon")
     assert [(e["change"], e["state"]) for e in evs] == [
-        ("defined", NOT_RUNNING), ("joined", RUNNING), ("left", NOT_RUNNING)
+        ("defined", NOT_RUNNING),
+        ("joined", RUNNING),
+        ("left", NOT_RUNNING),
     ]
     assert evs[2]["life"]["exit"]["signal"] == 9  # the event names the life that left
 
