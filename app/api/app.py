@@ -19,7 +19,8 @@ def make_app(service: Service, manage: bool = True) -> web.Application:
     )
     app[SERVICE] = service
     app[SOCKETS] = set()
-    for module in (node, lives, events, stream, follow, watches, metrics, dashboard):
+    # lives first: the lookup is the hot route, and aiohttp tries routes in order.
+    for module in (lives, node, events, stream, follow, watches, metrics, dashboard):
         app.add_routes(module.routes)
     metrics.install(app)
     if manage:

@@ -16,6 +16,19 @@ from app.lookup import answer_text
 routes = web.RouteTableDef()
 
 
+# The lookup first: aiohttp tries routes in the order they were added.
+@routes.get("/v1/lives/{pid}/{start}")
+async def is_alive(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    lid = LifeId(
+        service.node.hostname,
+        parse_pid(request.match_info["pid"]),
+        parse_start(request.match_info["start"]),
+    )
+    text = answer_text(service, lid, request.match_info["start"])
+    return web.Response(text=text, content_type="application/json")
+
+
 @routes.get("/v1/lives")
 async def list_lives(request: web.Request) -> web.Response:
     q = LivesQuery.model_validate(dict(request.query))
@@ -49,18 +62,6 @@ async def holder(request: web.Request) -> web.Response:
     if life is None:
         raise ApiError(404, "not_found", f"no live process holds pid {pid}")
     return web.json_response(service.registry.life_dict(life))
-
-
-@routes.get("/v1/lives/{pid}/{start}")
-async def is_alive(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    lid = LifeId(
-        service.node.hostname,
-        parse_pid(request.match_info["pid"]),
-        parse_start(request.match_info["start"]),
-    )
-    text = answer_text(service, lid, request.match_info["start"])
-    return web.Response(text=text, content_type="application/json")
 
 
 @routes.post("/v1/lives/check")
