@@ -6,15 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -175,24 +171,10 @@ async def _serve(config: Config) -> None:
         await runner.cleanup()  # closes sockets, stops sources, removes kernel rules
 
 
-def _get(url: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:
-        try:
-            err = json.load(e)
-            die(f"{err.get('error')}: {err.get('detail')}")
-        except ValueError:
-            die(f"HTTP {e.code} from {url}")
-    except urllib.error.URLError as e:
-        die(f"cannot reach lifewatch at {url}: {e.reason}")
-
-
 def check(args: argparse.Namespace) -> None:
-    out = _get(f"{args.url}/v1/lives/check", {"lives": args.lives})
+    from app.console import fetch
+
+    out = fetch(f"{args.url}/v1/lives/check", {"lives": args.lives})
     worst = 0
     for r in out["results"]:
         line = f"{r['id']}: {r['state']}"

@@ -19,9 +19,13 @@ from app.tail import Paint, clock_of, emit, follow
 Life = dict[str, Any]
 
 
-def fetch(url: str) -> Any:
+def fetch(url: str, body: Any = None) -> Any:
+    """GET (or POST `body` as JSON) and return the JSON answer; an error is one line on
+    stderr and exit status 2, as for every lifewatch client command."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
     except urllib.error.HTTPError as e:
         try:
@@ -29,9 +33,10 @@ def fetch(url: str) -> Any:
             msg = f"{err.get('error')}: {err.get('detail')}"
         except ValueError:
             msg = f"HTTP {e.code} from {url}"
-        raise SystemExit(f"lifewatch: {msg}") from None
     except urllib.error.URLError as e:
-        raise SystemExit(f"lifewatch: cannot reach lifewatch at {url}: {e.reason}") from None
+        msg = f"cannot reach lifewatch at {url}: {e.reason}"
+    print(f"lifewatch: {msg}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def alive_lives(base: str) -> list[Life]:
