@@ -88,11 +88,8 @@ async def run_workers(mode: str, seconds: float, tmp: Path) -> list[tuple[int, i
 
 # -- kernel state ----------------------------------------------------------------------------
 async def status() -> AuditStatus:
-    c = AuditControl()
-    try:
+    async with AuditControl() as c:
         return await c.get_status()
-    finally:
-        c.close()
 
 
 async def restore(found: AuditStatus) -> None:

@@ -51,19 +51,13 @@ def require_root() -> None:
 
 
 async def status() -> AuditStatus:
-    c = AuditControl()
-    try:
+    async with AuditControl() as c:
         return await c.get_status()
-    finally:
-        c.close()
 
 
 async def rules() -> list[AuditRule]:
-    c = AuditControl()
-    try:
+    async with AuditControl() as c:
         return await c.list_rules()
-    finally:
-        c.close()
 
 
 async def restore(found: AuditStatus, found_rules: list[AuditRule]) -> None:

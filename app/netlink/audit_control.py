@@ -85,6 +85,12 @@ class AuditControl:
                 sock.marshal.msg_map[t] = audit_payload
             self._sock = sock
 
+    async def __aenter__(self) -> AuditControl:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     async def open(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
 
