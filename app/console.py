@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from app.tail import Paint, clock_of, emit, follow
+from app.tail import Paint, clock_of, emit, follow, safe
 
 Life = dict[str, Any]
 
@@ -90,8 +90,8 @@ def with_ancestors(by_pid: dict[int, Life], keep: Callable[[Life], bool]) -> set
 def row(life: Life, guide: str, paint: Paint, width: int, now: datetime) -> str:
     uid = life.get("uid")
     head = f"{life['pid']:>7} {uid if uid is not None else '?':>5} {age(life['start'], now):>6}  "
-    cmd = life.get("comm") or "?"
-    args = " ".join(life.get("argv") or [])
+    cmd = safe(life.get("comm") or "?")
+    args = safe(" ".join(life.get("argv") or []))
     rest = args[len(cmd) :] if args.startswith(cmd) else (" " + args if args else "")
     body = (cmd + rest)[: max(10, width - len(head) - len(guide))]
     canary = paint("35", " [canary]") if life.get("canary") else ""
@@ -158,7 +158,7 @@ def watch_line(w: dict[str, Any], paint: Paint, at: str | None = None) -> str:
     bounds = f"{w.get('min')}..{w.get('max') if w.get('max') is not None else '∞'}"
     ok = "" if w.get("ok") else paint("33", " outside min..max")
     since = clock_of(w.get("since"))
-    return f"{paint('2', clock_of(at))} {w.get('name') or w.get('watch')}: {state} " \
+    return f"{paint('2', clock_of(at))} {safe(w.get('name') or w.get('watch'))}: {state} " \
         f"count {w['count']} ({bounds}){ok} since {since}"  # fmt: skip
 
 
@@ -170,7 +170,8 @@ async def run_watch(args: argparse.Namespace) -> None:
     w = fetch(f"{args.url}/v1/watches/{name}")
     emit(watch_line(w, paint, datetime.now(UTC).isoformat()))
     for life in w["lives"]:
-        emit(paint("2", f"{'':12}   {life['pid']:>7} {life.get('comm') or '?'}  {life['id']}"))
+        comm = safe(life.get("comm") or "?")
+        emit(paint("2", f"{'':12}   {life['pid']:>7} {comm}  {safe(life['id'])}"))
     if args.once:
         return
 
@@ -191,6 +192,6 @@ def print_change(name: str, ev: dict[str, Any], paint: Paint) -> bool:
     if ev.get("watch") != name:
         return True
     life = ev.get("life")
-    who = f" · {ev['change']}" + (f" {life['pid']} {life.get('comm') or '?'}" if life else "")
+    who = f" · {ev['change']}" + (f" {life['pid']} {safe(life.get('comm') or '?')}" if life else "")
     ok = emit(watch_line(ev, paint, ev["at"]) + paint("2", who))
     return ok and ev["change"] != "removed"

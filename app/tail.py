@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncGenerator, Callable
@@ -21,6 +22,22 @@ import aiohttp
 TYPE_COLORS = {"born": "32", "exec": "34", "died": "37", "gap": "1;31", "reset": "1;31",
                "resync": "33", "source": "33", "clock": "33", "snapshot": "33",
                "watch": "35"}  # fmt: skip
+
+
+# What a process controls (comm, argv, exe) may hold newlines, terminal escapes or bidi
+# overrides: shown escaped, so a line stays one line and cannot repaint the terminal.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def safe(text: object) -> str:
+    """`text` for a terminal: control and bidi characters escaped as in Python literals."""
+    return _UNSAFE.sub(_escape, str(text))
 
 
 class Paint:
@@ -86,25 +103,26 @@ def format_event(ev: dict[str, Any], paint: Paint | None = None) -> str:
     life = ev.get("life")
     if kind == "watch":
         tail = f" · {ev.get('change')}" + (f" pid {life['pid']}" if life else "")
+        name = safe(ev.get("watch"))
         bounds = "" if ev.get("ok", True) else p("33", " outside min..max")
         state = p("32" if ev.get("state") == "running" else "31", str(ev.get("state")))
-        return f"{head} {ev.get('watch')}: {state} ({ev.get('count')}){bounds}{p('2', tail)}"
+        return f"{head} {name}: {state} ({ev.get('count')}){bounds}{p('2', tail)}"
     if life is None:
         rest = {k: v for k, v in ev.items() if k not in ("cursor", "at", "type", "sources")}
-        text = " ".join(f"{k}={v}" for k, v in rest.items() if v not in (None, ""))
+        text = safe(" ".join(f"{k}={v}" for k, v in rest.items() if v not in (None, "")))
         return f"{head} {text}"
-    comm = life.get("comm") or "?"
+    comm = safe(life.get("comm") or "?")
     text = f"{head} {life['pid']:>7} {p('1', f'{comm:<15}')}"
     if kind == "born":
         text += p("2", f" ppid {life.get('ppid')}" + (" (found late)" if ev.get("late") else ""))
     elif kind == "exec":
-        text += " " + " ".join(life.get("argv") or [life.get("exe") or ""])[:160]
+        text += " " + safe(" ".join(life.get("argv") or [life.get("exe") or ""]))[:160]
     elif kind == "died":
         what, bad = exit_text(life)
         text += " " + p("1;31" if bad else "32", what) + p("2", _lifetime(life))
     if life.get("canary"):
         text += p("2", " [canary]")
-    return text + " " + p("2", life.get("id", ""))
+    return text + " " + p("2", safe(life.get("id", "")))
 
 
 async def follow(

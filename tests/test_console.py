@@ -64,6 +64,18 @@ def test_ps_tree_keeps_ancestors_of_matches() -> None:
     assert len(everything) == 6 and everything[-1].endswith("└─ cron")
 
 
+def test_hostile_names_stay_on_one_line_and_cannot_drive_the_terminal() -> None:
+    # A process chooses its comm and argv: newlines (a `sh -c` script), escape sequences and
+    # bidi overrides come out escaped, never raw.
+    hostile = {**LIFE, "comm": "x\x1b[2Jy", "argv": ["sh", "-c", "echo a\nrm -rf /\u202e"]}
+    lines = [format_event({"type": t, "at": AT, "life": hostile}) for t in ("exec", "died")]
+    lines += tree_lines([{**hostile, "uid": 0, "start": AT}], lambda x: True, Paint(False), 200)
+    for line in lines:
+        assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
+    assert "x\\x1b[2Jy" in lines[0] and "echo a\\nrm -rf /\\u202e" in lines[0]
+    assert "x\\x1b[2Jy sh -c echo a\\nrm -rf /\\u202e" in lines[-1]
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[str, Service, ScriptedSource]]:
     src = ScriptedSource("proc")
@@ -79,7 +91,7 @@ async def test_ps_and_watch_against_a_daemon(server: Any, capsys: Any) -> None:
     await asyncio.to_thread(main, ["ps", "--url", url, "--color", "never", str(os.getpid())])
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["PID", "UID", "AGE", "COMMAND"]
-    assert any(line.split()[0] == str(os.getpid()) for line in out[1:])
+    assert any(line.split()[:1] == [str(os.getpid())] for line in out[1:]), out
 
     from app.watches import WatchSpec
 
