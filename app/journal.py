@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from app.jsontext import dumps
 from app.life import LifeView, iso, source_names
 
 
 class Encoder(Protocol):
     def life_json(self, life: LifeView) -> dict[str, Any]: ...
+
+    def life_bytes(self, life: LifeView, died_at: bytes | None = None) -> bytes: ...
+
+    def sources_bytes(self, bits: int) -> bytes: ...
 
 
 class Event:
@@ -44,7 +48,7 @@ class Event:
         self.life = life
         self.fields = fields
         self.sources = sources
-        self._json: str | None = None
+        self._json: bytes | None = None
 
     def to_dict(self, enc: Encoder) -> dict[str, Any]:
         out: dict[str, Any] = {"cursor": self.cursor, "type": self.type, "at": iso(self.at)}
@@ -56,13 +60,29 @@ class Event:
             out.update(self.fields)
         return out
 
-    def json(self, enc: Encoder) -> str:
+    def json(self, enc: Encoder) -> bytes:
+        """`to_dict` as UTF-8 JSON, made once for every stream that sends it. A life event is
+        put together from parts (app/lifejson.py); `type` and `at` need no escaping."""
         if self._json is None:
-            self._json = json.dumps(self.to_dict(enc), separators=(",", ":"))
+            if self.life is None:
+                self._json = dumps(self.to_dict(enc))
+            else:
+                at = (iso(self.at) or "").encode()
+                out = b'{"cursor":%d,"type":"%s","at":"%s"' % (self.cursor, self.type.encode(), at)
+                if self.sources:
+                    out += b',"sources":' + enc.sources_bytes(self.sources)
+                if self.fields:
+                    out += b"," + dumps(self.fields)[1:-1]
+                # A death's event is dated by the death: one date to write, not two.
+                died = at if self.life.died_at == self.at else None
+                self._json = out + b',"life":{' + enc.life_bytes(self.life, died)[1:] + b"}"
         return self._json
 
 
 Accept = Callable[[Event], bool]
+# Hands an event to an idle reader at once, without waiting; False when it cannot (the
+# reader's buffer is full, it is closing): the event then goes through the queue.
+Push = Callable[[Event], bool]
 
 
 def accept_all(_: Event) -> bool:
@@ -75,9 +95,21 @@ class Subscriber:
     read, catches up from the journal window (no loss) or gets `gap` + `reset` if the window
     has moved past it."""
 
-    def __init__(self, journal: Journal, accept: Accept, maxsize: int, delivered: int) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        accept: Accept,
+        maxsize: int,
+        delivered: int,
+        push: Push | None = None,
+    ) -> None:
         self._journal = journal
         self.accept = accept
+        self.push = push
+        # The reader holds a batch it has not finished sending: what comes meanwhile queues
+        # behind it, so a push never overtakes an event taken earlier.
+        self.busy = False
+        self.pushed = 0
         self.maxsize = maxsize
         self.queue: deque[Event] = deque()
         self.pending: list[Event] = []  # replay handed over at subscription
@@ -89,6 +121,16 @@ class Subscriber:
 
     def offer(self, ev: Event) -> None:
         if self.overflowed or not self.accept(ev):
+            return
+        if (
+            self.push is not None
+            and not self.busy
+            and not self.queue
+            and not self.pending
+            and self.push(ev)
+        ):
+            self.delivered = ev.cursor
+            self.pushed += 1
             return
         if len(self.queue) >= self.maxsize:
             self.overflowed = True
@@ -109,6 +151,7 @@ class Subscriber:
             self.queue.clear()
         if batch and batch[-1].cursor > 0:
             self.delivered = max(self.delivered, batch[-1].cursor)
+        self.busy = bool(batch)
         return batch
 
     async def next_batch(self) -> list[Event]:
@@ -197,10 +240,17 @@ class Journal:
             return "other_run"
         return "cursor_too_old"
 
-    def subscribe(self, accept: Accept, maxsize: int, after: int | None = None) -> Subscriber:
+    def subscribe(
+        self,
+        accept: Accept,
+        maxsize: int,
+        after: int | None = None,
+        push: Push | None = None,
+    ) -> Subscriber:
         """Live events from now, or replay from `after` then live, with no hole between.
-        A cursor the journal cannot serve yields `reset` first, then live events."""
-        sub = Subscriber(self, accept, maxsize, self.last_cursor)
+        A cursor the journal cannot serve yields `reset` first, then live events. With
+        `push`, an event for a reader that is idle is handed over at once."""
+        sub = Subscriber(self, accept, maxsize, self.last_cursor, push)
         if after is not None and after != self.last_cursor:
             missed = self.since(after)
             if missed is None:

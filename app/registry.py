@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from app.identity import NodeIdentity
 from app.journal import Journal
 from app.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView
+from app.lifejson import LifeEncoder
 from app.procfs import ProcInfo
 
 
@@ -51,6 +52,7 @@ class Registry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
+        self.encoder = LifeEncoder(node.hostname, node.boot_id, node.clock)
         self._life_text = functools.lru_cache(maxsize=4096)(self._encode)
         self.journal = journal
         self.history = history
@@ -66,7 +68,13 @@ class Registry:
 
     # -- encoding, shared by the journal and the API -------------------------------------
     def life_json(self, life: LifeView) -> dict[str, Any]:
-        return life.to_json(self.node.hostname, self.node.boot_id, self.node.clock)
+        return self.encoder.life_json(life)
+
+    def life_bytes(self, life: LifeView, died_at: bytes | None = None) -> bytes:
+        return self.encoder.life_bytes(life, died_at)
+
+    def sources_bytes(self, bits: int) -> bytes:
+        return self.encoder.sources_bytes(bits)
 
     def life_dict(self, life: Life) -> dict[str, Any]:
         return self.life_json(life.snapshot())
@@ -146,7 +154,9 @@ class Registry:
             self.died(old, None, life.born_at or self._clock(), "pid_reused", 0)
         self._link_parent(life)
         self.alive[life.pid] = life
-        self.journal.append("born", life.snapshot(), fields, sources, life.born_at)
+        view = life.snapshot()
+        self._prepare(view)
+        self.journal.append("born", view, fields, sources, life.born_at)
 
     def learned(self, info: ProcInfo, source: int) -> Life:
         """A live process found outside the event stream (lookup, resync)."""
@@ -155,7 +165,15 @@ class Registry:
         return life
 
     def exec(self, life: Life, sources: int, at: float) -> None:
-        self.journal.append("exec", life.snapshot(), None, sources, at)
+        view = life.snapshot()
+        self._prepare(view)
+        self.journal.append("exec", view, None, sources, at)
+
+    def _prepare(self, view: LifeView) -> None:
+        """Encode now what the life's death will not change, while streams listen: its
+        `died` event then costs little (app/lifejson.py)."""
+        if self.journal.subscribers:
+            self.encoder.head(view)
 
     def died(self, life: Life, exit: Exit | None, at: float, cause: str, sources: int) -> None:
         life.died_at = at

@@ -254,3 +254,20 @@ async def test_the_tests_run_on_uvloop_like_the_daemon() -> None:
     import uvloop
 
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+async def test_stream_to_a_client_that_stops_reading_loses_nothing(
+    client: Client, service: Service
+) -> None:
+    # Events are pushed onto an idle client's socket; once its buffers are full they queue,
+    # then catch up from the journal. Whichever way each went, the client gets all, in order.
+    after = service.journal.last_cursor
+    async with client.ws_connect(f"/v1/stream?types=resync&after={after}") as ws:
+        await asyncio.sleep(0.1)
+        pad = "x" * 2000  # 6000 of them: 12 MB, more than loopback buffers hold
+        sent = [service.journal.append("resync", None, {"n": i, "pad": pad}).cursor
+                for i in range(6000)]  # fmt: skip
+        [sub] = [s for s in service.journal._subs if s.push is not None]
+        assert 0 < sub.pushed < len(sent)  # some went straight out, the rest queued
+        got = [json.loads((await ws.receive(timeout=10)).data)["cursor"] for _ in sent]
+    assert got == sent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.journal import Journal, accept_all
+from app.journal import Event, Journal, accept_all
 
 
 def make(size: int = 8, now: float = 1000.0) -> Journal:
@@ -119,3 +119,38 @@ async def test_filtered_subscriber_only_sees_matches() -> None:
     j.append("died")
     j.append("exec")
     assert [e.type for e in await sub.next_batch()] == ["died"]
+
+
+async def test_push_while_idle_queue_behind_a_busy_reader_and_keep_order() -> None:
+    j = make(size=100)
+    pushed: list[int] = []
+    room = [True]  # the client's socket has room
+
+    def push(ev: Event) -> bool:
+        if room[0]:
+            pushed.append(ev.cursor)
+        return room[0]
+
+    sub = j.subscribe(accept_all, maxsize=10, push=push)
+    a = j.append("born").cursor
+    assert pushed == [a] and sub.delivered == a and not sub.queue
+    room[0] = False  # the socket is full: the next event queues
+    b = j.append("born").cursor
+    room[0] = True
+    c = j.append("born").cursor  # room again, but b waits: c must not overtake it
+    assert pushed == [a] and [e.cursor for e in sub.queue] == [b, c]
+    batch = sub.take()  # the reader holds b and c and is sending them
+    assert [e.cursor for e in batch] == [b, c] and sub.busy
+    d = j.append("born").cursor  # meanwhile: queued behind them, not pushed
+    assert pushed == [a] and [e.cursor for e in await sub.next_batch()] == [d]
+    assert sub.take() == [] and not sub.busy  # the reader is idle again
+    e = j.append("born").cursor
+    assert pushed == [a, e] and sub.delivered == e
+
+
+async def test_a_declined_push_past_the_queue_still_catches_up_without_loss() -> None:
+    j = make(size=1000)
+    sub = j.subscribe(accept_all, maxsize=4, push=lambda ev: False)
+    cursors = [j.append("born").cursor for _ in range(20)]
+    assert sub.overflowed
+    assert [e.cursor for e in await sub.next_batch()] == cursors
