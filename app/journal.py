@@ -16,16 +16,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from app.jsontext import dumps
 from app.life import LifeView, iso, source_names
 
 
 class Encoder(Protocol):
     def life_json(self, life: LifeView) -> dict[str, Any]: ...
 
-    def life_bytes(self, life: LifeView, died_at: bytes | None = None) -> bytes: ...
-
-    def sources_bytes(self, bits: int) -> bytes: ...
+    def event_bytes(self, ev: Event) -> bytes: ...
 
 
 class Event:
@@ -61,21 +58,9 @@ class Event:
         return out
 
     def json(self, enc: Encoder) -> bytes:
-        """`to_dict` as UTF-8 JSON, made once for every stream that sends it. A life event is
-        put together from parts (app/lifejson.py); `type` and `at` need no escaping."""
+        """`to_dict` as UTF-8 JSON, made once for every stream that sends it."""
         if self._json is None:
-            if self.life is None:
-                self._json = dumps(self.to_dict(enc))
-            else:
-                at = (iso(self.at) or "").encode()
-                out = b'{"cursor":%d,"type":"%s","at":"%s"' % (self.cursor, self.type.encode(), at)
-                if self.sources:
-                    out += b',"sources":' + enc.sources_bytes(self.sources)
-                if self.fields:
-                    out += b"," + dumps(self.fields)[1:-1]
-                # A death's event is dated by the death: one date to write, not two.
-                died = at if self.life.died_at == self.at else None
-                self._json = out + b',"life":{' + enc.life_bytes(self.life, died)[1:] + b"}"
+            self._json = enc.event_bytes(self)
         return self._json
 
 
@@ -213,10 +198,10 @@ class Journal:
     ) -> Event:
         ev = Event(self._next, type, self._clock() if at is None else at, life, fields, sources)
         self._next += 1
+        for sub in self._subs:  # first: an idle client is sent it now (Subscriber.push)
+            sub.offer(ev)
         self._events.append(ev)
         self.counts[type] = self.counts.get(type, 0) + 1
-        for sub in self._subs:
-            sub.offer(ev)
         return ev
 
     def synthetic(self, type: str, fields: dict[str, Any]) -> Event:

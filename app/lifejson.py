@@ -11,11 +11,14 @@ exactly those of encoding `LifeView.to_json` whole (tests/test_lifejson.py).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.identity import TickClock
 from app.jsontext import dumps
 from app.life import LifeView, iso, source_names
+
+if TYPE_CHECKING:
+    from app.journal import Event
 
 HEADS = 4096  # lives whose head is kept: the recently born or exec'd
 
@@ -49,31 +52,44 @@ class LifeEncoder:
             self._heads.popitem(last=False)
         return head
 
-    def life_bytes(self, view: LifeView, died_at: bytes | None = None) -> bytes:
-        """`view` as JSON; `died_at` is its death's date when the caller has it encoded."""
-        if died_at is not None:
-            died = b'"%s"' % died_at
-        elif view.died_at is None:
-            died = b"null"
-        else:
-            died = b'"%s"' % (iso(view.died_at) or "").encode()
-        return b'%s,"state":"%s","died_at":%s%s' % (
-            self.head(view),
-            view.state.encode(),
-            died,
-            self._end(view),
-        )
+    def life_bytes(self, view: LifeView) -> bytes:
+        return self.head(view) + self._rest(view, self._date(view.died_at))
+
+    def event_bytes(self, ev: Event) -> bytes:
+        """`ev.to_dict(self)` as JSON. A life event is put together from parts: the life's
+        head, encoded earlier, and a few small fragments; `type` needs no escaping. One
+        function on purpose: this runs on the death path, where each call costs."""
+        view = ev.life
+        if view is None:
+            return dumps(ev.to_dict(self))
+        at = self._date(ev.at)
+        out = b'{"cursor":%d,"type":"%s","at":%s' % (ev.cursor, ev.type.encode(), at)
+        if ev.sources:
+            out += b',"sources":' + (
+                self._sources.get(ev.sources) or self.sources_bytes(ev.sources)
+            )
+        if ev.fields:
+            out += b"," + dumps(ev.fields)[1:-1]
+        hit = self._heads.get((view.pid, view.start_ticks))
+        head = hit[1] if hit is not None and hit[0] == view[:10] + view[14:] else self.head(view)
+        # A death's event is dated by the death: one date to write, not two.
+        died = at if view.died_at == ev.at else self._date(view.died_at)
+        return b'%s,"life":%s%s}' % (out, head, self._rest(view, died))
+
+    def _date(self, epoch: float | None) -> bytes:
+        return b"null" if epoch is None else b'"%s"' % (iso(epoch) or "").encode()
+
+    def _rest(self, view: LifeView, died: bytes) -> bytes:
+        end = self._ends.get((view.exit, view.cause, view.sources)) or self._end(view)
+        return b',"state":"%s","died_at":%s%s' % (view.state.encode(), died, end)
 
     def _end(self, view: LifeView) -> bytes:
-        key = (view.exit, view.cause, view.sources)
-        end = self._ends.get(key)
-        if end is None:
-            tail = view.tail_json()
-            del tail["state"], tail["died_at"]
-            end = b"," + dumps(tail)[1:]
-            if len(self._ends) > 1024:  # causes and exits are few; never grow for ever
-                self._ends.clear()
-            self._ends[key] = end
+        tail = view.tail_json()
+        del tail["state"], tail["died_at"]
+        end = b"," + dumps(tail)[1:]
+        if len(self._ends) > 1024:  # causes and exits are few; never grow for ever
+            self._ends.clear()
+        self._ends[(view.exit, view.cause, view.sources)] = end
         return end
 
     def sources_bytes(self, bits: int) -> bytes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from app.identity import NodeIdentity
-from app.journal import Journal
+from app.journal import Event, Journal
 from app.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView
 from app.lifejson import LifeEncoder
 from app.procfs import ProcInfo
@@ -70,11 +70,8 @@ class Registry:
     def life_json(self, life: LifeView) -> dict[str, Any]:
         return self.encoder.life_json(life)
 
-    def life_bytes(self, life: LifeView, died_at: bytes | None = None) -> bytes:
-        return self.encoder.life_bytes(life, died_at)
-
-    def sources_bytes(self, bits: int) -> bytes:
-        return self.encoder.sources_bytes(bits)
+    def event_bytes(self, ev: Event) -> bytes:
+        return self.encoder.event_bytes(ev)
 
     def life_dict(self, life: Life) -> dict[str, Any]:
         return self.life_json(life.snapshot())
@@ -182,13 +179,14 @@ class Registry:
         life.sources |= sources
         if self.alive.get(life.pid) is life:
             del self.alive[life.pid]
+        # Journaled (and pushed to idle clients) before the history is kept: same step.
+        self.journal.append("died", life.snapshot(), None, sources, at)
         key = life_key(life.pid, life.start_ticks)
         self.dead[key] = life
         self._dead_order.append(key)
         while len(self._dead_order) > self.history:
             if self.dead.pop(self._dead_order.popleft(), None) is not None:
                 self.evicted += 1
-        self.journal.append("died", life.snapshot(), None, sources, at)
 
     def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
         """A journal event about the node rather than a life (gap, resync, source...)."""

@@ -1,13 +1,21 @@
 """Death latency: from the signal to a WebSocket client's receipt of `died`.
 
 Run (root): .venv/bin/python -m bench.death_latency [--n 500] [--sources proc]
-            [--load-workers 2] [--port 7879]
+            [--death kill|exit] [--client aiohttp|raw] [--load-workers 2] [--port 7879]
 
 Starts `lifewatch serve` as its own process, connects to `GET /v1/stream?types=died`, then,
-one victim at a time: reads CLOCK_MONOTONIC just before `kill -9` of a sleeping child and
-again when the client receives that child's `died` message (same clock, same process). Reports
-p50/p99/max, and checks that every victim's death came exactly once. With --load-workers, that
-many processes fork and exit in a tight loop meanwhile (design.md fact 10's fork benchmark).
+one victim at a time, takes the death's moment on CLOCK_MONOTONIC and reads the clock again
+when the client receives that victim's `died` message. The two ways issue 4 allows:
+
+  --death kill  the killer reads the clock just before `kill -9` of a sleeping child: the
+                figure includes the signal's delivery and the victim's wakeup.
+  --death exit  the dying process reads the clock just before `_exit(0)`: a small child
+                waits on a pipe, is told to die, reads the clock, hands the reading over
+                and exits.
+
+Reports p50/p99/max, and checks that every victim's death came exactly once. With
+--load-workers, that many processes fork and exit in a tight loop meanwhile (design.md fact
+10's fork benchmark).
 """
 
 from __future__ import annotations
@@ -50,6 +58,62 @@ def fork_loop() -> None:
         os.waitpid(pid, 0)
 
 
+class Killed:
+    """A `sleep` child; its death is the moment just before `kill -9`."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(["sleep", "1000"])
+        self.pid = self.proc.pid
+        self.t0 = 0
+
+    def die(self) -> None:
+        self.t0 = now_ns()
+        os.kill(self.pid, signal.SIGKILL)
+
+    def death(self) -> int:
+        return self.t0
+
+    def reap(self) -> None:
+        self.proc.wait()
+
+
+class Exits:
+    """A small fresh process (python -S, no site) blocked on its stdin; told to die, it reads
+    CLOCK_MONOTONIC, writes the reading to its stdout and calls _exit(0): its death is its own
+    clock reading. Not a fork of this bench: a large address space takes milliseconds to tear
+    down here before the kernel reports the exit."""
+
+    CODE = (
+        "import os, time; os.read(0, 1); "
+        "os.write(1, time.clock_gettime_ns(time.CLOCK_MONOTONIC).to_bytes(8, 'little')); "
+        "os._exit(0)"
+    )
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", self.CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.pid = self.proc.pid
+
+    def die(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"x")
+        self.proc.stdin.flush()
+
+    def death(self) -> int:
+        assert self.proc.stdout is not None
+        return int.from_bytes(self.proc.stdout.read(8), "little")
+
+    def reap(self) -> None:
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
+Victim = Killed | Exits
+
+
 async def wait_ready(url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
@@ -62,18 +126,19 @@ async def wait_ready(url: str, timeout: float = 20.0) -> None:
     raise SystemExit("lifewatch did not come up")
 
 
-async def measure(url: str, n: int, gap: float) -> tuple[list[float], Counter[int], int]:
+async def measure(
+    url: str, n: int, gap: float, kind: type[Victim]
+) -> tuple[list[float], Counter[int], int]:
     latencies: list[float] = []
     deaths: Counter[int] = Counter()
-    victims: list[subprocess.Popen[bytes]] = []
+    victims: list[Victim] = []
     async with aiohttp.ClientSession() as s, s.ws_connect(f"{url}/v1/stream?types=died") as ws:
         await asyncio.sleep(0.2)
         for _ in range(n):
-            p = subprocess.Popen(["sleep", "1000"])
+            p = kind()
             victims.append(p)
             await asyncio.sleep(gap)  # let it start (and its birth be handled): idle
-            t0 = now_ns()
-            os.kill(p.pid, signal.SIGKILL)
+            p.die()
             with contextlib.suppress(TimeoutError):  # a miss is counted, not fatal
                 async with asyncio.timeout(10.0):
                     while True:
@@ -84,9 +149,9 @@ async def measure(url: str, n: int, gap: float) -> tuple[list[float], Counter[in
                         pid = json.loads(msg.data)["life"]["pid"]
                         deaths[pid] += 1
                         if pid == p.pid:
-                            latencies.append((t1 - t0) / 1e6)
+                            latencies.append((t1 - p.death()) / 1e6)
                             break
-            p.wait()
+            p.reap()
         # Late duplicates would come now.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
@@ -150,18 +215,19 @@ class RawStream:
                 raise SystemExit("stream closed by the server")
 
 
-def measure_raw(port: int, n: int, gap: float) -> tuple[list[float], Counter[int], int]:
+def measure_raw(
+    port: int, n: int, gap: float, kind: type[Victim]
+) -> tuple[list[float], Counter[int], int]:
     latencies: list[float] = []
     deaths: Counter[int] = Counter()
-    victims: list[subprocess.Popen[bytes]] = []
+    victims: list[Victim] = []
     ws = RawStream(port, "/v1/stream?types=died")
     time.sleep(0.2)
     for _ in range(n):
-        p = subprocess.Popen(["sleep", "1000"])
+        p = kind()
         victims.append(p)
         time.sleep(gap)
-        t0 = now_ns()
-        os.kill(p.pid, signal.SIGKILL)
+        p.die()
         with contextlib.suppress(TimeoutError):  # a miss is counted, not fatal
             while True:
                 data = ws.text(10.0)
@@ -169,9 +235,9 @@ def measure_raw(port: int, n: int, gap: float) -> tuple[list[float], Counter[int
                 pid = json.loads(data)["life"]["pid"]
                 deaths[pid] += 1
                 if pid == p.pid:
-                    latencies.append((t1 - t0) / 1e6)
+                    latencies.append((t1 - p.death()) / 1e6)
                     break
-        p.wait()
+        p.reap()
     with contextlib.suppress(TimeoutError):
         while True:
             deaths[json.loads(ws.text(1.0))["life"]["pid"]] += 1
@@ -193,6 +259,8 @@ def main() -> None:
     ap.add_argument("--load-workers", type=int, default=0, help="fork+exit load processes")
     ap.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp",
                     help="aiohttp on uvloop, or a minimal blocking WebSocket reader")  # fmt: skip
+    ap.add_argument("--death", choices=("kill", "exit"), default="kill",
+                    help="kill -9 by the bench, or _exit by the victim (see above)")  # fmt: skip
     args = ap.parse_args()
     url = f"http://127.0.0.1:{args.port}"
     env = dict(os.environ, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
@@ -209,10 +277,11 @@ def main() -> None:
             if pid == 0:
                 fork_loop()
             load.append(pid)
+        kind: type[Victim] = Killed if args.death == "kill" else Exits
         if args.client == "raw":
-            lat, deaths, total = measure_raw(args.port, args.n, args.gap)
+            lat, deaths, total = measure_raw(args.port, args.n, args.gap, kind)
         else:
-            lat, deaths, total = uvloop.run(measure(url, args.n, args.gap))
+            lat, deaths, total = uvloop.run(measure(url, args.n, args.gap, kind))
     finally:
         for pid in load:
             os.kill(pid, signal.SIGKILL)
@@ -225,7 +294,8 @@ def main() -> None:
             daemon.wait()
     missing = sum(1 for c in deaths.values() if c == 0)
     twice = sum(1 for c in deaths.values() if c > 1)
-    print(f"client={args.client} sources={args.sources} load_workers={args.load_workers} "
+    print(f"death={args.death} client={args.client} sources={args.sources} "
+          f"load_workers={args.load_workers} "
           f"victims={args.n} "
           f"died_messages={total}")  # fmt: skip
     print(f"death -> WebSocket receipt (ms): p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  "

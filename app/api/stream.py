@@ -74,7 +74,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             service.follower.release(life[0])
         raise
     request.app[SOCKETS].add(ws)
-    push = make_push(ws, request.transport, service.registry)
+    push = make_push(ws, request.transport, service.registry.encoder)
     sub = service.journal.subscribe(
         make_filter(q, life), service.config.subscriber_queue, q.after, push
     )

@@ -190,30 +190,33 @@ class ProcConnectorSource:
         wall = self._wall()
         offset = wall - time.monotonic()
         for ev in decode(data):
-            self._check_seq(ev.cpu, ev.seq)
-            if isinstance(ev, Ack):
-                continue
             at = ev.timestamp_ns / 1e9 + offset
-            if isinstance(ev, ForkEvent):
+            # Deaths first, and the bookkeeping after: a death is what clients wait for, and
+            # every step before the push costs ten times its warm time after idle
+            # (bench/death_latency.py).
+            if type(ev) is ExitEvent:
+                tgid = ev.process_tgid
+                if ev.exit_code and ev.process_pid == tgid and tgid not in self._deferred:
+                    status: int | None = ev.exit_code  # a killed or failed leader: the end
+                else:
+                    status = self._group_exit(ev)
+                if status is not None:
+                    c["exits"] += 1
+                    code, sig, core = wait_status(status)
+                    sink.submit(Exit(self.name, tgid, at, code, sig, core, mono_ns=ev.timestamp_ns))
+            elif type(ev) is ForkEvent:
                 if ev.child_pid != ev.child_tgid:
                     c["threads"] += 1
-                    continue
-                c["forks"] += 1
-                sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
-                                 mono_ns=ev.timestamp_ns))  # fmt: skip
-            elif isinstance(ev, ExitEvent):
-                status = self._group_exit(ev)
-                if status is None:
-                    continue
-                c["exits"] += 1
-                code, sig, core = wait_status(status)
-                sink.submit(Exit(self.name, ev.process_tgid, at, code, sig, core,
-                                 mono_ns=ev.timestamp_ns))  # fmt: skip
-            elif isinstance(ev, ExecEvent):
+                else:
+                    c["forks"] += 1
+                    sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
+                                     mono_ns=ev.timestamp_ns))  # fmt: skip
+            elif type(ev) is ExecEvent:
                 c["execs"] += 1
                 sink.submit(Exec(self.name, ev.process_tgid, at))
-            else:
+            elif type(ev) is not Ack:
                 c["other"] += 1
+            self._check_seq(ev.cpu, ev.seq)
         self._last_at = wall
 
     def _group_exit(self, ev: ExitEvent) -> int | None:
