@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -159,6 +160,10 @@ async def _serve(config: Config) -> None:
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
+        # What start-up made (modules, the snapshot's lives) lives as long as the daemon: out
+        # of the collector's reach, collections walk only what came since.
+        gc.collect()
+        gc.freeze()
         logging.getLogger("lifewatch").info(
             "lifewatch %s serving on http://%s:%d", __version__, config.host, config.port
         )

@@ -41,10 +41,11 @@ import aiohttp
 import uvloop
 
 MONO = time.CLOCK_MONOTONIC
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # asm-generic/socket.h
 
 
-def now_ns() -> int:
-    return time.clock_gettime_ns(MONO)
+def now_ns(clock: int = MONO) -> int:
+    return time.clock_gettime_ns(clock)
 
 
 def fork_loop() -> None:
@@ -61,13 +62,14 @@ def fork_loop() -> None:
 class Killed:
     """A `sleep` child; its death is the moment just before `kill -9`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: int = MONO) -> None:
         self.proc = subprocess.Popen(["sleep", "1000"])
         self.pid = self.proc.pid
+        self.clock = clock
         self.t0 = 0
 
     def die(self) -> None:
-        self.t0 = now_ns()
+        self.t0 = now_ns(self.clock)
         os.kill(self.pid, signal.SIGKILL)
 
     def death(self) -> int:
@@ -85,13 +87,14 @@ class Exits:
 
     CODE = (
         "import os, time; os.read(0, 1); "
-        "os.write(1, time.clock_gettime_ns(time.CLOCK_MONOTONIC).to_bytes(8, 'little')); "
+        "os.write(1, time.clock_gettime_ns({clock}).to_bytes(8, 'little')); "
         "os._exit(0)"
     )
 
-    def __init__(self) -> None:
+    def __init__(self, clock: int = MONO) -> None:
+        code = self.CODE.format(clock=clock)
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", self.CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-S", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.pid = self.proc.pid
 
@@ -166,11 +169,18 @@ async def measure(
 
 class RawStream:
     """A minimal blocking WebSocket client (RFC 6455) for `/v1/stream`: receipt is the moment
-    the frame's bytes are read, with no client framework between the socket and the clock."""
+    the frame's bytes are read, with no client framework between the socket and the clock.
+    With `stamps`, also the kernel's CLOCK_REALTIME stamp of the segment that completed the
+    frame (SO_TIMESTAMPNS): when the bytes reached the client's socket, before the client
+    itself woke up to read them."""
 
-    def __init__(self, port: int, path: str) -> None:
+    def __init__(self, port: int, path: str, stamps: bool = False) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.stamps = stamps
+        self.stamp = 0
+        if stamps:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -184,9 +194,19 @@ class RawStream:
         if b" 101 " not in head.split(b"\r\n")[0]:
             raise SystemExit(f"no WebSocket: {head[:80]!r}")
 
+    def _recv(self) -> bytes:
+        if not self.stamps:
+            return self.sock.recv(65536)
+        chunk, anc, _, _ = self.sock.recvmsg(65536, 256)
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack("qq", value[:16])
+                self.stamp = sec * 1_000_000_000 + nsec
+        return chunk
+
     def _read(self, n: int) -> bytes:
         while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
+            chunk = self._recv()
             if not chunk:
                 raise SystemExit("stream closed")
             self.buf += chunk
@@ -195,6 +215,8 @@ class RawStream:
 
     def text(self, timeout: float) -> str:
         """The next text message; answers pings; TimeoutError after `timeout` s."""
+        if timeout <= 0:
+            raise TimeoutError
         self.sock.settimeout(timeout)
         while True:
             b0, b1 = self._read(2)
@@ -216,31 +238,34 @@ class RawStream:
 
 
 def measure_raw(
-    port: int, n: int, gap: float, kind: type[Victim]
+    port: int, n: int, gap: float, kind: type[Victim], stamps: bool = False
 ) -> tuple[list[float], Counter[int], int]:
     latencies: list[float] = []
     deaths: Counter[int] = Counter()
     victims: list[Victim] = []
-    ws = RawStream(port, "/v1/stream?types=died")
+    ws = RawStream(port, "/v1/stream?types=died", stamps)
+    clock = time.CLOCK_REALTIME if stamps else MONO  # the kernel stamps on CLOCK_REALTIME
     time.sleep(0.2)
     for _ in range(n):
-        p = kind()
+        p = kind(clock)
         victims.append(p)
         time.sleep(gap)
         p.die()
+        deadline = time.monotonic() + 10.0
         with contextlib.suppress(TimeoutError):  # a miss is counted, not fatal
             while True:
-                data = ws.text(10.0)
-                t1 = now_ns()
+                data = ws.text(deadline - time.monotonic())
+                t1 = ws.stamp if stamps else now_ns()
                 pid = json.loads(data)["life"]["pid"]
                 deaths[pid] += 1
                 if pid == p.pid:
                     latencies.append((t1 - p.death()) / 1e6)
                     break
         p.reap()
+    deadline = time.monotonic() + 1.0  # late duplicates would come now (not the load's end)
     with contextlib.suppress(TimeoutError):
         while True:
-            deaths[json.loads(ws.text(1.0))["life"]["pid"]] += 1
+            deaths[json.loads(ws.text(deadline - time.monotonic()))["life"]["pid"]] += 1
     ws.sock.close()
     ours = Counter({p.pid: deaths[p.pid] for p in victims})
     return latencies, ours, sum(deaths.values())
@@ -257,8 +282,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=7879)
     ap.add_argument("--gap", type=float, default=0.01, help="s between victims (default 0.01)")
     ap.add_argument("--load-workers", type=int, default=0, help="fork+exit load processes")
-    ap.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp",
-                    help="aiohttp on uvloop, or a minimal blocking WebSocket reader")  # fmt: skip
+    ap.add_argument("--client", choices=("aiohttp", "raw", "stamp"), default="aiohttp",
+                    help="aiohttp on uvloop; a minimal blocking WebSocket reader; or that "
+                         "reader's kernel receive stamp (SO_TIMESTAMPNS)")  # fmt: skip
     ap.add_argument("--death", choices=("kill", "exit"), default="kill",
                     help="kill -9 by the bench, or _exit by the victim (see above)")  # fmt: skip
     args = ap.parse_args()
@@ -278,8 +304,9 @@ def main() -> None:
                 fork_loop()
             load.append(pid)
         kind: type[Victim] = Killed if args.death == "kill" else Exits
-        if args.client == "raw":
-            lat, deaths, total = measure_raw(args.port, args.n, args.gap, kind)
+        if args.client in ("raw", "stamp"):
+            stamps = args.client == "stamp"
+            lat, deaths, total = measure_raw(args.port, args.n, args.gap, kind, stamps)
         else:
             lat, deaths, total = uvloop.run(measure(url, args.n, args.gap, kind))
     finally:
