@@ -343,6 +343,10 @@ class Tracker:
         else:
             loop.call_soon(self.resync, why)
 
+    def resync_wait(self) -> float:
+        """Seconds until another repair may run (0 when one may run now)."""
+        return max(0.0, self._last_resync + RESYNC_SPACING - time.monotonic())
+
     def resync(self, why: str = "requested") -> dict[str, int]:
         """Lives whose pid vanished or changed start are dead (`exit` unknown, cause
         `resync`); live processes the registry lacks are added."""

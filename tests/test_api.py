@@ -90,8 +90,10 @@ async def test_is_alive_with_the_start_we_computed(
     assert [e.type for e in service.journal.since(0) or []].count("gap") == 1
 
 
-async def test_holder_of_a_pid(client: Client, sleeper: subprocess.Popen[bytes]) -> None:
-    await call(client, "POST", "/v1/resync")  # learns the sleeper
+async def test_holder_of_a_pid(
+    client: Client, service: Service, sleeper: subprocess.Popen[bytes]
+) -> None:
+    service.tracker.resync("test")  # learns the sleeper
     _, life = await call(client, "GET", f"/v1/lives/{sleeper.pid}")
     assert life["pid"] == sleeper.pid and life["comm"] == "sleep"
     resp, err = await call(client, "GET", "/v1/lives/4194304")
@@ -151,8 +153,10 @@ async def test_oversize_request_is_413(client: Client) -> None:
     assert (await resp.json())["error"] == "request_entity_too_large"
 
 
-async def test_list_filters_and_paging(client: Client, sleeper: subprocess.Popen[bytes]) -> None:
-    await call(client, "POST", "/v1/resync")
+async def test_list_filters_and_paging(
+    client: Client, service: Service, sleeper: subprocess.Popen[bytes]
+) -> None:
+    service.tracker.resync("test")
     _, got = await call(client, "GET", "/v1/lives?comm=sleep&state=alive")
     assert sleeper.pid in [x["pid"] for x in got["lives"]]
     seen, after = [], ""

@@ -96,6 +96,19 @@ async def checked(
     return r.status, json.loads(raw)
 
 
+async def test_resync_needs_the_token_and_is_spaced(api: Any, open_api: Client) -> None:
+    c, service, _ = api
+    assert (await checked(c, "POST", "/v1/resync", auth=False))[0] == 401
+    assert (await open_api.post("/v1/resync", headers=AUTH)).status == 403
+    service.tracker._last_resync = 0.0  # no repair yet in this test
+    status, counts = await checked(c, "POST", "/v1/resync")
+    assert status == 200 and counts["alive"] == len(service.registry.alive)
+    status, err = await checked(c, "POST", "/v1/resync")  # at once again: held off
+    assert status == 429 and err["error"] == "too_soon"
+    assert (await c.post("/v1/resync", headers=AUTH)).headers["Retry-After"] == "1"
+    assert [e.type for e in service.journal.since(0) or []].count("resync") == 1
+
+
 async def test_watch_crud_and_validation(api: Any) -> None:
     c, _, _ = api
     status, w = await checked(c, "PUT", "/v1/watches/web", {"exe": "/usr/sbin/nginx", "max": 4})
