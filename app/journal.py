@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from app.life import LifeView, iso, source_names
+
+log = logging.getLogger(__name__)
 
 
 class Encoder(Protocol):
@@ -49,12 +52,12 @@ class Event:
 
     def to_dict(self, enc: Encoder) -> dict[str, Any]:
         out: dict[str, Any] = {"cursor": self.cursor, "type": self.type, "at": iso(self.at)}
-        if self.life is not None:
-            out["life"] = enc.life_json(self.life)
         if self.sources:
             out["sources"] = source_names(self.sources)
         if self.fields:
             out.update(self.fields)
+        if self.life is not None:  # last, as Event.json writes it
+            out["life"] = enc.life_json(self.life)
         return out
 
     def json(self, enc: Encoder) -> bytes:
@@ -107,16 +110,19 @@ class Subscriber:
     def offer(self, ev: Event) -> None:
         if self.overflowed or not self.accept(ev):
             return
-        if (
-            self.push is not None
-            and not self.busy
-            and not self.queue
-            and not self.pending
-            and self.push(ev)
-        ):
-            self.delivered = ev.cursor
-            self.pushed += 1
-            return
+        if self.push is not None and not self.busy and not self.queue and not self.pending:
+            try:
+                pushed = self.push(ev)
+            except Exception:
+                # Never into the kernel reader: this reader takes the queue from now on.
+                log.exception("push to a stream reader failed; it is served from its queue")
+                self.push = None
+                self._journal.pushers -= 1
+                pushed = False
+            if pushed:
+                self.delivered = ev.cursor
+                self.pushed += 1
+                return
         if len(self.queue) >= self.maxsize:
             self.overflowed = True
             self.overflows += 1
@@ -176,6 +182,7 @@ class Journal:
         self.first_cursor = int(clock() * 1_000_000)  # this run's first cursor
         self._next = self.first_cursor
         self._subs: set[Subscriber] = set()
+        self.pushers = 0  # subscribers that take events pushed (stream clients)
         self.overflows = 0
         self.counts: dict[str, int] = {}
 
@@ -198,10 +205,10 @@ class Journal:
     ) -> Event:
         ev = Event(self._next, type, self._clock() if at is None else at, life, fields, sources)
         self._next += 1
-        for sub in self._subs:  # first: an idle client is sent it now (Subscriber.push)
-            sub.offer(ev)
         self._events.append(ev)
         self.counts[type] = self.counts.get(type, 0) + 1
+        for sub in self._subs:  # an idle client is sent it now (Subscriber.push)
+            sub.offer(ev)
         return ev
 
     def synthetic(self, type: str, fields: dict[str, Any]) -> Event:
@@ -236,6 +243,8 @@ class Journal:
         A cursor the journal cannot serve yields `reset` first, then live events. With
         `push`, an event for a reader that is idle is handed over at once."""
         sub = Subscriber(self, accept, maxsize, self.last_cursor, push)
+        if push is not None:
+            self.pushers += 1
         if after is not None and after != self.last_cursor:
             missed = self.since(after)
             if missed is None:
@@ -246,7 +255,10 @@ class Journal:
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        self._subs.discard(sub)
+        if sub in self._subs:
+            self._subs.discard(sub)
+            if sub.push is not None:
+                self.pushers -= 1
 
     @property
     def subscribers(self) -> int:

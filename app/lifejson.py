@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from app.journal import Event
 
 HEADS = 4096  # lives whose head is kept: the recently born or exec'd
+HEAD_MAX = 16 * 1024  # bytes: a longer head (a huge argv) is encoded when needed, not kept
 
 
 class LifeEncoder:
@@ -41,15 +42,16 @@ class LifeEncoder:
     def head(self, view: LifeView) -> bytes:
         """The encoded head of `view`, from the cache when the life has not changed."""
         where = (view.pid, view.start_ticks)
-        key = view[:10] + view[14:]  # view.head_key(), without a call on the death path
+        key = view.head_key()
         hit = self._heads.get(where)
         if hit is not None and hit[0] == key:
             return hit[1]
         head = dumps(view.head_json(self.host, self.boot_id, self.clock))[:-1]
-        self._heads[where] = (key, head)
-        self._heads.move_to_end(where)
-        if len(self._heads) > self.size:
-            self._heads.popitem(last=False)
+        if len(head) <= HEAD_MAX and view.died_at is None:
+            self._heads[where] = (key, head)
+            self._heads.move_to_end(where)
+            if len(self._heads) > self.size:
+                self._heads.popitem(last=False)
         return head
 
     def life_bytes(self, view: LifeView) -> bytes:
@@ -70,8 +72,11 @@ class LifeEncoder:
             )
         if ev.fields:
             out += b"," + dumps(ev.fields)[1:-1]
-        hit = self._heads.get((view.pid, view.start_ticks))
-        head = hit[1] if hit is not None and hit[0] == view[:10] + view[14:] else self.head(view)
+        # head(view), inlined: this is the death path. A dead life's head is not needed again.
+        where = (view.pid, view.start_ticks)
+        dead = view.died_at is not None
+        hit = self._heads.pop(where, None) if dead else self._heads.get(where)
+        head = hit[1] if hit is not None and hit[0] == view.head_key() else self.head(view)
         # A death's event is dated by the death: one date to write, not two.
         died = at if view.died_at == ev.at else self._date(view.died_at)
         return b'%s,"life":%s%s}' % (out, head, self._rest(view, died))

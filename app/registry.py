@@ -169,7 +169,7 @@ class Registry:
     def _prepare(self, view: LifeView) -> None:
         """Encode now what the life's death will not change, while streams listen: its
         `died` event then costs little (app/lifejson.py)."""
-        if self.journal.subscribers:
+        if self.journal.pushers:  # stream clients, not the metrics or watch engines
             self.encoder.head(view)
 
     def died(self, life: Life, exit: Exit | None, at: float, cause: str, sources: int) -> None:
@@ -179,14 +179,13 @@ class Registry:
         life.sources |= sources
         if self.alive.get(life.pid) is life:
             del self.alive[life.pid]
-        # Journaled (and pushed to idle clients) before the history is kept: same step.
-        self.journal.append("died", life.snapshot(), None, sources, at)
         key = life_key(life.pid, life.start_ticks)
         self.dead[key] = life
         self._dead_order.append(key)
         while len(self._dead_order) > self.history:
             if self.dead.pop(self._dead_order.popleft(), None) is not None:
                 self.evicted += 1
+        self.journal.append("died", life.snapshot(), None, sources, at)
 
     def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
         """A journal event about the node rather than a life (gap, resync, source...)."""

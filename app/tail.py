@@ -26,8 +26,11 @@ TYPE_COLORS = {"born": "32", "exec": "34", "died": "37", "gap": "1;31", "reset":
 
 # What a process controls (comm, argv, exe) may hold newlines, terminal escapes or bidi
 # overrides: shown escaped, so a line stays one line and cannot repaint the terminal.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# A backslash is doubled, so `\n` typed in an argv does not read as an escaped newline.
+_UNSAFE = re.compile(
+    "[\\\\\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
 
 def _escape(m: re.Match[str]) -> str:
@@ -116,7 +119,7 @@ def format_event(ev: dict[str, Any], paint: Paint | None = None) -> str:
     if kind == "born":
         text += p("2", f" ppid {life.get('ppid')}" + (" (found late)" if ev.get("late") else ""))
     elif kind == "exec":
-        text += " " + safe(" ".join(life.get("argv") or [life.get("exe") or ""]))[:160]
+        text += " " + safe(" ".join(life.get("argv") or [life.get("exe") or ""])[:160])
     elif kind == "died":
         what, bad = exit_text(life)
         text += " " + p("1;31" if bad else "32", what) + p("2", _lifetime(life))

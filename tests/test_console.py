@@ -73,6 +73,9 @@ def test_hostile_names_stay_on_one_line_and_cannot_drive_the_terminal() -> None:
     for line in lines:
         assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
     assert "x\\x1b[2Jy" in lines[0] and "echo a\\nrm -rf /\\u202e" in lines[0]
+    typed = {**LIFE, "argv": ["a\\nb", "\ufeff"]}
+    literal = format_event({"type": "exec", "at": AT, "life": typed})
+    assert "a\\\\nb \\ufeff" in literal  # a typed backslash is not an escaped newline
     assert "x\\x1b[2Jy sh -c echo a\\nrm -rf /\\u202e" in lines[-1]
 
 

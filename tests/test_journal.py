@@ -154,3 +154,22 @@ async def test_a_declined_push_past_the_queue_still_catches_up_without_loss() ->
     cursors = [j.append("born").cursor for _ in range(20)]
     assert sub.overflowed
     assert [e.cursor for e in await sub.next_batch()] == cursors
+
+
+async def test_a_failing_push_falls_back_to_the_queue_and_loses_nothing() -> None:
+    j = make(size=100)
+
+    def broken(ev: Event) -> bool:
+        raise TypeError("cannot encode")
+
+    sub = j.subscribe(accept_all, maxsize=10, push=broken)
+    other = j.subscribe(accept_all, maxsize=10)
+    assert j.pushers == 1
+    a = j.append("born").cursor  # the error stays here, not in the caller (a kernel reader)
+    b = j.append("born").cursor
+    assert sub.push is None and j.pushers == 0
+    assert [e.cursor for e in await sub.next_batch()] == [a, b]
+    assert [e.cursor for e in await other.next_batch()] == [a, b]
+    assert [e.cursor for e in j.since(0) or []] == [a, b]
+    sub.close()
+    assert j.pushers == 0 and j.subscribers == 1

@@ -81,7 +81,31 @@ def test_bytes_that_are_not_utf8_still_give_valid_json() -> None:
 )
 def test_event_json_is_to_dict(ev: Event) -> None:
     enc = LifeEncoder(HOST, BOOT, CLOCK)
-    assert json.loads(ev.json(enc)) == ev.to_dict(enc)
+    if ev.life is not None:
+        enc.head(ev.life._replace(died_at=None))  # prepared while it lived, as streams do
+    assert ev.json(enc) == orjson.dumps(ev.to_dict(enc))  # same bytes, same key order
+
+
+def test_a_dead_life_leaves_the_head_cache() -> None:
+    enc = LifeEncoder(HOST, BOOT, CLOCK)
+    alive = VIEWS["alive"]
+    enc.head(alive)
+    dead = alive._replace(died_at=1795660640.5, exit=exit_of(None, 9), cause="signal")
+    Event(1, "died", 1795660640.5, dead, None, 4).json(enc)
+    assert enc._heads == {}
+
+
+def test_a_huge_argv_is_encoded_but_not_kept() -> None:
+    enc = LifeEncoder(HOST, BOOT, CLOCK)
+    big = view(argv=("x" * 100_000,))
+    assert json.loads(enc.life_bytes(big))["argv"] == ["x" * 100_000]
+    assert enc._heads == {}
+
+
+def test_head_key_leaves_out_exactly_what_a_death_changes() -> None:
+    assert LifeView._fields[10:14] == ("died_at", "exit", "cause", "sources")
+    v = VIEWS["killed"]
+    assert v.head_key() == VIEWS["alive"].head_key()
 
 
 def test_iso_matches_datetime() -> None:
@@ -92,3 +116,17 @@ def test_iso_matches_datetime() -> None:
         want = datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
         assert iso(t) == want.replace("+00:00", "Z"), t
     assert iso(None) is None
+
+
+def test_heads_are_prepared_only_while_a_stream_listens() -> None:
+    from app.life import Life
+    from app.service import Service
+    from tests.conftest import make_config
+
+    reg = Service(make_config()).registry
+    reg.journal.subscribe(lambda ev: True, 10)  # an internal reader (metrics, watches)
+    reg.born(Life(5000, 100, 1, "a", 4), 4)
+    assert reg.encoder._heads == {}
+    reg.journal.subscribe(lambda ev: True, 10, push=lambda ev: True)  # a stream client
+    reg.born(Life(5001, 101, 1, "b", 4), 4)
+    assert list(reg.encoder._heads) == [(5001, 101)]

@@ -190,10 +190,9 @@ class ProcConnectorSource:
         wall = self._wall()
         offset = wall - time.monotonic()
         for ev in decode(data):
+            self._check_seq(ev.cpu, ev.seq)  # a loss shows before the event that revealed it
             at = ev.timestamp_ns / 1e9 + offset
-            # Deaths first, and the bookkeeping after: a death is what clients wait for, and
-            # every step before the push costs ten times its warm time after idle
-            # (bench/death_latency.py).
+            # Deaths first: they are what clients wait for (bench/death_latency.py).
             if type(ev) is ExitEvent:
                 tgid = ev.process_tgid
                 if ev.exit_code and ev.process_pid == tgid and tgid not in self._deferred:
@@ -216,7 +215,6 @@ class ProcConnectorSource:
                 sink.submit(Exec(self.name, ev.process_tgid, at))
             elif type(ev) is not Ack:
                 c["other"] += 1
-            self._check_seq(ev.cpu, ev.seq)
         self._last_at = wall
 
     def _group_exit(self, ev: ExitEvent) -> int | None:
