@@ -43,6 +43,9 @@ async def test_follow_then_death_reaches_a_stream(
     assert resp.status == 200 and body["following"] and body["state"] == "alive"
     assert body["id"] == lid and body["followed"] == 1
     async with client.ws_connect(f"/v1/stream?types=died&pid={sleeper.pid}") as ws:
+        _, node = await call(client, "GET", "/v1/node")
+        assert node["follow"]["followed"] == 1 and node["follow"]["max"] >= 1
+        assert node["stream_clients"] == 1
         sleeper.send_signal(signal.SIGKILL)
         msg = json.loads((await ws.receive(timeout=5)).data)
     assert msg["type"] == "died" and msg["sources"] == ["pidfd"]
