@@ -40,7 +40,9 @@ class Config(BaseModel):
         "(LIFEWATCH_WATCHES takes JSON)",
     )
     state_dir: Path | None = Field(
-        Path("/run/lifewatch"), description="where btime is pinned per boot (tmpfs)"
+        Path("/run/lifewatch"),
+        description="where btime is pinned per boot, and watches changed over the API are "
+        "kept (watches.json); the default is a tmpfs: both last until reboot",
     )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     max_batch: int = Field(10_000, ge=1, description="most lives in one POST /v1/lives/check")

@@ -18,6 +18,7 @@ from app.registry import Registry
 from app.source import FAILED, OK, Sink, Source, SourceHealth
 from app.tracker import Clocks, Tracker
 from app.watches import WatchEngine
+from app.watchstore import WatchStore
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ class Service:
         self.journal = Journal(config.journal_size)
         self.registry = Registry(self.node, self.journal, config.history)
         self.tracker = Tracker(self.registry, clocks, proc)
-        self.watches = WatchEngine(self.registry, config.watches)
+        state = config.state_dir
+        self.watch_store = WatchStore(state / "watches.json" if state else None, config.watches)
+        self.watches = WatchEngine(self.registry, self.watch_store.watches())
         self.sources = build_sources(config) if sources is None else sources
         self._seen_btime = self.node.clock.btime
         self._ok, self._ok_until = False, 0.0

@@ -47,17 +47,18 @@ async def put_watch(request: web.Request) -> web.Response:
     require_token(request)
     name = _name(request)
     spec = WatchSpec.model_validate_json(await request.read())
-    engine = request.app[SERVICE].watches
-    watch, created = engine.define(name, spec)
-    return web.json_response(engine.view(watch), status=201 if created else 200)
+    service = request.app[SERVICE]
+    watch, created = service.watches.define(name, spec)
+    service.watch_store.defined(name, spec)
+    return web.json_response(service.watches.view(watch), status=201 if created else 200)
 
 
 @routes.delete("/v1/watches/{name}")
 async def delete_watch(request: web.Request) -> web.Response:
     require_token(request)
     name = _name(request)
-    engine = request.app[SERVICE].watches
-    watch = _get(engine, name)
-    view = engine.view(watch)
-    engine.remove(name)
+    service = request.app[SERVICE]
+    view = service.watches.view(_get(service.watches, name))
+    service.watches.remove(name)
+    service.watch_store.removed(name)
     return web.json_response(view)
