@@ -181,7 +181,9 @@ class Journal:
         self._events: deque[Event] = deque(maxlen=size)
         self.first_cursor = int(clock() * 1_000_000)  # this run's first cursor
         self._next = self.first_cursor
-        self._subs: set[Subscriber] = set()
+        # Stream clients (events pushed onto their sockets) are offered each event before
+        # the internal readers (metrics, watches), whose wakeups need not delay a client.
+        self._subs: dict[Subscriber, None] = {}
         self.pushers = 0  # subscribers that take events pushed (stream clients)
         self.overflows = 0
         self.counts: dict[str, int] = {}
@@ -243,20 +245,22 @@ class Journal:
         A cursor the journal cannot serve yields `reset` first, then live events. With
         `push`, an event for a reader that is idle is handed over at once."""
         sub = Subscriber(self, accept, maxsize, self.last_cursor, push)
-        if push is not None:
-            self.pushers += 1
         if after is not None and after != self.last_cursor:
             missed = self.since(after)
             if missed is None:
                 sub.pending = [self.synthetic("reset", {"reason": self.reset_reason(after)})]
             else:
                 sub.pending = [e for e in missed if accept(e)]
-        self._subs.add(sub)
+        if push is not None:
+            self.pushers += 1
+            self._subs = {sub: None, **self._subs}  # first in line
+        else:
+            self._subs[sub] = None
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         if sub in self._subs:
-            self._subs.discard(sub)
+            del self._subs[sub]
             if sub.push is not None:
                 self.pushers -= 1
 

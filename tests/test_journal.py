@@ -173,3 +173,13 @@ async def test_a_failing_push_falls_back_to_the_queue_and_loses_nothing() -> Non
     assert [e.cursor for e in j.since(0) or []] == [a, b]
     sub.close()
     assert j.pushers == 0 and j.subscribers == 1
+
+
+async def test_stream_clients_are_offered_an_event_before_internal_readers() -> None:
+    j = make(size=100)
+    order: list[str] = []
+    j.subscribe(lambda ev: order.append("internal") or True, 10)
+    j.subscribe(lambda ev: order.append("client") or True, 10, push=lambda ev: True)
+    j.subscribe(lambda ev: order.append("internal") or True, 10)
+    j.append("died")
+    assert order == ["client", "internal", "internal"]
