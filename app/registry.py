@@ -20,6 +20,8 @@ from app.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView
 from app.lifejson import LifeEncoder
 from app.procfs import ProcInfo
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # the API's JSON has no spaces
+
 
 def life_key(pid: int, start_ticks: int) -> int:
     """One int for (pid, start): pids fit in 23 bits (PID_MAX_LIMIT = 2**22)."""
@@ -82,8 +84,7 @@ class Registry:
 
     def _encode(self, view: LifeView) -> LifeText:
         d = self.life_json(view)
-        dumps = json.dumps
-        return LifeText(dumps(d, separators=(",", ":")), dumps(d["died_at"]), dumps(d["exit"]))
+        return LifeText(_compact(d), _compact(d["died_at"]), _compact(d["exit"]))
 
     # -- reading ---------------------------------------------------------------------------
     def holder(self, pid: int) -> Life | None:
