@@ -49,6 +49,22 @@ def test_spec_needs_a_criterion_and_sane_bounds() -> None:
         WatchSpec(comm="x", min=3, max=2)
     with pytest.raises(ValidationError, match="regular expression"):
         WatchSpec(argv="(")
+    with pytest.raises(ValidationError, match=r"RE2 regular expression.*backreferences"):
+        WatchSpec(argv=r"(a)\1")
+
+
+def test_a_backtracking_argv_pattern_cannot_stall_the_daemon() -> None:
+    # With `re`, (a+)+$ on 40 a's and a b backtracks about 2**40 times, holding the GIL; RE2
+    # answers at once. A child process with a deadline makes a regression fail, not hang.
+    code = (
+        "from app.life import Life; from app.watches import Matcher, WatchSpec; "
+        "life = Life(4242, 1, 1, 'x', 4, argv=('x', 'a' * 40 + 'b')).snapshot(); "
+        "print(Matcher(WatchSpec(argv=r'(a+)+$'))(life, lambda _: None))"
+    )
+    root = Path(__file__).parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=20, check=True).stdout  # fmt: skip
+    assert out.strip() == "False"
 
 
 def test_config_takes_watches_from_file_and_env(tmp_path: Path) -> None:
