@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,14 @@ def make_config(**kw: object) -> Config:
     base: dict[str, object] = {"sources": (), "state_dir": None, "port": 0}
     base.update(kw)
     return Config.model_validate(base)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    p = subprocess.Popen(["sleep", "30"])
+    yield p
+    p.kill()
+    p.wait()
 
 
 @pytest.fixture

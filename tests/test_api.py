@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,6 @@ from tests.conftest import make_config
 from tests.spec import SPEC_PATH, call
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    p = subprocess.Popen(["sleep", "30"])
-    yield p
-    p.kill()
-    p.wait()
 
 
 def test_every_route_is_in_the_spec_and_back() -> None:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import signal
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,14 +20,6 @@ from tests.spec import call
 
 Client = TestClient[Any, Any]
 pytestmark = kernel
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    p = subprocess.Popen(["sleep", "30"])
-    yield p
-    p.kill()
-    p.wait()
 
 
 def life_id(service: Service, pid: int) -> str:
