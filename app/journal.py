@@ -117,7 +117,6 @@ class Subscriber:
                 # Never into the kernel reader: this reader takes the queue from now on.
                 log.exception("push to a stream reader failed; it is served from its queue")
                 self.push = None
-                self._journal.pushers -= 1
                 pushed = False
             if pushed:
                 self.delivered = ev.cursor
@@ -184,7 +183,6 @@ class Journal:
         # Stream clients (events pushed onto their sockets) are offered each event before
         # the internal readers (metrics, watches), whose wakeups need not delay a client.
         self._subs: dict[Subscriber, None] = {}
-        self.pushers = 0  # subscribers that take events pushed (stream clients)
         self.overflows = 0
         self.counts: dict[str, int] = {}
 
@@ -252,17 +250,18 @@ class Journal:
             else:
                 sub.pending = [e for e in missed if accept(e)]
         if push is not None:
-            self.pushers += 1
             self._subs = {sub: None, **self._subs}  # first in line
         else:
             self._subs[sub] = None
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        if sub in self._subs:
-            del self._subs[sub]
-            if sub.push is not None:
-                self.pushers -= 1
+        self._subs.pop(sub, None)
+
+    @property
+    def pushers(self) -> int:
+        """Subscribers that take events pushed onto a socket: stream clients."""
+        return sum(1 for sub in self._subs if sub.push is not None)
 
     @property
     def subscribers(self) -> int:

@@ -194,15 +194,12 @@ class ProcConnectorSource:
             at = ev.timestamp_ns / 1e9 + offset
             # Deaths first: they are what clients wait for (bench/death_latency.py).
             if type(ev) is ExitEvent:
-                tgid = ev.process_tgid
-                if ev.exit_code and ev.process_pid == tgid and tgid not in self._deferred:
-                    status: int | None = ev.exit_code  # a killed or failed leader: the end
-                else:
-                    status = self._group_exit(ev)
+                status = self._group_exit(ev)
                 if status is not None:
                     c["exits"] += 1
                     code, sig, core = wait_status(status)
-                    sink.submit(Exit(self.name, tgid, at, code, sig, core, mono_ns=ev.timestamp_ns))
+                    sink.submit(Exit(self.name, ev.process_tgid, at, code, sig, core,
+                                     mono_ns=ev.timestamp_ns))  # fmt: skip
             elif type(ev) is ForkEvent:
                 if ev.child_pid != ev.child_tgid:
                     c["threads"] += 1
@@ -231,6 +228,8 @@ class ProcConnectorSource:
         """
         tgid = ev.process_tgid
         leader = ev.process_pid == tgid
+        if leader and ev.exit_code and tgid not in self._deferred:
+            return ev.exit_code  # the usual death: a leader killed or exiting non-zero
         if not leader and tgid not in self._deferred:
             self.counters["thread_exits"] += 1
             return None
