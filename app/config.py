@@ -31,8 +31,8 @@ class Config(BaseModel):
     )
     token: str | None = Field(
         None,
-        description="bearer token that PUT/DELETE /v1/watches require; without one they are "
-        "refused (reads stay open)",
+        description="bearer token that PUT/DELETE /v1/watches and POST /v1/resync require; "
+        "without one they are refused (reads stay open)",
     )
     watches: dict[str, WatchSpec] = Field(
         {},  # pydantic copies it for each Config
