@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.config import Config
+from app.core.config import Config
+from app.core.service import Service
 from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import (
     AUDIT_STATUS_BACKLOG_LIMIT,
@@ -43,7 +44,6 @@ from app.netlink.audit_proto import (
     AUDIT_STATUS_ENABLED,
     AuditStatus,
 )
-from app.service import Service
 
 SYSCALLS = "clone,fork,vfork,clone3,execve,execveat,exit,exit_group"
 RULES = [("-a", "exit,always", "-F", f"arch={a}", "-S", SYSCALLS, "-k", "lifewatch-bench")

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.netlink.audit_assembler import Assembler
-from app.netlink.audit_lives import LifeEvents
 from app.netlink.audit_records import Record, parse_datagram
-from app.observations import Observation
+from app.sources.audit_assembler import Assembler
+from app.sources.audit_lives import LifeEvents
+from app.sources.observations import Observation
 
 DATA = Path(__file__).resolve().parent.parent / "tests/data/audit_workload.unicast.hex"
 _STAMP = re.compile(rb"audit\((\d+\.\d+):(\d+)\)")

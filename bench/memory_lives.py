@@ -11,10 +11,10 @@ import gc
 import sys
 import time
 
-from app.identity import NodeIdentity, TickClock
-from app.journal import Journal
-from app.life import Life, SourceSet, exit_of
-from app.registry import Registry
+from app.core.identity import NodeIdentity, TickClock
+from app.core.journal import Journal
+from app.core.life import Life, SourceSet, exit_of
+from app.core.registry import Registry
 
 
 def rss_bytes() -> int:

@@ -11,12 +11,12 @@ import asyncio
 import sys
 import time
 
-from app.identity import NodeIdentity, TickClock
-from app.journal import Journal
-from app.life import Life, SourceSet, exit_of
-from app.metrics import EventCounter
-from app.registry import Registry
-from app.watches import WatchEngine, WatchSpec
+from app.api.prometheus import EventCounter
+from app.core.identity import NodeIdentity, TickClock
+from app.core.journal import Journal
+from app.core.life import Life, SourceSet, exit_of
+from app.core.registry import Registry
+from app.core.watches import WatchEngine, WatchSpec
 
 PROC = SourceSet.PROC
 

@@ -1,11 +1,15 @@
-"""Shared fixtures: a service with no kernel sources, its API on a test server, kernel gating."""
+"""Fixtures for every room, and the rooms' rules: tests/kernel and tests/browser are marked
+`kernel` (they drive the live kernel: audit, the proc connector, pidfds) and `browser`.
+
+Kernel tests run for real as root. A run without root skips them with that reason, except in
+CI (`CI` set), where a kernel test that cannot run is a failure, never a skip.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -14,24 +18,33 @@ import uvloop
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
-from app.config import Config
-from app.procfs import parse_stat
-from app.service import Service
+from app.core.service import Service
+from tests.helpers import make_config
 
-DATA = Path(__file__).parent / "data"
-IN_CI = bool(os.environ.get("CI"))
-
-# Kernel tests run for real as root. Outside CI a non-root run skips them; in CI they are
-# never skipped (a skipped kernel test there is a failure, so they run and fail loudly).
-kernel = pytest.mark.skipif(
-    os.geteuid() != 0 and not IN_CI, reason="needs root for the live kernel (not in CI)"
-)
+ROOT = Path(__file__).parent
+ROOMS = {"kernel": ("kernel",), "browser": ("kernel", "browser")}
 
 
-def make_config(**kw: object) -> Config:
-    base: dict[str, object] = {"sources": (), "state_dir": None, "port": 0}
-    base.update(kw)
-    return Config.model_validate(base)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        room = Path(str(item.path)).relative_to(ROOT).parts[0]
+        for mark in ROOMS.get(room, ()):
+            item.add_marker(getattr(pytest.mark, mark))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernel") is None or os.geteuid() == 0:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("kernel tests must run as root in CI (a skipped kernel test is a failure)")
+    pytest.skip("needs root: drives the live kernel (audit, proc connector, pidfd)")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, like `lifewatch serve`: a socket it refuses fails here too."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
@@ -55,23 +68,3 @@ async def client(service: Service) -> AsyncIterator[TestClient[object, object]]:
     app = make_app(service, manage=False)
     async with TestClient(TestServer(app)) as c:
         yield c
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Tests run on uvloop, like `lifewatch serve`: a socket it refuses fails here too."""
-    return {"uvloop": uvloop.new_event_loop}
-
-
-def exec_done(pid: int) -> None:
-    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
-    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
-    for _ in range(200):
-        if Path(f"/proc/{pid}/cmdline").read_bytes():
-            return
-        time.sleep(0.005)
-
-
-def start_ticks(pid: int) -> int:
-    return parse_stat(Path(f"/proc/{pid}/stat").read_bytes()).start_ticks

@@ -9,7 +9,7 @@ from aiohttp import WSCloseCode, web
 from app.api import dashboard, events, follow, lives, metrics, node, stream, watches
 from app.api.errors import json_errors
 from app.api.keys import SERVICE, SOCKETS
-from app.service import Service
+from app.core.service import Service
 
 
 def make_app(service: Service, manage: bool = True) -> web.Application:

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from app.api.keys import SERVICE
-from app.identity import LifeIdError
+from app.core.identity import LifeIdError
 
 log = logging.getLogger(__name__)
 

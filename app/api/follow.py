@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.errors import ApiError
 from app.api.keys import SERVICE
-from app.follow import FollowError
-from app.identity import LifeId, parse_life_id
-from app.service import Service
+from app.core.follow import FollowError
+from app.core.identity import LifeId, parse_life_id
+from app.core.service import Service
 
 routes = web.RouteTableDef()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.service import Service
+from app.core.service import Service
 
 SERVICE = web.AppKey("service", Service)
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])

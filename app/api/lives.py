@@ -11,10 +11,10 @@ from app.api.auth import require_token
 from app.api.errors import ApiError
 from app.api.keys import SERVICE
 from app.api.models import CheckRequest, LivesQuery
-from app.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
-from app.life import Life
-from app.lookup import answer_text
-from app.tracker import RESYNC_SPACING
+from app.core.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
+from app.core.life import Life
+from app.core.lookup import answer_text
+from app.core.tracker import RESYNC_SPACING
 
 routes = web.RouteTableDef()
 

@@ -24,7 +24,7 @@ from prometheus_client import (
 
 from app.api.errors import Handler
 from app.api.keys import SERVICE, SOCKETS
-from app.metrics import EventCounter, LifewatchCollector
+from app.api.prometheus import EventCounter, LifewatchCollector
 
 routes = web.RouteTableDef()
 

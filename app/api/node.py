@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from app.api.keys import SERVICE
-from app.life import iso
-from app.service import Service
+from app.core.life import iso
+from app.core.service import Service
 
 routes = web.RouteTableDef()
 

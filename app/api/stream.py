@@ -16,8 +16,8 @@ from app.api.follow import follow_for_stream
 from app.api.keys import SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
-from app.identity import LifeId, parse_life_id
-from app.journal import Accept, Encoder, Event, Push
+from app.core.identity import LifeId, parse_life_id
+from app.core.journal import Accept, Encoder, Event, Push
 
 routes = web.RouteTableDef()
 PUSH_LIMIT = 64 * 1024  # bytes waiting in a client's transport before events queue instead

@@ -9,7 +9,7 @@ from aiohttp import web
 from app.api.auth import require_token
 from app.api.errors import ApiError
 from app.api.keys import SERVICE
-from app.watches import Watch, WatchEngine, WatchSpec
+from app.core.watches import Watch, WatchEngine, WatchSpec
 
 routes = web.RouteTableDef()
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -3,7 +3,7 @@
     .venv/bin/python tests/data/record_audit.py tests/data/audit_workload
 
 Runs lifewatch's audit source in unicast mode with a raw tap, and a multicast listener next
-to it, while `tests/audit_helper.py` runs its workload. Writes:
+to it, while `tests/kernel/audit_helper.py` runs its workload. Writes:
 
 - `<out>.unicast.hex`: every datagram of the unicast stream, one hex line each;
 - `<out>.multicast.hex`: the same records as the multicast group delivered them;
@@ -18,12 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.config import Config
+from app.core.config import Config
 from app.netlink.audit_reader import RecordSocket
-from app.netlink.audit_source import AuditSource
-from app.observations import Observation
+from app.sources.audit import AuditSource
+from app.sources.observations import Observation
 
-HELPER = Path(__file__).resolve().parent.parent / "audit_helper.py"
+HELPER = Path(__file__).resolve().parent.parent / "kernel" / "audit_helper.py"
 
 
 class Null:

@@ -1,0 +1,104 @@
+"""Lives and events as JSON bytes, made cheap on the death path.
+
+A `died` event is pushed within a millisecond of the death, and after a few milliseconds of
+idle every Python step on the way costs ten times its warm time (bench/RESULTS.md, "Death
+latency"). Most of a life's JSON cannot change at its death, so that part (the head) is
+encoded while the life is born or execs, when a stream is listening, and kept for the most
+recent lives; at the death only the state, the exit and the sources are added. The bytes are
+exactly those of encoding `LifeView.to_json` whole (tests/test_lifejson.py).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from app.api.jsontext import dumps
+from app.core.identity import TickClock
+from app.core.life import LifeView, iso, source_names
+
+if TYPE_CHECKING:
+    from app.core.journal import Event
+
+HEADS = 4096  # lives whose head is kept: the recently born or exec'd
+HEAD_MAX = 16 * 1024  # bytes: a longer head (a huge argv) is encoded when needed, not kept
+
+
+class LifeEncoder:
+    def __init__(self, host: str, boot_id: str, clock: TickClock, heads: int = HEADS) -> None:
+        self.host = host
+        self.boot_id = boot_id
+        self.clock = clock
+        self.size = heads
+        # (pid, start_ticks) -> (head_key, b'{"id":...,"canary":false' without its brace)
+        self._heads: OrderedDict[tuple[int, int], tuple[tuple[Any, ...], bytes]] = OrderedDict()
+        # (exit, cause, sources) -> b',"exit":...,"cause":...,"sources":[...]}'
+        self._ends: dict[tuple[Any, ...], bytes] = {}
+        self._sources: dict[int, bytes] = {}
+
+    def life_json(self, view: LifeView) -> dict[str, Any]:
+        return view.to_json(self.host, self.boot_id, self.clock)
+
+    def head(self, view: LifeView) -> bytes:
+        """The encoded head of `view`, from the cache when the life has not changed."""
+        where = (view.pid, view.start_ticks)
+        key = view.head_key()
+        hit = self._heads.get(where)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        head = dumps(view.head_json(self.host, self.boot_id, self.clock))[:-1]
+        if len(head) <= HEAD_MAX and view.died_at is None:
+            self._heads[where] = (key, head)
+            self._heads.move_to_end(where)
+            if len(self._heads) > self.size:
+                self._heads.popitem(last=False)
+        return head
+
+    def life_bytes(self, view: LifeView) -> bytes:
+        return self.head(view) + self._rest(view, self._date(view.died_at))
+
+    def event_bytes(self, ev: Event) -> bytes:
+        """`ev.to_dict(self)` as JSON. A life event is put together from parts: the life's
+        head, encoded earlier, and a few small fragments; `type` needs no escaping. One
+        function on purpose: this runs on the death path, where each call costs."""
+        view = ev.life
+        if view is None:
+            return dumps(ev.to_dict(self))
+        at = self._date(ev.at)
+        out = b'{"cursor":%d,"type":"%s","at":%s' % (ev.cursor, ev.type.encode(), at)
+        if ev.sources:
+            out += b',"sources":' + (
+                self._sources.get(ev.sources) or self.sources_bytes(ev.sources)
+            )
+        if ev.fields:
+            out += b"," + dumps(ev.fields)[1:-1]
+        # head(view), inlined: this is the death path. A dead life's head is not needed again.
+        where = (view.pid, view.start_ticks)
+        dead = view.died_at is not None
+        hit = self._heads.pop(where, None) if dead else self._heads.get(where)
+        head = hit[1] if hit is not None and hit[0] == view.head_key() else self.head(view)
+        # A death's event is dated by the death: one date to write, not two.
+        died = at if view.died_at == ev.at else self._date(view.died_at)
+        return b'%s,"life":%s%s}' % (out, head, self._rest(view, died))
+
+    def _date(self, epoch: float | None) -> bytes:
+        return b"null" if epoch is None else b'"%s"' % (iso(epoch) or "").encode()
+
+    def _rest(self, view: LifeView, died: bytes) -> bytes:
+        end = self._ends.get((view.exit, view.cause, view.sources)) or self._end(view)
+        return b',"state":"%s","died_at":%s%s' % (view.state.encode(), died, end)
+
+    def _end(self, view: LifeView) -> bytes:
+        tail = view.tail_json()
+        del tail["state"], tail["died_at"]
+        end = b"," + dumps(tail)[1:]
+        if len(self._ends) > 1024:  # causes and exits are few; never grow for ever
+            self._ends.clear()
+        self._ends[(view.exit, view.cause, view.sources)] = end
+        return end
+
+    def sources_bytes(self, bits: int) -> bytes:
+        out = self._sources.get(bits)
+        if out is None:
+            out = self._sources[bits] = dumps(source_names(bits))
+        return out

@@ -1,0 +1,202 @@
+"""The `lifewatch` command: serve, check, tail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import gc
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from app import __version__
+from app.core.config import Config, load_config
+
+EPILOG = """\
+Settings come from, lowest first: embedded defaults, the TOML file of --config,
+LIFEWATCH_<NAME> environment variables (e.g. LIFEWATCH_PORT=9000), then flags.
+Settings and their defaults:
+"""
+
+
+def _settings_help() -> str:
+    lines = []
+    for name, field in Config.model_fields.items():
+        default = field.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        lines.append(f"  {name:<18} {field.description} (default: {default})")
+    return EPILOG + "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lifewatch",
+        description="Knows which process lives exist on this node, from the kernel's events.",
+    )
+    p.add_argument("--version", action="version", version=f"lifewatch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon (needs root for the kernel sources)",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--config", type=Path, help="TOML file with settings")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 7878)")
+    serve.add_argument("--sources", help="comma list of kernel sources (default audit,proc)")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
+
+    for name, text in (
+        ("check", "ask whether lives (host/pid/start) are alive"),
+        ("tail", "print the event stream, one colored line per event"),
+        ("ps", "show the live processes as a tree"),
+        ("watch", "show a watch's state, then each change"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--url", default=os.environ.get("LIFEWATCH_URL", "http://127.0.0.1:7878"))
+        if name in ("tail", "ps", "watch"):
+            c.add_argument(
+                "--color", choices=("auto", "always", "never"), default="auto",
+                help="ANSI colors (auto: on a terminal, unless NO_COLOR is set)",
+            )  # fmt: skip
+        if name == "check":
+            c.add_argument("lives", nargs="+", metavar="host/pid/start")
+        elif name == "ps":
+            c.add_argument("pattern", nargs="?", help="show matches (pid, comm, exe, argv) "
+                           "and their ancestors")  # fmt: skip
+            c.add_argument("--all", action="store_true", help="include kernel threads, canaries")
+        elif name == "watch":
+            c.add_argument("name", help="the watch's name (GET /v1/watches lists them)")
+            c.add_argument("--once", action="store_true", help="print the state and exit")
+        else:
+            c.add_argument("--after", type=int, help="resume after this cursor")
+            c.add_argument("--types", help="comma list: born,exec,died,gap,...")
+            c.add_argument("--pid", type=int)
+            c.add_argument("--comm")
+            c.add_argument("--exe")
+            c.add_argument("--life", help="host/pid/start")
+            c.add_argument("--no-canary", action="store_true", help="hide canary lives")
+            c.add_argument("--json", action="store_true", help="print raw JSON events")
+    return p
+
+
+def die(message: str, code: int = 2) -> None:
+    print(f"lifewatch: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+    elif args.command == "check":
+        check(args)
+    elif args.command == "tail":
+        tail(args)
+    elif args.command == "ps":
+        from app.cli.console import run_ps
+
+        run_ps(args)
+    elif args.command == "watch":
+        from app.cli.console import run_watch
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_watch(args))
+
+
+def serve(args: argparse.Namespace) -> None:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(
+            args.config,
+            dict(os.environ),
+            {"host": args.host, "port": args.port, "sources": args.sources},
+        )
+    except ValidationError as e:
+        die("bad settings: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}"
+                                         for x in e.errors()))  # fmt: skip
+        return
+    except (OSError, ValueError) as e:
+        die(f"cannot read the config file: {e}")
+        return
+    if config.sources and os.geteuid() != 0:
+        die(
+            f"the kernel sources ({','.join(config.sources)}) need root "
+            "(CAP_AUDIT_CONTROL, CAP_NET_ADMIN); run as root or with --sources ''"
+        )
+    import uvloop
+
+    try:
+        uvloop.run(_serve(config))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            die(f"port {config.port} on {config.host} is already in use")
+        if e.errno in (errno.EPERM, errno.EACCES):
+            die(f"not permitted: {e} (needs root or CAP_AUDIT_CONTROL/CAP_NET_ADMIN)")
+        die(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(config: Config) -> None:
+    from aiohttp import web
+
+    from app.api.app import make_app
+    from app.core.service import Service
+
+    service = Service(config)
+    runner = web.AppRunner(make_app(service), handle_signals=False, access_log=None)
+    await runner.setup()  # starts the service (sources, snapshot)
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        # What start-up made (modules, the snapshot's lives) lives as long as the daemon: out
+        # of the collector's reach, collections walk only what came since.
+        gc.collect()
+        gc.freeze()
+        logging.getLogger("lifewatch").info(
+            "lifewatch %s serving on http://%s:%d", __version__, config.host, config.port
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # closes sockets, stops sources, removes kernel rules
+
+
+def check(args: argparse.Namespace) -> None:
+    from app.cli.console import fetch
+
+    out = fetch(f"{args.url}/v1/lives/check", {"lives": args.lives})
+    worst = 0
+    for r in out["results"]:
+        line = f"{r['id']}: {r['state']}"
+        if r.get("error"):
+            line += f" ({r['error']})"
+            worst = max(worst, 2)
+        elif r["state"] == "dead" and r.get("exit"):
+            ex = r["exit"]
+            line += f" (signal {ex['signal']})" if ex["signal"] else f" (exit {ex['code']})"
+        if r["state"] != "alive":
+            worst = max(worst, 1)
+        print(line)
+    raise SystemExit(worst)
+
+
+def tail(args: argparse.Namespace) -> None:
+    from app.cli.tail import run_tail
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_tail(args))

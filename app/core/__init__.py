@@ -1,0 +1,1 @@
+"""The domain: lives, the tracker that fuses observations, the registry, the journal."""

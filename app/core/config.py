@@ -1,0 +1,128 @@
+"""Settings: embedded defaults, overridden by a TOML file, LIFEWATCH_* variables, then flags."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.core.watches import WatchSpec
+
+KNOWN_SOURCES = ("audit", "proc")
+
+
+class Config(BaseModel):
+    """Every setting, with its default. Frozen: the app reads it, nothing changes it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address the API listens on")
+    port: int = Field(7878, ge=0, le=65535, description="port the API listens on")
+    sources: tuple[str, ...] = Field(
+        KNOWN_SOURCES, description="kernel event sources to run: audit, proc"
+    )
+    journal_size: int = Field(50_000, ge=16, description="events kept for replay (resume window)")
+    history: int = Field(100_000, ge=0, description="dead lives kept for lookups")
+    subscriber_queue: int = Field(
+        4096, ge=1, description="events queued per WebSocket client before it must catch up"
+    )
+    token: str | None = Field(
+        None,
+        description="bearer token that PUT/DELETE /v1/watches and POST /v1/resync require; "
+        "without one they are refused (reads stay open)",
+    )
+    watches: dict[str, WatchSpec] = Field(
+        {},  # pydantic copies it for each Config
+        description='named process patterns, e.g. [watches.ntpd] comm = "ntpd" '
+        "(LIFEWATCH_WATCHES takes JSON)",
+    )
+    state_dir: Path | None = Field(
+        Path("/run/lifewatch"),
+        description="where btime is pinned per boot, and watches changed over the API are "
+        "kept (watches.json); the default is a tmpfs: both last until reboot",
+    )
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    max_batch: int = Field(10_000, ge=1, description="most lives in one POST /v1/lives/check")
+    heartbeat: float = Field(15.0, gt=0, description="WebSocket ping interval, seconds")
+    # -- audit source (app/netlink/audit_source.py, docs/audit.md) --
+    audit_mode: Literal["auto", "unicast", "multicast"] = Field(
+        "auto",
+        description="auto: unicast when no audit daemon holds the audit pid, else multicast "
+        "next to it; unicast: be the audit daemon; multicast: read-only listener (readlog group)",
+    )
+    audit_backlog_limit: int = Field(
+        8192, ge=0, description="kernel audit queue length set in unicast mode (auditctl -b)"
+    )
+    audit_backlog_wait_time: int = Field(
+        15000, ge=0,
+        description="how long (kernel jiffies) a task waits for room in a full audit queue "
+        "before its record is dropped and counted lost; 0 drops at once (unicast mode)",
+    )  # fmt: skip
+    audit_rcvbuf: int = Field(
+        32 << 20, ge=65536,
+        description="receive buffer of the audit record socket, bytes: the kernel waits only "
+        "100 ms for room in it, then gives up on those records (docs/audit.md, lossless mode)",
+    )  # fmt: skip
+    audit_status_interval: float = Field(
+        1.0, gt=0, description="seconds between reads of the kernel's lost/backlog counters"
+    )
+    audit_key: str = Field(
+        "lifewatch", min_length=1, max_length=64,
+        description="tags lifewatch's audit rules as <key>:<pid>; only its own are removed "
+        "on stop (and those of dead runs at start)",
+    )  # fmt: skip
+    # -- proc connector, pidfd follow, canary (app/netlink/proc_source.py, app/canary.py) --
+    proc_rcvbuf: int = Field(
+        8 << 20, ge=65536, description="proc connector socket receive buffer, bytes"
+    )
+    max_follow: int = Field(
+        1024, ge=0, description="lives followed with a pidfd at once (POST /v1/follow)"
+    )
+    canary_interval: float = Field(
+        5.0, ge=0, description="seconds between canary lives that prove each source works; 0: off"
+    )
+    canary_deadline: float = Field(
+        2.0, gt=0, description="seconds a source has to report a canary's birth and death"
+    )
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _no_dir(cls, v: Any) -> Any:
+        return None if v in ("", "none") else v  # an empty value turns pinning to disk off
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = tuple(s.strip() for s in v.split(",") if s.strip())
+        return v
+
+    @field_validator("watches", mode="before")
+    @classmethod
+    def _json(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("sources")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in v if s not in KNOWN_SOURCES]
+        if bad:
+            raise ValueError(f"unknown source(s) {bad}; known: {', '.join(KNOWN_SOURCES)}")
+        return v
+
+
+def load_config(file: Path | None, env: dict[str, str], flags: dict[str, Any]) -> Config:
+    """Merge the layers: defaults < file < LIFEWATCH_<NAME> variables < command-line flags."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        with open(file, "rb") as f:
+            data.update(tomllib.load(f))
+    for name in Config.model_fields:
+        value = env.get(f"LIFEWATCH_{name.upper()}")
+        if value is not None:
+            data[name] = value
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return Config.model_validate(data)

@@ -1,0 +1,268 @@
+"""The event journal: numbered events, a bounded replay window and live subscribers.
+
+Cursors are integers that grow by one per event. Each daemon run starts numbering at the
+wall clock in microseconds, so a cursor from an earlier run is below this run's first and is
+recognised as such (as long as no run averaged more than one event per microsecond).
+A cursor that the window no longer holds, or that belongs to another run, gets an explicit
+`reset`: the client must re-read state. Nothing is ever skipped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from app.core.life import LifeView, iso, source_names
+
+log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    def life_json(self, life: LifeView) -> dict[str, Any]: ...
+
+    def event_bytes(self, ev: Event) -> bytes: ...
+
+
+class Event:
+    """One journal entry. JSON is made lazily, once, and shared by every reader."""
+
+    __slots__ = ("_json", "at", "cursor", "fields", "life", "sources", "type")
+
+    def __init__(
+        self,
+        cursor: int,
+        type: str,
+        at: float,
+        life: LifeView | None,
+        fields: dict[str, Any] | None,
+        sources: int,
+    ) -> None:
+        self.cursor = cursor
+        self.type = type
+        self.at = at
+        self.life = life
+        self.fields = fields
+        self.sources = sources
+        self._json: bytes | None = None
+
+    def to_dict(self, enc: Encoder) -> dict[str, Any]:
+        out: dict[str, Any] = {"cursor": self.cursor, "type": self.type, "at": iso(self.at)}
+        if self.sources:
+            out["sources"] = source_names(self.sources)
+        if self.fields:
+            out.update(self.fields)
+        if self.life is not None:  # last, as Event.json writes it
+            out["life"] = enc.life_json(self.life)
+        return out
+
+    def json(self, enc: Encoder) -> bytes:
+        """`to_dict` as UTF-8 JSON, made once for every stream that sends it."""
+        if self._json is None:
+            self._json = enc.event_bytes(self)
+        return self._json
+
+
+Accept = Callable[[Event], bool]
+# Hands an event to an idle reader at once, without waiting; False when it cannot (the
+# reader's buffer is full, it is closing): the event then goes through the queue.
+Push = Callable[[Event], bool]
+
+
+def accept_all(_: Event) -> bool:
+    return True
+
+
+class Subscriber:
+    """A live reader with a bounded queue. `offer` is called synchronously by the journal and
+    never blocks; when the queue is full the subscriber is marked overflowed and, on its next
+    read, catches up from the journal window (no loss) or gets `gap` + `reset` if the window
+    has moved past it."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        accept: Accept,
+        maxsize: int,
+        delivered: int,
+        push: Push | None = None,
+    ) -> None:
+        self._journal = journal
+        self.accept = accept
+        self.push = push
+        # The reader holds a batch it has not finished sending: what comes meanwhile queues
+        # behind it, so a push never overtakes an event taken earlier.
+        self.busy = False
+        self.pushed = 0
+        self.maxsize = maxsize
+        self.queue: deque[Event] = deque()
+        self.pending: list[Event] = []  # replay handed over at subscription
+        self.overflowed = False
+        self.overflows = 0
+        self.delivered = delivered  # cursor of the last event handed to the reader
+        self._wake = asyncio.Event()
+        self.closed = False
+
+    def offer(self, ev: Event) -> None:
+        if self.overflowed or not self.accept(ev):
+            return
+        if self.push is not None and not self.busy and not self.queue and not self.pending:
+            try:
+                pushed = self.push(ev)
+            except Exception:
+                # Never into the kernel reader: this reader takes the queue from now on.
+                log.exception("push to a stream reader failed; it is served from its queue")
+                self.push = None
+                pushed = False
+            if pushed:
+                self.delivered = ev.cursor
+                self.pushed += 1
+                return
+        if len(self.queue) >= self.maxsize:
+            self.overflowed = True
+            self.overflows += 1
+            self._journal.overflows += 1
+        else:
+            self.queue.append(ev)
+        self._wake.set()
+
+    def take(self) -> list[Event]:
+        """What is ready now, without waiting (may be empty)."""
+        if self.pending:
+            batch, self.pending = self.pending, []
+        elif self.overflowed:
+            batch = self._catch_up()
+        else:
+            batch = list(self.queue)
+            self.queue.clear()
+        if batch and batch[-1].cursor > 0:
+            self.delivered = max(self.delivered, batch[-1].cursor)
+        self.busy = bool(batch)
+        return batch
+
+    async def next_batch(self) -> list[Event]:
+        while not self.closed:
+            batch = self.take()
+            if batch:
+                return batch
+            self._wake.clear()
+            await self._wake.wait()
+        return []
+
+    def _catch_up(self) -> list[Event]:
+        self.overflowed = False
+        self.queue.clear()
+        missed = self._journal.since(self.delivered)
+        if missed is None:
+            last = self._journal.last_cursor
+            gap = self._journal.synthetic(
+                "gap", {"reason": "subscriber_overflow", "after": self.delivered}
+            )
+            reset = self._journal.synthetic("reset", {"reason": "subscriber_overflow"})
+            self.delivered = last
+            return [gap, reset]
+        return [e for e in missed if self.accept(e)]
+
+    def close(self) -> None:
+        self.closed = True
+        self._journal.unsubscribe(self)
+        self._wake.set()
+
+
+class Journal:
+    def __init__(self, size: int, clock: Callable[[], float] = time.time) -> None:
+        self.size = size
+        self._clock = clock
+        self._events: deque[Event] = deque(maxlen=size)
+        self.first_cursor = int(clock() * 1_000_000)  # this run's first cursor
+        self._next = self.first_cursor
+        # Stream clients (events pushed onto their sockets) are offered each event before
+        # the internal readers (metrics, watches), whose wakeups need not delay a client.
+        self._subs: dict[Subscriber, None] = {}
+        self.overflows = 0
+        self.counts: dict[str, int] = {}
+
+    @property
+    def last_cursor(self) -> int:
+        """The cursor of the newest event (first_cursor - 1 before any)."""
+        return self._next - 1
+
+    @property
+    def oldest_cursor(self) -> int:
+        return self._events[0].cursor if self._events else self._next
+
+    def append(
+        self,
+        type: str,
+        life: LifeView | None = None,
+        fields: dict[str, Any] | None = None,
+        sources: int = 0,
+        at: float | None = None,
+    ) -> Event:
+        ev = Event(self._next, type, self._clock() if at is None else at, life, fields, sources)
+        self._next += 1
+        self._events.append(ev)
+        self.counts[type] = self.counts.get(type, 0) + 1
+        for sub in self._subs:  # an idle client is sent it now (Subscriber.push)
+            sub.offer(ev)
+        return ev
+
+    def synthetic(self, type: str, fields: dict[str, Any]) -> Event:
+        """An event for one reader only (reset, overflow gap): carries the current cursor."""
+        return Event(self.last_cursor, type, self._clock(), None, fields, 0)
+
+    def since(self, after: int) -> list[Event] | None:
+        """Events after `after`, or None when they cannot all be given (reset needed).
+        `after=0` means from the start of this run."""
+        if after == 0:
+            after = self.first_cursor - 1
+        if after > self.last_cursor or after < self.first_cursor - 1:
+            return None  # another run's cursor
+        if after < self.oldest_cursor - 1:
+            return None  # older than the replay window
+        start = after + 1 - self.oldest_cursor
+        return list(itertools.islice(self._events, start, None))
+
+    def reset_reason(self, after: int) -> str:
+        if after != 0 and (after > self.last_cursor or after < self.first_cursor - 1):
+            return "other_run"
+        return "cursor_too_old"
+
+    def subscribe(
+        self,
+        accept: Accept,
+        maxsize: int,
+        after: int | None = None,
+        push: Push | None = None,
+    ) -> Subscriber:
+        """Live events from now, or replay from `after` then live, with no hole between.
+        A cursor the journal cannot serve yields `reset` first, then live events. With
+        `push`, an event for a reader that is idle is handed over at once."""
+        sub = Subscriber(self, accept, maxsize, self.last_cursor, push)
+        if after is not None and after != self.last_cursor:
+            missed = self.since(after)
+            if missed is None:
+                sub.pending = [self.synthetic("reset", {"reason": self.reset_reason(after)})]
+            else:
+                sub.pending = [e for e in missed if accept(e)]
+        if push is not None:
+            self._subs = {sub: None, **self._subs}  # first in line
+        else:
+            self._subs[sub] = None
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subs.pop(sub, None)
+
+    @property
+    def pushers(self) -> int:
+        """Subscribers that take events pushed onto a socket: stream clients."""
+        return sum(1 for sub in self._subs if sub.push is not None)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)

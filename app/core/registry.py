@@ -1,0 +1,193 @@
+"""The registry: every known life of this node by (pid, start), and the journal of changes.
+
+Only the tracker changes it (through the methods below); the API reads it. Each change is
+journaled in the same synchronous step, so a reader never sees state the journal lacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from app.api.lifejson import LifeEncoder
+from app.core.identity import NodeIdentity
+from app.core.journal import Event, Journal
+from app.core.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView
+from app.procfs import ProcInfo
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # the API's JSON has no spaces
+
+
+def life_key(pid: int, start_ticks: int) -> int:
+    """One int for (pid, start): pids fit in 23 bits (PID_MAX_LIMIT = 2**22)."""
+    return start_ticks << 23 | pid
+
+
+class LifeText(NamedTuple):
+    """A life's JSON, with the two fields a lookup answer repeats at its top level."""
+
+    text: str
+    died_at: str
+    exit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to "is this life alive?"."""
+
+    state: str
+    life: Life | None
+    reason: str
+
+
+class Registry:
+    def __init__(
+        self,
+        node: NodeIdentity,
+        journal: Journal,
+        history: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.encoder = LifeEncoder(node.hostname, node.boot_id, node.clock)
+        self._life_text = functools.lru_cache(maxsize=4096)(self._encode)
+        self.journal = journal
+        self.history = history
+        self._clock = clock
+        self.alive: dict[int, Life] = {}
+        # Dead lives by life_key, oldest first in _dead_order. An int key and a deque of
+        # keys cost ~60 B per life less than an OrderedDict of tuples (bench/memory_lives.py).
+        self.dead: dict[int, Life] = {}
+        self._dead_order: deque[int] = deque()
+        self.evicted = 0
+        # Lives dead before this moment and not in `dead` are unknown, not "never existed".
+        self.history_since = clock()
+
+    # -- encoding, shared by the journal and the API -------------------------------------
+    def life_json(self, life: LifeView) -> dict[str, Any]:
+        return self.encoder.life_json(life)
+
+    def event_bytes(self, ev: Event) -> bytes:
+        return self.encoder.event_bytes(ev)
+
+    def life_dict(self, life: Life) -> dict[str, Any]:
+        return self.life_json(life.snapshot())
+
+    def life_text(self, life: Life) -> LifeText:
+        """A life as JSON text, cached per snapshot: unchanged lives are not re-encoded."""
+        return self._life_text(life.snapshot())
+
+    def _encode(self, view: LifeView) -> LifeText:
+        d = self.life_json(view)
+        return LifeText(_compact(d), _compact(d["died_at"]), _compact(d["exit"]))
+
+    # -- reading ---------------------------------------------------------------------------
+    def holder(self, pid: int) -> Life | None:
+        return self.alive.get(pid)
+
+    def find(self, pid: int, start_ticks: int) -> Life | None:
+        life = self.alive.get(pid)
+        if life is not None and life.matches(start_ticks):
+            return life
+        # Derived starts are +-1 tick (design.md fact 11): a pid is not reused within a tick.
+        for ticks in (start_ticks, start_ticks - 1, start_ticks + 1):
+            dead = self.dead.get(life_key(pid, ticks))
+            if dead is not None and dead.matches(start_ticks):
+                return dead
+        return None
+
+    def answer(self, pid: int, start_ticks: int) -> Answer:
+        life = self.find(pid, start_ticks)
+        if life is not None:
+            return Answer(life.state, life, "known")
+        holder = self.alive.get(pid)
+        if holder is not None and holder.start_ticks > start_ticks:
+            return Answer(UNKNOWN, None, "pid now held by a later life; no record of this one")
+        return Answer(UNKNOWN, None, "no record of this life")
+
+    def lives(self, state: str | None = None) -> Iterator[Life]:
+        if state in (None, ALIVE):
+            yield from self.alive.values()
+        if state in (None, DEAD):
+            yield from reversed(self.dead.values())
+
+    def __len__(self) -> int:
+        return len(self.alive) + len(self.dead)
+
+    # -- changing ------------------------------------------------------------------------
+    def load(self, infos: Iterable[ProcInfo], source: int) -> int:
+        """Add lives found in /proc without a birth event (the start-up snapshot)."""
+        n = 0
+        for info in infos:
+            if info.stat.pid not in self.alive:
+                self.alive[info.stat.pid] = self._from_proc(info, source, born_at=None)
+                n += 1
+        for life in self.alive.values():
+            self._link_parent(life)
+        return n
+
+    def _from_proc(self, info: ProcInfo, source: int, born_at: float | None) -> Life:
+        st = info.stat
+        life = Life(
+            st.pid, st.start_ticks, st.ppid, st.comm, source,
+            exe=info.exe, argv=info.argv, uid=info.uid, born_at=born_at,
+        )  # fmt: skip
+        life.pidfd_ino = info.pidfd_ino
+        return life
+
+    def _link_parent(self, life: Life) -> None:
+        parent = self.alive.get(life.ppid)
+        if parent is not None and parent.start_ticks <= life.start_ticks:
+            life.parent_ticks = parent.start_ticks
+
+    def born(self, life: Life, sources: int, fields: dict[str, Any] | None = None) -> None:
+        old = self.alive.get(life.pid)
+        if old is not None and old is not life:
+            # The pid is held by a new start: evidence that the old life is gone.
+            self.died(old, None, life.born_at or self._clock(), "pid_reused", 0)
+        self._link_parent(life)
+        self.alive[life.pid] = life
+        view = life.snapshot()
+        self._prepare(view)
+        self.journal.append("born", view, fields, sources, life.born_at)
+
+    def learned(self, info: ProcInfo, source: int) -> Life:
+        """A live process found outside the event stream (lookup, resync)."""
+        life = self._from_proc(info, source, born_at=None)
+        self.born(life, source, {"late": True})
+        return life
+
+    def exec(self, life: Life, sources: int, at: float) -> None:
+        view = life.snapshot()
+        self._prepare(view)
+        self.journal.append("exec", view, None, sources, at)
+
+    def _prepare(self, view: LifeView) -> None:
+        """Encode now what the life's death will not change, while streams listen: its
+        `died` event then costs little (app/lifejson.py)."""
+        if self.journal.pushers:  # stream clients, not the metrics or watch engines
+            self.encoder.head(view)
+
+    def died(self, life: Life, exit: Exit | None, at: float, cause: str, sources: int) -> None:
+        life.died_at = at
+        life.exit = exit
+        life.cause = cause
+        life.sources |= sources
+        if self.alive.get(life.pid) is life:
+            del self.alive[life.pid]
+        key = life_key(life.pid, life.start_ticks)
+        self.dead[key] = life
+        self._dead_order.append(key)
+        while len(self._dead_order) > self.history:
+            if self.dead.pop(self._dead_order.popleft(), None) is not None:
+                self.evicted += 1
+        self.journal.append("died", life.snapshot(), None, sources, at)
+
+    def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
+        """A journal event about the node rather than a life (gap, resync, source...)."""
+        self.journal.append(type, None, fields, 0, at)

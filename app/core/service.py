@@ -1,0 +1,169 @@
+"""The service: one node's identity, journal, registry, tracker and event sources, wired."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+
+from app import __version__, procfs
+from app.core.canary import Canary
+from app.core.config import KNOWN_SOURCES, Config
+from app.core.follow import Follower
+from app.core.identity import load_node_identity, read_btime
+from app.core.journal import Journal
+from app.core.life import SourceSet
+from app.core.registry import Registry
+from app.core.tracker import Clocks, Tracker
+from app.core.watches import WatchEngine
+from app.core.watchstore import WatchStore
+from app.sources.base import FAILED, OK, Sink, Source, SourceHealth
+
+log = logging.getLogger(__name__)
+
+
+# Each source's module is imported only when configured (a missing kernel feature then
+# fails that source alone, with its own message).
+SOURCE_CLASSES = {
+    "audit": "app.sources.audit:AuditSource",
+    "proc": "app.sources.proc:ProcConnectorSource",
+}
+
+
+def build_sources(config: Config) -> list[Source]:
+    """The configured kernel sources, in the order they start."""
+    out: list[Source] = []
+    for name in config.sources:
+        module, _, cls = SOURCE_CLASSES[name].partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), cls)
+            out.append(factory(config))
+        except Exception as e:  # reported on /v1/node and /healthz, not fatal to the rest
+            log.error("source %s cannot be built: %s", name, e)
+            out.append(FailedSource(name, f"cannot be built: {e}"))
+    return out
+
+
+class FailedSource:
+    """Stands for a source that could not be built or started, so its failure stays visible."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self._health = SourceHealth(FAILED, reason, time.time())
+
+    async def start(self, sink: Sink) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def health(self) -> SourceHealth:
+        return self._health
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        sources: list[Source] | None = None,
+        clocks: Clocks | None = None,
+        proc: Path = procfs.PROC,
+    ) -> None:
+        self.config = config
+        self.version = __version__
+        self.proc = proc
+        self.node = load_node_identity(config.state_dir, proc)
+        self.journal = Journal(config.journal_size)
+        self.registry = Registry(self.node, self.journal, config.history)
+        self.tracker = Tracker(self.registry, clocks, proc)
+        state = config.state_dir
+        self.watch_store = WatchStore(state / "watches.json" if state else None, config.watches)
+        self.watches = WatchEngine(self.registry, self.watch_store.watches())
+        self.sources = build_sources(config) if sources is None else sources
+        self._seen_btime = self.node.clock.btime
+        self._ok, self._ok_until = False, 0.0
+        self.tracker.on_resync.append(self.check_clock)
+        self.follower = Follower(self.tracker, config.max_follow, proc)
+        self.canary: Canary | None = None
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+
+    def check_clock(self) -> int | None:
+        """The kernel's btime now; journals a `clock` event when it moved from the last seen.
+
+        The kernel recomputes btime from the wall clock, so a step of the clock moves it;
+        lifewatch keeps its pinned btime (dates never change) and says that the clock moved.
+        Called when /v1/node is read and at every resync, not on a timer of its own.
+        """
+        try:
+            now = read_btime(self.proc)
+        except (OSError, RuntimeError):
+            return None
+        if now != self._seen_btime:
+            self.registry.note(
+                "clock",
+                {"btime_pinned": self.node.clock.btime, "btime_kernel": now,
+                 "btime_before": self._seen_btime, "stepped": now != self.node.clock.btime},
+            )  # fmt: skip
+            self._seen_btime = now
+        return now
+
+    def sources_ok(self) -> bool:
+        """True when at least one source runs and every source, canary verdict included,
+        is `ok`. Lookups ask on every request: the answer is kept for 0.1 s (building every
+        source's health costs more than the rest of a lookup)."""
+        now = time.monotonic()
+        if now >= self._ok_until:
+            self._ok = bool(self.sources) and all(
+                self.source_health(s).state == OK for s in self.sources
+            )
+            self._ok_until = now + 0.1
+        return self._ok
+
+    async def start(self) -> None:
+        # Sources first, snapshot second: a process born while /proc is read is then either
+        # in the snapshot or in an event queued behind it; none falls between the two.
+        for i, source in enumerate(self.sources):
+            try:
+                await source.start(self.tracker)
+            except Exception as e:
+                # One source failing (no kernel support, no privilege) leaves the others
+                # running; the failure is an event, a state on /v1/node and a 503 on /healthz.
+                log.error("source %s failed to start: %s", source.name, e)
+                self.sources[i] = FailedSource(source.name, f"failed to start: {e}")
+                self.registry.note(
+                    "source", {"source": source.name, "state": FAILED, "reason": str(e)}
+                )
+        t0 = time.monotonic()
+        n = self.registry.load(procfs.snapshot(self.proc), SourceSet.SNAPSHOT)
+        self.registry.note("snapshot", {"lives": n, "seconds": round(time.monotonic() - t0, 6)})
+        log.info("snapshot: %d lives in %.3f s", n, time.monotonic() - t0)
+        self.watches.start()
+        if self.config.canary_interval > 0 and any(s.name in KNOWN_SOURCES for s in self.sources):
+            canary = Canary(
+                self.tracker, self.sources, self.config.canary_interval, self.config.canary_deadline
+            )
+            try:
+                await canary.start()
+                self.canary = canary
+            except OSError as e:  # no helper: the sources run unproven, and say so
+                log.error("canary helper cannot start: %s", e)
+                self.registry.note("source", {"source": "canary", "state": FAILED,
+                                              "reason": f"helper cannot start: {e}"})  # fmt: skip
+
+    async def stop(self) -> None:
+        if self.canary is not None:
+            await self.canary.stop()
+        await self.watches.stop()
+        self.follower.close()
+        for source in reversed(self.sources):
+            try:
+                await source.stop()
+            except Exception:
+                log.exception("stopping source %s", source.name)
+
+    def source_health(self, source: Source) -> SourceHealth:
+        """A source's health as clients see it: its own, made `degraded` by a missed canary."""
+        health = source.health()
+        return health if self.canary is None else self.canary.overlay(source.name, health)

@@ -1,0 +1,1 @@
+"""Kernel event sources: kernel wire formats in, observations of lives out."""

@@ -1,0 +1,286 @@
+"""Turns assembled audit events into observations of lives: born, exec, died.
+
+Three things make this more than a field lookup:
+
+- Threads are not lives. `clone` shows its flags in `a0` (CLONE_THREAD), but glibc makes
+  threads with `clone3`, whose `a0` is a pointer (design.md fact 5), and a thread's `exit`
+  record carries the *process's* pid (audit logs the tgid). So a `clone3` child and an `exit`
+  are checked against /proc (`Tgid:` of the child; whether the process still runs). When
+  /proc can no longer tell (the child is gone), the clone3 child is held until the child's
+  own exec or exit_group proves it was a process; if none comes within `hold` seconds it is
+  dropped and counted (`clone3_unresolved`): a process that short-lived and silent was
+  killed by a signal, which audit cannot see anyway (fact 4; the proc connector does).
+- Order. A child's exec or exit_group can reach us before its parent's clone record (the
+  parent returns from clone after the child ran). Exec/Exit of a pid that was born recently
+  enough to have no Fork yet would find no life. Such records are held until the Fork
+  arrives or `hold` passes; pids that existed at start or whose Fork was seen pass through.
+- Start ticks are captured by the tracker (pidfd, /proc) from the Fork; the Fork carries the
+  audit stamp so the tracker can derive the start (+-1 tick) when the child is already gone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from app.netlink.audit_proto import (
+    ARCH_SYSCALLS,
+    AUDIT_CWD,
+    AUDIT_EXECVE,
+    AUDIT_PROCTITLE,
+    AUDIT_SYSCALL,
+    CLONE_PARENT,
+    CLONE_THREAD,
+)
+from app.netlink.audit_records import (
+    Record,
+    Syscall,
+    execve_argv,
+    parse_syscall,
+    proctitle_argv,
+    raw_fields,
+    untrusted,
+)
+from app.sources.observations import Exec, Exit, Fork, Observation
+
+SOURCE = "audit"
+KNOWN_PIDS = 65536  # pids remembered as born-under-watch, to let their records pass at once
+FORKS = {"clone", "fork", "vfork", "clone3"}
+
+
+def thread_group_of(pid: int, proc: Path) -> int | None:
+    """The tgid of task `pid` (its `Tgid:`), or None when /proc no longer has it."""
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def process_running(pid: int, proc: Path) -> bool:
+    """True while process `pid` still has a live thread (not gone, not only a zombie)."""
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            state, threads = b"", 0
+            for line in f:
+                if line.startswith(b"State:"):
+                    state = line.split()[1]
+                elif line.startswith(b"Threads:"):
+                    threads = int(line.split()[1])
+    except (OSError, ValueError):
+        return False
+    return state not in (b"Z", b"X") or threads > 1
+
+
+class LifeEvents:
+    """Event records in, observations out (through `emit`). Call `tick()` periodically."""
+
+    def __init__(
+        self,
+        emit: Callable[[Observation], None],
+        proc: Path = Path("/proc"),
+        clock: Callable[[], float] = time.monotonic,
+        hold: float = 0.25,
+        known: Iterable[int] = (),
+    ) -> None:
+        self.emit = emit
+        self.proc = proc
+        self.clock = clock
+        self.hold = hold
+        # (arch, syscall) as the record writes them (hex arch, decimal nr) -> syscall name
+        self._names: dict[tuple[bytes, bytes], str] = {
+            (b"%x" % arch, b"%d" % nr): name
+            for arch, table in ARCH_SYSCALLS.items()
+            for name, nr in table.items()
+        }
+        # Wall time of the registry's last resync against /proc: a Fork stamped before it
+        # whose child is gone was settled by that resync (see `_fork`).
+        self.stale_before = 0.0
+        # pids whose Fork we sent (or that were alive at start): their records pass at once
+        self._known: OrderedDict[int, None] = OrderedDict((p, None) for p in known)
+        # pid -> (since, [observations]) held until that pid's Fork
+        self._held: dict[int, tuple[float, list[Observation]]] = {}
+        # clone3 children /proc could not classify: child -> (since, Fork)
+        self._unresolved: dict[int, tuple[float, Fork]] = {}
+        # pids whose `exit` (not exit_group) record is waiting to be confirmed as a death
+        self._exits: dict[int, tuple[float, Exit]] = {}
+        self.counters = {
+            "forks": 0, "execs": 0, "exits": 0, "threads": 0, "clone3_unresolved": 0,
+            "held": 0, "thread_exits": 0, "failed_syscalls": 0, "stale_forks": 0,
+        }  # fmt: skip
+
+    # -- one event ---------------------------------------------------------------------------
+    def event(self, records: list[Record]) -> None:
+        syscall = None
+        for rec in records:
+            if rec.type == AUDIT_SYSCALL:
+                syscall = rec
+                break
+        if syscall is None:
+            return
+        f = parse_syscall(syscall.body)
+        if f is None:
+            return
+        name = self._names.get((f.arch, f.syscall))
+        if name is None:
+            return  # someone else's rule (auditd's) matched another syscall
+        if f.success == b"no":
+            self.counters["failed_syscalls"] += 1
+            return
+        if name in FORKS:
+            self._fork(name, f, syscall.stamp)
+        elif name in ("execve", "execveat"):
+            self._exec(f, records, syscall.stamp)
+        elif name == "exit_group":
+            self._died(_exit_obs(f, syscall.stamp), thread_exit=False)
+        elif name == "exit":
+            self._died(_exit_obs(f, syscall.stamp), thread_exit=True)
+
+    def _fork(self, name: str, f: Syscall, stamp: float) -> None:
+        child = _int(f.exit)
+        pid = _int(f.pid)
+        if child is None or child <= 0 or pid is None:
+            return
+        ppid = pid
+        if name == "clone":
+            flags = _int(f.a0, 16) or 0
+            if flags & CLONE_THREAD:
+                self.counters["threads"] += 1
+                return
+            if flags & CLONE_PARENT:
+                ppid = _int(f.ppid) or pid
+        obs = Fork(SOURCE, child, ppid, stamp, audit_stamp=stamp, uid=_int(f.uid))
+        if stamp < self.stale_before and not os.path.exists(f"{self.proc}/{child}"):
+            # Read after a resync that already judged this pid from /proc (records can come
+            # seconds late through the kernel's retry queue). Recreating the child on the
+            # fork alone, its exit record maybe lost, could leave a dead life alive: it is
+            # born only with its own exec or exit as evidence, like an unresolved clone3.
+            self.counters["stale_forks"] += 1
+            self._wait_for_evidence(obs)
+            return
+        if name == "clone3":
+            tgid = thread_group_of(child, self.proc)
+            if tgid is None:
+                self._wait_for_evidence(obs)
+                return
+            if tgid != child:
+                self.counters["threads"] += 1
+                return
+        self._born(obs)
+
+    def _wait_for_evidence(self, obs: Fork) -> None:
+        """Born only once the child's own records (exec, exit_group: they carry its pid,
+        never a thread's) are seen: already held ones count."""
+        if obs.pid in self._held:
+            self._born(obs)
+        else:
+            self._unresolved[obs.pid] = (self.clock(), obs)
+
+    def _born(self, obs: Fork) -> None:
+        self.counters["forks"] += 1
+        self._remember(obs.pid)
+        self.emit(obs)
+        self._release(obs.pid)
+
+    def _exec(self, f: Syscall, records: list[Record], stamp: float) -> None:
+        pid = _int(f.pid)
+        if pid is None:
+            return
+        execve = [r.body for r in records if r.type == AUDIT_EXECVE]
+        argv = execve_argv(execve) if execve else None
+        cwd = None
+        for r in records:
+            if r.type == AUDIT_CWD:
+                cwd = untrusted(raw_fields(r.body).get(b"cwd"))
+            elif argv is None and r.type == AUDIT_PROCTITLE:
+                argv = proctitle_argv(raw_fields(r.body).get(b"proctitle"))
+        obs = Exec(
+            SOURCE, pid, stamp, exe=untrusted(f.exe), argv=argv,
+            comm=untrusted(f.comm), uid=_int(f.uid), cwd=cwd, ppid=_int(f.ppid),
+        )  # fmt: skip
+        self.counters["execs"] += 1
+        self._deliver(pid, obs)
+
+    def _died(self, obs: Exit, thread_exit: bool) -> None:
+        if thread_exit:
+            # `exit` ends one thread; it ends the process only if no thread is left.
+            if process_running(obs.pid, self.proc):
+                self.counters["thread_exits"] += 1
+                return
+            self._exits[obs.pid] = (self.clock(), obs)  # confirm after exit_group had a chance
+            return
+        self._exits.pop(obs.pid, None)
+        self.counters["exits"] += 1
+        self._deliver(obs.pid, obs)
+
+    # -- ordering --------------------------------------------------------------------------
+    def _deliver(self, pid: int, obs: Observation) -> None:
+        unresolved = self._unresolved.pop(pid, None)
+        if unresolved is not None:
+            self._born(unresolved[1])  # its exec/exit_group proves it was a process
+        if pid in self._known:
+            self.emit(obs)
+            if isinstance(obs, Exit):
+                self._known.pop(pid, None)
+            return
+        self.counters["held"] += 1
+        held = self._held.get(pid)
+        if held is None:
+            self._held[pid] = (self.clock(), [obs])
+        else:
+            held[1].append(obs)
+
+    def _release(self, pid: int) -> None:
+        held = self._held.pop(pid, None)
+        if held is not None:
+            for obs in held[1]:
+                self.emit(obs)
+                if isinstance(obs, Exit):
+                    self._known.pop(pid, None)
+
+    def _remember(self, pid: int) -> None:
+        self._known[pid] = None
+        if len(self._known) > KNOWN_PIDS:
+            self._known.popitem(last=False)
+
+    def tick(self, force: bool = False) -> None:
+        """Release what waited longer than `hold` (all of it with `force`)."""
+        now = self.clock()
+        for pid in [p for p, (t, _) in self._held.items() if force or now - t >= self.hold]:
+            self._release(pid)
+        for pid in [p for p, (t, _) in self._unresolved.items() if force or now - t >= self.hold]:
+            del self._unresolved[pid]
+            self.counters["clone3_unresolved"] += 1
+        for pid in [p for p, (t, _) in self._exits.items() if force or now - t >= self.hold]:
+            obs = self._exits.pop(pid)[1]
+            self.counters["exits"] += 1
+            self._deliver(pid, obs)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._held) + len(self._unresolved) + len(self._exits)
+
+
+def _exit_obs(f: Syscall, stamp: float) -> Exit:
+    code = _int(f.a0, 16)
+    return Exit(SOURCE, _int(f.pid) or 0, stamp, code=None if code is None else code & 0xFF)
+
+
+def _int(text: bytes | None, base: int = 10) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, base)
+    except ValueError:
+        return None
+
+
+def pids_now(proc: Path = Path("/proc")) -> list[int]:
+    """Processes alive now: their records need no Fork first."""
+    return [int(e.name) for e in os.scandir(proc) if e.name.isdigit()]

@@ -1,0 +1,275 @@
+"""The proc connector as an event source: FORK, EXEC and EXIT of every process, on the event loop.
+
+One raw NETLINK_CONNECTOR socket joined to CN_IDX_PROC, read with `loop.add_reader` (pyroute2's
+`ProcEventSocket` is synchronous). Threads are dropped here: a FORK whose child_pid differs from
+child_tgid is a new thread, an EXIT whose process_pid differs from process_tgid is a thread's.
+Loss shows three ways: ENOBUFS on the socket (our queue overflowed), a hole in a CPU's
+sequence numbers (the kernel dropped a message, e.g. an skb allocation failure under
+GFP_NOWAIT), and the canary (app/canary.py) for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from app.core.config import Config
+from app.netlink.cn_proc import (
+    CN_IDX_PROC,
+    PROC_CN_MCAST_IGNORE,
+    PROC_CN_MCAST_LISTEN,
+    Ack,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    control_message,
+    decode,
+)
+from app.sources.base import FAILED, OK, STOPPED, Sink, SourceHealth
+from app.sources.observations import Exec, Exit, Fork, Health, Loss, wait_status
+
+log = logging.getLogger(__name__)
+
+NETLINK_CONNECTOR = 11
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF past rmem_max, with CAP_NET_ADMIN
+DEFERRED_MAX = 4096
+READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
+ACK_TIMEOUT = 2.0
+
+
+class ProcConnectorError(RuntimeError):
+    """The proc connector could not be joined (no CAP_NET_ADMIN, no CONFIG_PROC_EVENTS...)."""
+
+
+class ProcConnectorSource:
+    name = "proc"
+
+    def __init__(
+        self,
+        config: Config,
+        wall: Callable[[], float] = time.time,
+        tap: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.rcvbuf = config.proc_rcvbuf
+        self._wall = wall
+        self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
+        self._sock: socket.socket | None = None
+        self._sink: Sink | None = None
+        self._listening = False
+        self._last_seq: dict[int, int] = {}
+        self._deferred: dict[int, None] = {}  # tgids whose leader exited before the group
+        self._last_at = 0.0
+        self._health = SourceHealth()
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
+             "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred"),
+            0,
+        )  # fmt: skip
+
+    # -- life cycle ------------------------------------------------------------------------
+    async def start(self, sink: Sink) -> None:
+        self._sink = sink
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            sock.bind((0, CN_IDX_PROC))
+            self._sock = sock
+            await self._listen(sock)
+        except BaseException:
+            self._sock = None
+            sock.close()
+            raise
+        sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+        self._last_at = self._wall()
+        self._set_health(OK, "listening")
+        self._health.info["rcvbuf"] = str(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+    async def _listen(self, sock: socket.socket) -> None:
+        """Send PROC_CN_MCAST_LISTEN and wait for the kernel's ack; events that arrive before
+        it are delivered. Acks are multicast to every listener: ours is the one whose `ack`
+        is the token we sent plus one (cn_proc.c cn_proc_ack)."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        token = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        await loop.sock_sendall(sock, control_message(PROC_CN_MCAST_LISTEN, token))
+        deadline = loop.time() + ACK_TIMEOUT
+        while not self._listening:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise ProcConnectorError("no answer from the proc connector to LISTEN")
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), left)
+            except TimeoutError:
+                continue
+            for ev in decode(data):
+                if isinstance(ev, Ack) and ev.ack == token + 1:
+                    if ev.err:
+                        raise ProcConnectorError(
+                            f"proc connector refused LISTEN: {os.strerror(ev.err)}"
+                        )
+                    self._listening = True
+            self._deliver(data)
+
+    async def stop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        if self._listening:
+            # The kernel counts listeners globally; each LISTEN needs its IGNORE.
+            try:
+                sock.send(control_message(PROC_CN_MCAST_IGNORE))
+            except OSError as e:
+                log.warning("proc connector IGNORE failed: %s", e)
+            self._listening = False
+        sock.close()
+        self._set_health(STOPPED, "stopped")
+
+    def health(self) -> SourceHealth:
+        self._health.counters = dict(self.counters)
+        return self._health
+
+    def _set_health(self, state: str, reason: str) -> None:
+        changed = state != self._health.state
+        at = self._wall()
+        self._health.state, self._health.reason, self._health.since = state, reason, at
+        if changed and self._sink is not None and state != STOPPED:
+            self._sink.submit(Health(self.name, state, reason, at))
+
+    # -- the hot path ----------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(READ_BUDGET):
+            try:
+                data = sock.recv(256)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self._overrun()
+                    continue
+                log.error("proc connector read failed: %s", e)
+                self._set_health(FAILED, f"read failed: {e}")
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+                return
+            self._deliver(data)
+
+    def _overrun(self) -> None:
+        """Our receive queue overflowed: some events are gone. Sequence holes after this are
+        part of the same loss, so the per-CPU baselines restart."""
+        now = self._wall()
+        self.counters["enobufs"] += 1
+        self._last_seq.clear()
+        assert self._sink is not None
+        self._sink.submit(
+            Loss(self.name, "enobufs", now, "proc connector socket overrun", self._last_at)
+        )
+
+    def _deliver(self, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap(data)
+        sink = self._sink
+        assert sink is not None
+        c = self.counters
+        c["datagrams"] += 1
+        # Kernel timestamps are CLOCK_MONOTONIC; one offset per datagram turns them into
+        # wall-clock times of the event itself rather than of our read.
+        wall = self._wall()
+        offset = wall - time.monotonic()
+        for ev in decode(data):
+            self._check_seq(ev.cpu, ev.seq)  # a loss shows before the event that revealed it
+            at = ev.timestamp_ns / 1e9 + offset
+            # Deaths first: they are what clients wait for (bench/death_latency.py).
+            if type(ev) is ExitEvent:
+                status = self._group_exit(ev)
+                if status is not None:
+                    c["exits"] += 1
+                    code, sig, core = wait_status(status)
+                    sink.submit(Exit(self.name, ev.process_tgid, at, code, sig, core,
+                                     mono_ns=ev.timestamp_ns))  # fmt: skip
+            elif type(ev) is ForkEvent:
+                if ev.child_pid != ev.child_tgid:
+                    c["threads"] += 1
+                else:
+                    c["forks"] += 1
+                    sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
+                                     mono_ns=ev.timestamp_ns))  # fmt: skip
+            elif type(ev) is ExecEvent:
+                c["execs"] += 1
+                sink.submit(Exec(self.name, ev.process_tgid, at))
+            elif type(ev) is not Ack:
+                c["other"] += 1
+        self._last_at = wall
+
+    def _group_exit(self, ev: ExitEvent) -> int | None:
+        """The wait status if this EXIT ends the process, else None.
+
+        The connector reports each task's exit. The leader's (process_pid == process_tgid)
+        usually ends the process, but not when the leader leaves first: a non-leader thread
+        that calls execve has the kernel kill the leader and take its pid (de_thread: an
+        EXIT with status 0, then EXEC; Go programs exec from any thread), and a leader may
+        pthread_exit while its threads run. Both give status 0, so only a 0 exit is checked
+        against /proc (a signal or a non-zero exit_group ends every thread): a pid still
+        running, or a zombie leader still counting live threads, is not dead yet. Its end is
+        then the later leader EXIT (exec case) or its last thread's EXIT (checked again).
+        """
+        tgid = ev.process_tgid
+        leader = ev.process_pid == tgid
+        if leader and ev.exit_code and tgid not in self._deferred:
+            return ev.exit_code  # the usual death: a leader killed or exiting non-zero
+        if not leader and tgid not in self._deferred:
+            self.counters["thread_exits"] += 1
+            return None
+        if ev.exit_code == 0 or not leader:
+            alive = _group_alive(tgid)
+            if alive:
+                self._deferred[tgid] = None
+                while len(self._deferred) > DEFERRED_MAX:
+                    del self._deferred[next(iter(self._deferred))]
+                self.counters["leader_exits_deferred"] += 1
+                return None
+        self._deferred.pop(tgid, None)
+        # The last thread's exit_code is the group's when it ended the group (exit_group).
+        return ev.exit_code
+
+    def _check_seq(self, cpu: int, seq: int) -> None:
+        """Each CPU numbers its proc events (cn_proc.c send_msg: a per-CPU counter) and, with no
+        event filter, every one of them is sent to us: a hole is a message the kernel dropped."""
+        last = self._last_seq.get(cpu)
+        self._last_seq[cpu] = seq
+        if last is None:
+            return
+        missing = (seq - last - 1) & 0xFFFFFFFF
+        if missing == 0 or missing >= 1 << 31:  # in order, or an old one (reordered)
+            return
+        self.counters["seq_gaps"] += 1
+        self.counters["seq_missing"] += missing
+        assert self._sink is not None
+        detail = f"cpu {cpu}: {missing} proc event(s) missing"
+        self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))
+
+
+def _group_alive(tgid: int) -> bool:
+    """Is process `tgid` still running: in /proc, and not a zombie alone in its group
+    (stat field 3 state, field 20 num_threads: a zombie leader counts itself)?"""
+    try:
+        with open(f"/proc/{tgid}/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    if len(rest) < 18:
+        return False
+    return rest[0] not in (b"Z", b"X") or int(rest[17]) > 1

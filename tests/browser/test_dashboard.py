@@ -1,0 +1,148 @@
+"""The dashboard in a real headless browser (Debian's chromium driven by Playwright).
+
+It loads the page, sees a process the test spawns appear and then its death in the feed,
+and sees the page recover by itself after the server restarts (a new daemon run: its
+cursors are all larger, so the page gets `reset` and re-reads state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from app.api.app import make_app
+from app.core.config import Config
+from app.core.service import Service
+from app.core.watches import WatchSpec
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+SHOTS = os.environ.get("LIFEWATCH_SCREENSHOTS")
+# A duration no other test on the machine uses: the watch matches only our sleeper.
+SLEEP = f"{30 + os.getpid() % 10_000 / 100_000:.5f}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One daemon run on a fixed port; `restart` is a new run (new cursors, new journal)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        cfg = Config(
+            sources=("proc",), state_dir=None, port=self.port, heartbeat=2.0,
+            watches={"sleeper": WatchSpec(argv=f"^sleep {SLEEP}$")},
+        )  # fmt: skip
+        service = Service(cfg)
+        self.runner = web.AppRunner(make_app(service), shutdown_timeout=1.0)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    s = Server(free_port())
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it as root")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = await browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        yield pg
+        await browser.close()
+        assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+async def shot(pg: Any, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    await pg.screenshot(path=str(path), full_page=True)
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(SHOTS) / path.name)
+
+
+async def watch_state(pg: Any, state: str) -> None:
+    await pg.wait_for_function(
+        "s => document.querySelector('#watches [data-watch=\"sleeper\"] .state')"
+        "?.textContent.startsWith(s)", arg=state, timeout=10_000,
+    )  # fmt: skip
+
+
+async def see_a_life_and_its_death(pg: Any, server: Server) -> None:
+    proc = subprocess.Popen(["sleep", SLEEP])
+    try:
+        # It shows in the process tree (alive), as a birth in the feed, and in its watch.
+        await pg.wait_for_selector(f'#tree .p[data-pid="{proc.pid}"]', timeout=10_000)
+        await pg.wait_for_selector(
+            f'#feed .e[data-type="born"][data-pid="{proc.pid}"]', timeout=10_000
+        )
+        await watch_state(pg, "running")
+    finally:
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+    died = await pg.wait_for_selector(
+        f'#feed .e[data-type="died"][data-pid="{proc.pid}"]', timeout=10_000
+    )
+    assert "SIGKILL" in await died.inner_text()
+    await watch_state(pg, "not running")
+
+
+async def test_dashboard_follows_lives_and_survives_a_restart(
+    server: Server, page: Any, tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{server.port}/"
+    await page.goto(url)
+    await page.wait_for_function("document.getElementById('conn').textContent === 'live'")
+    assert await page.inner_text("#host") == socket.gethostname()
+    await watch_state(page, "not running")
+    await see_a_life_and_its_death(page, server)
+    await shot(page, tmp_path, "dashboard-live")
+
+    await server.stop()
+    await page.wait_for_function(
+        "document.getElementById('conn').textContent !== 'live'", timeout=10_000
+    )
+    await shot(page, tmp_path, "dashboard-server-down")
+    await server.start()
+    # The page reconnects by itself with its old cursor, gets `reset` (another run) and
+    # re-reads state; then it follows the new run as before.
+    await page.wait_for_selector('#feed .e[data-type="reset"]', timeout=15_000)
+    await page.wait_for_function(
+        "document.getElementById('conn').textContent === 'live'", timeout=15_000
+    )
+    await see_a_life_and_its_death(page, server)
+    await shot(page, tmp_path, "dashboard-after-restart")

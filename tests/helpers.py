@@ -1,0 +1,76 @@
+"""Helpers shared by every test room: one config builder, one wait-until, one subscriber reader."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from app.core.config import Config
+from app.core.journal import Event, Subscriber
+from app.procfs import parse_stat
+
+DATA = Path(__file__).parent / "data"
+T = TypeVar("T")
+
+
+def make_config(**kw: object) -> Config:
+    """A Config for tests: no kernel source, nothing on disk, any free port, unless asked."""
+    base: dict[str, object] = {"sources": (), "state_dir": None, "port": 0}
+    base.update(kw)
+    return Config.model_validate(base)
+
+
+async def wait_until(cond: Callable[[], T], timeout: float = 10.0, step: float = 0.01) -> T:
+    """Await until `cond()` is truthy and return it; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(step)
+
+
+_unread: dict[int, list[Event]] = {}
+
+
+async def read_until(
+    sub: Subscriber, want: Callable[[Event], bool], timeout: float = 5.0
+) -> list[Event]:
+    """Read `sub` until an event satisfies `want`; returns everything read up to it. Events
+    after it in the same batch are kept for the next call."""
+    seen: list[Event] = []
+    backlog = _unread.setdefault(id(sub), [])
+
+    async def run() -> None:
+        while True:
+            batch = backlog[:] or await sub.next_batch()
+            backlog.clear()
+            for i, ev in enumerate(batch):
+                seen.append(ev)
+                if want(ev):
+                    backlog.extend(batch[i + 1 :])
+                    return
+
+    await asyncio.wait_for(run(), timeout)
+    return seen
+
+
+def died(pid: int) -> Callable[[Event], bool]:
+    return lambda ev: ev.type == "died" and ev.life is not None and ev.life.pid == pid
+
+
+def exec_done(pid: int) -> None:
+    """Popen returns when exec closes its CLOEXEC pipe, which is before the kernel has
+    set up the new argv: /proc/<pid>/cmdline can still read empty for a moment."""
+    for _ in range(200):
+        if Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+        time.sleep(0.005)
+
+
+def start_ticks(pid: int) -> int:
+    return parse_stat(Path(f"/proc/{pid}/stat").read_bytes()).start_ticks

@@ -1,0 +1,217 @@
+"""Fusion of audit and proc connector reports into one life and one event per transition,
+driven by scripted sources in every order the two streams can interleave."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.core.journal import Event
+from app.core.service import Service
+from app.sources.observations import Exec, Exit, Fork, Observation
+from tests.helpers import make_config
+from tests.scripted import ScriptedSource
+
+
+def free_pid(skip: int = 0) -> int:
+    """A pid no process holds now, so /proc cannot answer for it and starts are derived."""
+    pid = 4_100_000 + skip
+    while os.path.exists(f"/proc/{pid}"):
+        pid += 1
+    return pid
+
+
+class Child:
+    """One short child's reports, as each source would give them."""
+
+    def __init__(self, pid: int, ppid: int = 1, signal: int | None = None) -> None:
+        now, mono = time.time(), time.monotonic_ns()
+        self.pid, self.born, self.died = pid, now - 0.004, now - 0.001
+        self.f_p = Fork("proc", pid, ppid, self.born, mono_ns=mono - 4_000_000)
+        self.x_p = Exec("proc", pid, self.born + 0.001)
+        code = None if signal else 3
+        self.e_p = Exit("proc", pid, self.died, code, signal, mono_ns=mono - 1_000_000)
+        self.f_a = Fork("audit", pid, ppid, self.born, audit_stamp=self.born, uid=1000)
+        self.x_a = Exec("audit", pid, self.born + 0.001, exe="/usr/bin/true",
+                        argv=("true", "--audit"), uid=1000)  # fmt: skip
+        self.e_a = None if signal else Exit("audit", pid, self.died, 3)
+
+    def proc(self) -> list[Observation]:
+        return [self.f_p, self.x_p, self.e_p]
+
+    def audit(self) -> list[Observation]:
+        return [o for o in (self.f_a, self.x_a, self.e_a) if o is not None]
+
+
+def interleavings(a: list[Observation], b: list[Observation]) -> Iterator[list[Observation]]:
+    """Every merge of two streams that keeps each stream's own order."""
+    n = len(a) + len(b)
+    for slots in itertools.combinations(range(n), len(a)):
+        ia, ib = iter(a), iter(b)
+        yield [next(ia) if i in slots else next(ib) for i in range(n)]
+
+
+def audit_orders(c: Child) -> Iterator[list[Observation]]:
+    """Audit's fork record is the parent's syscall exit: it may come after the child's exec
+    and exit records. Its exec record always precedes its exit record."""
+    rest = [o for o in (c.x_a, c.e_a) if o is not None]
+    for i in range(len(rest) + 1):
+        yield [*rest[:i], c.f_a, *rest[i:]]
+
+
+async def run(tmp_path: Path, script: list[Observation]) -> tuple[Service, list[Event]]:
+    svc = Service(make_config(state_dir=tmp_path, canary_interval=0))
+    await svc.start()
+    first = svc.journal.last_cursor
+    names = {o.source for o in script}
+    sources = {n: ScriptedSource(n) for n in names}
+    for src in sources.values():
+        await src.start(svc.tracker)
+    for o in script:
+        sources[o.source].push(o)
+    events = svc.journal.since(first) or []
+    await svc.stop()
+    return svc, [e for e in events if e.life is not None]
+
+
+def transitions(events: list[Event], pid: int) -> list[str]:
+    return [e.type for e in events if e.life is not None and e.life.pid == pid]
+
+
+@pytest.mark.parametrize("signal", [None, 9])
+async def test_every_interleaving_gives_one_life_and_one_event_per_transition(
+    tmp_path: Path, signal: int | None
+) -> None:
+    pid = free_pid()
+    checked = 0
+    for audit in audit_orders(Child(pid, signal=signal)):
+        for script in interleavings(Child(pid, signal=signal).proc(), audit):
+            c = Child(pid, signal=signal)  # fresh timestamps, same shape
+            script = [_renew(o, c) for o in script]
+            svc, events = await run(tmp_path, script)
+            assert transitions(events, pid) == ["born", "exec", "died"], script
+            life = events[-1].life
+            assert life is not None
+            dead = svc.registry.find(pid, life.start_ticks)
+            assert dead is not None and dead.sources & 6 == 6  # audit and proc both
+            assert dead.argv == ("true", "--audit") and dead.exe == "/usr/bin/true"
+            assert dead.uid == 1000
+            assert dead.exit is not None
+            if signal:
+                assert (dead.exit.signal, dead.cause) == (9, "signal")
+            else:
+                assert (dead.exit.code, dead.cause) == (3, "exit")
+            checked += 1
+    assert checked == (60 if signal is None else 20)
+
+
+def _renew(o: Observation, c: Child) -> Observation:
+    table = {(type(x), x.source): x for x in (c.f_p, c.x_p, c.e_p, c.f_a, c.x_a, c.e_a) if x}
+    return table[(type(o), o.source)]
+
+
+async def test_died_event_lists_the_source_that_told_first_and_life_lists_both(
+    tmp_path: Path,
+) -> None:
+    c = Child(free_pid())
+    svc, events = await run(tmp_path, [c.f_p, c.e_p, c.f_a, c.e_a])  # type: ignore[list-item]
+    died = [e for e in events if e.type == "died"]
+    assert len(died) == 1 and died[0].sources == 4  # the connector saw it first
+    life = died[0].life
+    assert life is not None
+    assert svc.registry.find(c.pid, life.start_ticks).sources & 6 == 6  # type: ignore[union-attr]
+
+
+async def test_a_late_exit_of_a_pids_previous_holder_does_not_kill_the_new_one(
+    tmp_path: Path,
+) -> None:
+    pid = free_pid()
+    old = Child(pid)
+    await asyncio.sleep(0.05)  # the pid is reused 5 ticks later
+    new = Child(pid)
+    script: list[Observation] = [old.f_p, old.e_p, new.f_p, old.e_a]  # type: ignore[list-item]
+    svc, events = await run(tmp_path, script)
+    assert transitions(events, pid) == ["born", "died", "born"]
+    assert svc.registry.alive[pid].born_at == new.born
+    # ... and is recognised as the previous holder's death told again.
+    first = events[1].life
+    assert first is not None
+    dead = svc.registry.find(pid, first.start_ticks)
+    assert dead is not None and dead.sources & 6 == 6
+
+
+async def test_exec_chains_are_counted_per_source(tmp_path: Path) -> None:
+    c = Child(free_pid())
+    x2_p = Exec("proc", c.pid, c.born + 0.002)
+    x2_a = Exec("audit", c.pid, c.born + 0.002, exe="/usr/bin/env", argv=("env",))
+    script: list[Observation] = [c.f_p, c.x_p, x2_p, c.x_a, x2_a]
+    svc, events = await run(tmp_path, script)
+    assert transitions(events, c.pid) == ["born", "exec", "exec"]
+    life = svc.registry.alive[c.pid]
+    assert life.exe == "/usr/bin/env" and life.argv == ("env",)  # audit's, of the last exec
+
+
+async def test_audit_alone_still_works_with_its_fork_record_last(tmp_path: Path) -> None:
+    c = Child(free_pid())
+    script: list[Observation] = [c.x_a, c.e_a, c.f_a]  # type: ignore[list-item]
+    _svc, events = await run(tmp_path, script)
+    assert transitions(events, c.pid) == ["born", "exec", "died"]
+    life = events[-1].life
+    assert life is not None and life.start_slack == 1 and life.exit is not None
+    assert life.exit.code == 3
+
+
+async def test_proc_alone_derives_the_start_of_a_reaped_child(tmp_path: Path) -> None:
+    c = Child(free_pid(), signal=9)
+    svc, events = await run(tmp_path, c.proc())
+    assert transitions(events, c.pid) == ["born", "exec", "died"]
+    life = events[-1].life
+    assert life is not None and life.start_slack == 1
+    # A lookup accepts the derived start give or take one tick, never two.
+    assert svc.registry.find(c.pid, life.start_ticks + 1) is not None
+    assert svc.registry.find(c.pid, life.start_ticks - 1) is not None
+    assert svc.registry.find(c.pid, life.start_ticks + 2) is None
+
+
+async def test_resync_death_is_enriched_not_repeated_by_a_late_exit(tmp_path: Path) -> None:
+    c = Child(free_pid(), signal=9)
+    svc = Service(make_config(state_dir=tmp_path, canary_interval=0))
+    await svc.start()
+    src = ScriptedSource("proc")
+    await src.start(svc.tracker)
+    src.push(c.f_p)
+    svc.tracker.resync("test")  # the pid is not in /proc: dead, exit unknown
+    src.push(c.e_p)
+    died = [e for e in svc.journal.since(0) or [] if e.type == "died" and e.life and
+            e.life.pid == c.pid]  # fmt: skip
+    assert len(died) == 1 and died[0].life is not None and died[0].life.cause == "resync"
+    life = svc.registry.find(c.pid, died[0].life.start_ticks)
+    assert life is not None and life.exit is not None and life.exit.signal == 9
+    await svc.stop()
+
+
+async def test_gaps_are_journaled_at_once_and_repairs_are_spaced(tmp_path: Path) -> None:
+    from app.sources.observations import Loss
+
+    svc = Service(make_config(state_dir=tmp_path, canary_interval=0))
+    await svc.start()
+    try:
+        sub = svc.journal.subscribe(lambda e: e.type in ("gap", "resync"), 100)
+        t0 = time.monotonic()
+        for _ in range(3):  # a burst of gaps: one repair
+            svc.tracker.submit(Loss("proc", "enobufs", time.time()))
+        await asyncio.sleep(0.05)
+        assert [e.type for e in sub.take()] == ["gap", "gap", "gap", "resync"]
+        svc.tracker.submit(Loss("proc", "enobufs", time.time()))
+        assert [e.type for e in sub.take()] == ["gap"]  # told now, repaired later
+        while not any(e.type == "resync" for e in sub.take()):
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - t0 >= 0.45
+    finally:
+        await svc.stop()
