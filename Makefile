@@ -17,7 +17,8 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check app tests bench
-	$(BIN)/mypy app
+	$(BIN)/mypy app tests bench
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest
