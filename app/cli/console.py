@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from app.cli.tail import Paint, clock_of, emit, follow, safe
+from app.cli.http import fetch, stream
+from app.cli.tail import Paint, clock_of, emit, safe
 
 Life = dict[str, Any]
-
-
-def fetch(url: str, body: Any = None) -> Any:
-    """GET (or POST `body` as JSON) and return the JSON answer; an error is one line on
-    stderr and exit status 2, as for every lifewatch client command."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:
-        try:
-            err = json.load(e)
-            msg = f"{err.get('error')}: {err.get('detail')}"
-        except ValueError:
-            msg = f"HTTP {e.code} from {url}"
-    except urllib.error.URLError as e:
-        msg = f"cannot reach lifewatch at {url}: {e.reason}"
-    print(f"lifewatch: {msg}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def alive_lives(base: str) -> list[Life]:
@@ -178,8 +156,8 @@ async def run_watch(args: argparse.Namespace) -> None:
     def warn(text: str) -> None:
         print(f"lifewatch: {text}", file=sys.stderr)
 
-    stream = follow(args.url, {"types": "watch"}, node["cursor"], warn)
-    async with contextlib.aclosing(stream) as events:
+    events_ = stream(args.url, {"types": "watch"}, node["cursor"], warn)
+    async with contextlib.aclosing(events_) as events:
         async for ev in events:
             if not print_change(args.name, ev, paint):
                 return

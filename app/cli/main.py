@@ -177,7 +177,7 @@ async def _serve(config: Config) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    from app.cli.console import fetch
+    from app.cli.http import fetch
 
     out = fetch(f"{args.url}/v1/lives/check", {"lives": args.lives})
     worst = 0

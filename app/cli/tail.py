@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import re
 import signal
 import sys
-from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
 
-import aiohttp
+from app.cli.http import stream
 
 # ANSI SGR codes per event type: births green, execs blue, deaths plain (red when not clean),
 # losses red, repairs yellow, watches magenta.
@@ -128,33 +125,6 @@ def format_event(ev: dict[str, Any], paint: Paint | None = None) -> str:
     return text + " " + p("2", safe(life.get("id", "")))
 
 
-async def follow(
-    url: str,
-    params: dict[str, str],
-    after: int | None,
-    on_error: Callable[[str], None],
-) -> AsyncGenerator[dict[str, Any], None]:
-    """Events from /v1/stream for ever, reconnecting with the last cursor."""
-    async with aiohttp.ClientSession() as session:
-        while True:
-            query = dict(params, **({"after": str(after)} if after is not None else {}))
-            try:
-                async with session.ws_connect(f"{url}/v1/stream?{urlencode(query)}",
-                                              heartbeat=30) as ws:  # fmt: skip
-                    async for msg in ws:
-                        if msg.type != aiohttp.WSMsgType.TEXT:
-                            break
-                        ev = json.loads(msg.data)
-                        after = ev["cursor"]
-                        yield ev
-            except aiohttp.WSServerHandshakeError as e:
-                print(f"lifewatch: {e.status} {e.message}", file=sys.stderr)
-                raise SystemExit(2) from None
-            except aiohttp.ClientError as e:
-                on_error(f"stream lost ({e}); reconnecting")
-            await asyncio.sleep(1)
-
-
 async def run_tail(args: argparse.Namespace) -> None:
     params = {k: str(v) for k in ("types", "pid", "comm", "exe", "life")
               if (v := getattr(args, k, None)) is not None}  # fmt: skip
@@ -166,7 +136,7 @@ async def run_tail(args: argparse.Namespace) -> None:
     def warn(text: str) -> None:
         print(errors("33", f"lifewatch: {text}"), file=sys.stderr)
 
-    async with contextlib.aclosing(follow(args.url, params, args.after, warn)) as events:
+    async with contextlib.aclosing(stream(args.url, params, args.after, warn)) as events:
         async for ev in events:
             if not emit(json.dumps(ev) if args.json else format_event(ev, paint)):
                 return

@@ -131,8 +131,6 @@ async def run_helper(*args: str) -> dict[str, Any]:
     return truth
 
 
-
-
 async def started(svc: Any) -> Any:
     """Start a Service and insist its audit source runs (Service.start reports a source that
     failed to start instead of raising)."""

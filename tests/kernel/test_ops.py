@@ -23,7 +23,6 @@ from tests.helpers import make_config, wait_until
 SOURCES = ("proc", "audit")
 
 
-
 @pytest.fixture(params=SOURCES)
 async def svc(request: Any, tmp_path: Path) -> AsyncIterator[Service]:
     s = Service(make_config(sources=(request.param,), state_dir=tmp_path))
