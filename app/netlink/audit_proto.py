@@ -13,8 +13,6 @@ NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1  # multicast group of the read-only log (needs CAP_AUDIT_READ)
 
 # -- message types (include/uapi/linux/audit.h) --------------------------------------------
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 AUDIT_GET = 1000
 AUDIT_SET = 1001
 AUDIT_ADD_RULE = 1011

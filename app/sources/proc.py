@@ -22,6 +22,7 @@ from collections.abc import Callable
 from app.core.config import Config
 from app.netlink.cn_proc import (
     CN_IDX_PROC,
+    NETLINK_CONNECTOR,
     PROC_CN_MCAST_IGNORE,
     PROC_CN_MCAST_LISTEN,
     Ack,
@@ -31,13 +32,12 @@ from app.netlink.cn_proc import (
     control_message,
     decode,
 )
+from app.netlink.socket import open_netlink, rcvbuf_of
 from app.sources.base import FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Exec, Exit, Fork, Health, Loss, wait_status
 
 log = logging.getLogger(__name__)
 
-NETLINK_CONNECTOR = 11
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF past rmem_max, with CAP_NET_ADMIN
 DEFERRED_MAX = 4096
 READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
 ACK_TIMEOUT = 2.0
@@ -75,13 +75,8 @@ class ProcConnectorSource:
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, sink: Sink) -> None:
         self._sink = sink
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        sock = open_netlink(NETLINK_CONNECTOR, CN_IDX_PROC, self.rcvbuf)
         try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-            sock.bind((0, CN_IDX_PROC))
             self._sock = sock
             await self._listen(sock)
         except BaseException:
@@ -92,7 +87,7 @@ class ProcConnectorSource:
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
         self._last_at = self._wall()
         self._set_health(OK, "listening")
-        self._health.info["rcvbuf"] = str(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        self._health.info["rcvbuf"] = str(rcvbuf_of(sock))
 
     async def _listen(self, sock: socket.socket) -> None:
         """Send PROC_CN_MCAST_LISTEN and wait for the kernel's ack; events that arrive before
