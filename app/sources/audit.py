@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from app import procfs
 from app.core.config import Config
 from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import (
@@ -48,7 +49,7 @@ from app.netlink.audit_proto import (
 from app.netlink.audit_reader import RecordSocket
 from app.netlink.audit_records import Record, parse_datagram
 from app.sources.audit_assembler import Assembler
-from app.sources.audit_lives import LifeEvents, pids_now
+from app.sources.audit_lives import LifeEvents
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
 
@@ -154,7 +155,7 @@ class AuditSource:
     async def _start(self) -> None:
         await self._control.open()
         found = self._found = await self._control.get_status()
-        self.lives = LifeEvents(self._emit, self.proc, known=pids_now(self.proc))
+        self.lives = LifeEvents(self._emit, self.proc, known=procfs.list_pids(self.proc))
         mode, why = await self._choose_and_open(found)
         if not found.enabled:  # first, so that our rule changes are in the stream too
             await self._control.set_status(AuditStatus(mask=AUDIT_STATUS_ENABLED, enabled=1))

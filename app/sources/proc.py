@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from app import procfs
 from app.core.config import Config
 from app.netlink.cn_proc import (
     CN_IDX_PROC,
@@ -229,7 +230,7 @@ class ProcConnectorSource:
             self.counters["thread_exits"] += 1
             return None
         if ev.exit_code == 0 or not leader:
-            alive = _group_alive(tgid)
+            alive = procfs.process_running(tgid)
             if alive:
                 self._deferred[tgid] = None
                 while len(self._deferred) > DEFERRED_MAX:
@@ -255,16 +256,3 @@ class ProcConnectorSource:
         assert self._sink is not None
         detail = f"cpu {cpu}: {missing} proc event(s) missing"
         self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))
-
-
-def _group_alive(tgid: int) -> bool:
-    """Is process `tgid` still running: in /proc, and not a zombie alone in its group
-    (stat field 3 state, field 20 num_threads: a zombie leader counts itself)?"""
-    try:
-        with open(f"/proc/{tgid}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    if len(rest) < 18:
-        return False
-    return rest[0] not in (b"Z", b"X") or int(rest[17]) > 1
