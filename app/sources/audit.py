@@ -24,10 +24,11 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from app import procfs
-from app.core.config import Config
 from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import (
     ARCH_NAMES,
@@ -58,6 +59,18 @@ log = logging.getLogger(__name__)
 BATCH = 1024  # datagrams read per wakeup before yielding to the loop
 FLUSH_EVERY = 0.1  # seconds between assembler flushes while something is pending
 RECOVER_AFTER = 30.0  # seconds without new loss before `degraded` returns to `ok`
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """What the audit source needs to know (built by `Config.audit_settings`)."""
+
+    mode: Literal["auto", "unicast", "multicast"]
+    backlog_limit: int  # kernel queue length set in unicast mode (auditctl -b)
+    backlog_wait_time: int  # jiffies a task waits for room in a full queue (unicast mode)
+    rcvbuf: int  # record socket receive buffer, bytes
+    status_interval: float  # seconds between AUDIT_GETs (lost counter, backlog)
+    key: str  # rules are tagged `<key>:<pid>`
 
 
 def lifewatch_rules(key: str, arches: list[int]) -> list[AuditRule]:
@@ -105,13 +118,13 @@ def pid_alive(pid: int) -> bool:
 class AuditSource:
     name = "audit"
 
-    def __init__(self, config: Config, proc: Path = Path("/proc")) -> None:
-        self.config = config
+    def __init__(self, settings: AuditSettings, proc: Path = procfs.PROC) -> None:
+        self.settings = settings
         self.proc = proc
         # `<audit_key>:<pid>`: each instance owns its rules. Two lifewatch runs on one node
         # (a test next to the daemon, a restart overlapping its predecessor) would otherwise
         # install identical rules, and the first to stop would delete the other's.
-        self.key = f"{config.audit_key}:{os.getpid()}"
+        self.key = f"{settings.key}:{os.getpid()}"
         self._sink: Sink | None = None
         self._control = AuditControl()
         self._sock: RecordSocket | None = None
@@ -181,9 +194,8 @@ class AuditSource:
         log.info("audit source: %s (%s)", mode, why)
 
     async def _choose_and_open(self, found: AuditStatus) -> tuple[str, str]:
-        cfg = self.config
         holder = found.pid if found.pid and pid_alive(found.pid) else 0
-        mode = cfg.audit_mode
+        mode = self.settings.mode
         if mode == "auto":
             if holder:
                 return self._open_multicast(f"audit pid held by pid {holder} (an audit daemon)")
@@ -199,15 +211,15 @@ class AuditSource:
         return await self._open_unicast("configured")
 
     async def _open_unicast(self, why: str) -> tuple[str, str]:
-        self._sock = RecordSocket(multicast=False, rcvbuf=self.config.audit_rcvbuf)
+        self._sock = RecordSocket(multicast=False, rcvbuf=self.settings.rcvbuf)
         self._sock.register(os.getpid())  # EEXIST if another daemon holds it: never forced
         self._registered = True
         assert self._found is not None
-        cfg, found = self.config, self._found
+        cfg, found = self.settings, self._found
         want = AuditStatus(
             mask=AUDIT_STATUS_BACKLOG_LIMIT | AUDIT_STATUS_BACKLOG_WAIT_TIME,
-            backlog_limit=cfg.audit_backlog_limit,
-            backlog_wait_time=cfg.audit_backlog_wait_time,
+            backlog_limit=cfg.backlog_limit,
+            backlog_wait_time=cfg.backlog_wait_time,
         )
         if (found.backlog_limit, found.backlog_wait_time) != (
             want.backlog_limit, want.backlog_wait_time,
@@ -217,12 +229,12 @@ class AuditSource:
         return "unicast", why
 
     def _open_multicast(self, why: str) -> tuple[str, str]:
-        self._sock = RecordSocket(multicast=True, rcvbuf=self.config.audit_rcvbuf)
+        self._sock = RecordSocket(multicast=True, rcvbuf=self.settings.rcvbuf)
         return "multicast", why
 
     async def _remove_stale_rules(self) -> None:
         """Rules left by a lifewatch run that died without stopping (its pid is gone)."""
-        own = re.compile(rf"{re.escape(self.config.audit_key)}:([0-9]+)")
+        own = re.compile(rf"{re.escape(self.settings.key)}:([0-9]+)")
         for rule in await self._control.list_rules():
             m = own.fullmatch(rule.key or "")
             if m is not None and not pid_alive(int(m[1])):
@@ -417,7 +429,7 @@ class AuditSource:
 
     async def _watch_status(self) -> None:
         """Every interval: the kernel's lost counter and backlog (one AUDIT_GET, cheap)."""
-        interval = self.config.audit_status_interval
+        interval = self.settings.status_interval
         last = time.time()
         while True:
             await asyncio.sleep(interval)

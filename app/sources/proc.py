@@ -18,9 +18,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from app import procfs
-from app.core.config import Config
 from app.netlink.cn_proc import (
     CN_IDX_PROC,
     NETLINK_CONNECTOR,
@@ -44,6 +44,13 @@ READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loo
 ACK_TIMEOUT = 2.0
 
 
+@dataclass(frozen=True, slots=True)
+class ProcSettings:
+    """What the proc connector source needs to know (built by `Config.proc_settings`)."""
+
+    rcvbuf: int  # socket receive buffer, bytes
+
+
 class ProcConnectorError(RuntimeError):
     """The proc connector could not be joined (no CAP_NET_ADMIN, no CONFIG_PROC_EVENTS...)."""
 
@@ -53,11 +60,11 @@ class ProcConnectorSource:
 
     def __init__(
         self,
-        config: Config,
+        settings: ProcSettings,
         wall: Callable[[], float] = time.time,
         tap: Callable[[bytes], None] | None = None,
     ) -> None:
-        self.rcvbuf = config.proc_rcvbuf
+        self.rcvbuf = settings.rcvbuf
         self._wall = wall
         self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
         self._sock: socket.socket | None = None
