@@ -6,12 +6,12 @@ the read-only log group next to a running auditd (lossy under overload: an overr
 ENOBUFS). `auto` picks unicast when no live daemon holds the audit pid, else multicast.
 
 Loss is detected three ways, because each alone misses some (design.md fact 7): serial gaps
-(assembler), the kernel's `lost` counter (AUDIT_GET every `audit_status_interval`), and
+(assembler), the kernel's `lost` counter (AUDIT_GET every `status_interval`), and
 ENOBUFS on our socket. Each produces a `Loss`, which makes the tracker journal a `gap` and
 resync the registry against /proc.
 
-Kernel state is shared: on stop, exactly the rules this run added are removed, `enabled`
-and the backlog settings it changed are restored, and the audit pid is released.
+Kernel state is shared: what this run changes (rules, `enabled`, backlog, the audit pid) is
+made and undone by `audit_rules.KernelChanges`; this module is the reader and loss detection.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,27 +29,12 @@ from typing import Literal
 
 from app import procfs
 from app.netlink.audit_control import AuditControl
-from app.netlink.audit_proto import (
-    ARCH_NAMES,
-    ARCH_SYSCALLS,
-    AUDIT_ALWAYS,
-    AUDIT_ARCH,
-    AUDIT_EQUAL,
-    AUDIT_FILTER_EXIT,
-    AUDIT_FILTER_PREPEND,
-    AUDIT_NEVER,
-    AUDIT_PID,
-    AUDIT_STATUS_BACKLOG_LIMIT,
-    AUDIT_STATUS_BACKLOG_WAIT_TIME,
-    AUDIT_STATUS_ENABLED,
-    AUDIT_STATUS_PID,
-    AuditRule,
-    AuditStatus,
-)
+from app.netlink.audit_proto import ARCH_NAMES, AuditStatus
 from app.netlink.audit_reader import RecordSocket
 from app.netlink.audit_records import Record, parse_datagram
 from app.sources.audit_assembler import Assembler
 from app.sources.audit_lives import LifeEvents
+from app.sources.audit_rules import KernelChanges, pid_alive
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
 
@@ -73,65 +57,17 @@ class AuditSettings:
     key: str  # rules are tagged `<key>:<pid>`
 
 
-def lifewatch_rules(key: str, arches: list[int]) -> list[AuditRule]:
-    """One exit-filter rule per arch with a bitmap of the 8 syscalls (not one per syscall:
-    the kernel walks the exit list for each audited syscall, and each rule costs a test)."""
-    return [
-        AuditRule(
-            AUDIT_FILTER_EXIT,
-            AUDIT_ALWAYS,
-            frozenset(ARCH_SYSCALLS[arch].values()),
-            ((AUDIT_ARCH, AUDIT_EQUAL, arch),),
-            key,
-        )
-        for arch in arches
-    ]
-
-
-def self_exclusion_rules(key: str, arches: list[int], pid: int) -> list[AuditRule]:
-    """`never` rules for this process (multicast mode): a multicast reader's own syscalls
-    are audited (fact 7), and each would make records about reading records. Prepended, as
-    the first matching rule decides; limited to lifewatch's syscalls so other rules (say,
-    auditd's file watches) still see this process."""
-    return [
-        AuditRule(
-            AUDIT_FILTER_EXIT | AUDIT_FILTER_PREPEND,
-            AUDIT_NEVER,
-            frozenset(ARCH_SYSCALLS[arch].values()),
-            ((AUDIT_PID, AUDIT_EQUAL, pid), (AUDIT_ARCH, AUDIT_EQUAL, arch)),
-            key,
-        )
-        for arch in arches
-    ]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class AuditSource:
     name = "audit"
 
     def __init__(self, settings: AuditSettings, proc: Path = procfs.PROC) -> None:
         self.settings = settings
         self.proc = proc
-        # `<audit_key>:<pid>`: each instance owns its rules. Two lifewatch runs on one node
-        # (a test next to the daemon, a restart overlapping its predecessor) would otherwise
-        # install identical rules, and the first to stop would delete the other's.
-        self.key = f"{settings.key}:{os.getpid()}"
         self._sink: Sink | None = None
         self._control = AuditControl()
+        self._kernel = KernelChanges(self._control, settings.key, os.getpid())
+        self.key = self._kernel.key
         self._sock: RecordSocket | None = None
-        self._found: AuditStatus | None = None  # kernel state at start, to restore
-        self._restore_mask = 0
-        self._registered = False
-        self._installed: list[AuditRule] = []
         self._health = SourceHealth()
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -167,13 +103,11 @@ class AuditSource:
 
     async def _start(self) -> None:
         await self._control.open()
-        found = self._found = await self._control.get_status()
-        self.lives = LifeEvents(self._emit, self.proc, known=procfs.list_pids(self.proc))
+        found = await self._kernel.read_found()
+        self.lives.already_running(procfs.list_pids(self.proc))
         mode, why = await self._choose_and_open(found)
-        if not found.enabled:  # first, so that our rule changes are in the stream too
-            await self._control.set_status(AuditStatus(mask=AUDIT_STATUS_ENABLED, enabled=1))
-            self._restore_mask |= AUDIT_STATUS_ENABLED
-        arches = await self._install_rules(mode)
+        await self._kernel.enable()
+        arches = await self._kernel.install_rules(multicast=mode == "multicast")
         status = await self._control.get_status()
         self._lost_seen = status.lost
         self._health = SourceHealth(OK, f"{mode}: {why}", time.time())
@@ -213,61 +147,13 @@ class AuditSource:
     async def _open_unicast(self, why: str) -> tuple[str, str]:
         self._sock = RecordSocket(multicast=False, rcvbuf=self.settings.rcvbuf)
         self._sock.register(os.getpid())  # EEXIST if another daemon holds it: never forced
-        self._registered = True
-        assert self._found is not None
-        cfg, found = self.settings, self._found
-        want = AuditStatus(
-            mask=AUDIT_STATUS_BACKLOG_LIMIT | AUDIT_STATUS_BACKLOG_WAIT_TIME,
-            backlog_limit=cfg.backlog_limit,
-            backlog_wait_time=cfg.backlog_wait_time,
-        )
-        if (found.backlog_limit, found.backlog_wait_time) != (
-            want.backlog_limit, want.backlog_wait_time,
-        ):  # fmt: skip
-            await self._control.set_status(want)
-            self._restore_mask |= want.mask
+        self._kernel.registered = True
+        await self._kernel.set_backlog(self.settings.backlog_limit, self.settings.backlog_wait_time)
         return "unicast", why
 
     def _open_multicast(self, why: str) -> tuple[str, str]:
         self._sock = RecordSocket(multicast=True, rcvbuf=self.settings.rcvbuf)
         return "multicast", why
-
-    async def _remove_stale_rules(self) -> None:
-        """Rules left by a lifewatch run that died without stopping (its pid is gone)."""
-        own = re.compile(rf"{re.escape(self.settings.key)}:([0-9]+)")
-        for rule in await self._control.list_rules():
-            m = own.fullmatch(rule.key or "")
-            if m is not None and not pid_alive(int(m[1])):
-                log.info("audit: removing a rule left by dead run %s", m[1])
-                with contextlib.suppress(OSError):
-                    await self._control.delete_rule(rule)
-
-    async def _install_rules(self, mode: str) -> list[int]:
-        await self._remove_stale_rules()
-        arches: list[int] = []
-        for arch in ARCH_SYSCALLS:
-            rules = lifewatch_rules(self.key, [arch])
-            if mode == "multicast":
-                rules = self_exclusion_rules(self.key, [arch], os.getpid()) + rules
-            try:
-                for rule in rules:
-                    await self._add_rule(rule)
-            except OSError as e:
-                if arch == next(iter(ARCH_SYSCALLS)):
-                    raise
-                log.info("audit: no rules for %s: %s", ARCH_NAMES[arch], e)
-                continue
-            arches.append(arch)
-        return arches
-
-    async def _add_rule(self, rule: AuditRule) -> None:
-        try:
-            await self._control.add_rule(rule)
-        except OSError as e:
-            # EEXIST: a dead run with our pid left the same rule (same key): take it over.
-            if e.errno != errno.EEXIST:
-                raise
-        self._installed.append(rule)
 
     def _resynced(self) -> None:
         self.lives.stale_before = time.time()
@@ -295,39 +181,9 @@ class AuditSource:
             self._drain()
         self.asm.flush(force=True)
         self.lives.tick(force=True)
-        await self._restore_kernel()
+        await self._kernel.restore()
         self._close_socket()
         self._control.close()
-
-    async def _restore_kernel(self) -> None:
-        """Remove exactly our rules, restore what we changed, release the audit pid."""
-        for rule in reversed(self._installed):
-            try:
-                await self._control.delete_rule(rule)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    log.warning("audit: removing rule %s: %s", rule, e)
-        self._installed.clear()
-        found = self._found
-        if found is not None and self._restore_mask:
-            try:
-                await self._control.set_status(
-                    AuditStatus(
-                        mask=self._restore_mask,
-                        enabled=found.enabled,
-                        backlog_limit=found.backlog_limit,
-                        backlog_wait_time=found.backlog_wait_time,
-                    )
-                )
-            except OSError as e:
-                log.warning("audit: restoring status: %s", e)
-            self._restore_mask = 0
-        if self._registered:
-            try:
-                await self._control.set_status(AuditStatus(mask=AUDIT_STATUS_PID, pid=0))
-            except OSError as e:
-                log.warning("audit: releasing the audit pid: %s", e)
-            self._registered = False
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -454,7 +310,7 @@ class AuditSource:
             self._loss("kernel_lost", detail, since)
             return
         self._lost_seen = status.lost  # a reset (auditctl --reset-lost) lowers it
-        if self._registered and status.pid != os.getpid():
+        if self._kernel.registered and status.pid != self._kernel.pid:
             self._set_health(FAILED, f"audit pid is now {status.pid}: no longer receiving")
             return
         if not status.enabled:

@@ -88,6 +88,10 @@ class LifeEvents:
             "held": 0, "thread_exits": 0, "failed_syscalls": 0, "stale_forks": 0,
         }  # fmt: skip
 
+    def already_running(self, pids: Iterable[int]) -> None:
+        """Processes alive when reading starts: their records need no Fork first."""
+        self._known.update((p, None) for p in pids)
+
     # -- one event ---------------------------------------------------------------------------
     def event(self, records: list[Record]) -> None:
         syscall = None
