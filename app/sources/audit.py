@@ -60,9 +60,18 @@ class AuditSettings:
 class AuditSource:
     name = "audit"
 
-    def __init__(self, settings: AuditSettings, proc: Path = procfs.PROC) -> None:
+    def __init__(
+        self,
+        settings: AuditSettings,
+        proc: Path = procfs.PROC,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`wall` dates observations and health; `mono` times the waits (assembler reorder
+        window, held records, RECOVER_AFTER). Tests pass fakes to drive them without sleeping."""
         self.settings = settings
         self.proc = proc
+        self._wall, self._mono = wall, mono
         self._sink: Sink | None = None
         self._control = AuditControl()
         self._kernel = KernelChanges(self._control, settings.key, os.getpid())
@@ -72,13 +81,13 @@ class AuditSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._last_loss = 0.0
-        self._last_datagram = time.time()
+        self._last_datagram = wall()
         self._lost_seen = 0
         self._lost_at_start = 0
         # A raw-bytes tap (every datagram as read): used to record kernel output for tests.
         self.tap: Callable[[bytes], None] | None = None
-        self.asm = Assembler(self)
-        self.lives = LifeEvents(self._emit, proc)
+        self.asm = Assembler(self, clock=mono)
+        self.lives = LifeEvents(self._emit, proc, clock=mono)
         self.counters: dict[str, int] = {
             "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
             "backlog": 0, "backlog_max": 0, "losses": 0,
@@ -110,7 +119,7 @@ class AuditSource:
         arches = await self._kernel.install_rules(multicast=mode == "multicast")
         status = await self._control.get_status()
         self._lost_seen = status.lost
-        self._health = SourceHealth(OK, f"{mode}: {why}", time.time())
+        self._health = SourceHealth(OK, f"{mode}: {why}", self._wall())
         self._health.info.update(
             mode=mode, mode_reason=why, key=self.key,
             arches=",".join(ARCH_NAMES[a] for a in arches),
@@ -124,7 +133,7 @@ class AuditSource:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._sock.fileno(), self._on_readable)
         self._tasks.append(asyncio.create_task(self._watch_status()))
-        self._emit(Health(self.name, OK, self._health.reason, time.time()))
+        self._emit(Health(self.name, OK, self._health.reason, self._wall()))
         log.info("audit source: %s (%s)", mode, why)
 
     async def _choose_and_open(self, found: AuditStatus) -> tuple[str, str]:
@@ -156,7 +165,7 @@ class AuditSource:
         return "multicast", why
 
     def _resynced(self) -> None:
-        self.lives.stale_before = time.time()
+        self.lives.stale_before = self._wall()
 
     async def stop(self) -> None:
         hooks = getattr(self._sink, "on_resync", None)
@@ -225,7 +234,7 @@ class AuditSource:
                 push(rec)
         self.counters["datagrams"] += n
         if n:
-            self._last_datagram = time.time()
+            self._last_datagram = self._wall()
         busy = self.asm.pending or self.lives.waiting or self.asm.holes
         if busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)
@@ -265,9 +274,9 @@ class AuditSource:
         self._loss("enobufs", "the audit socket's receive buffer overran", self._last_datagram)
 
     def _loss(self, reason: str, detail: str, since: float | None = None) -> None:
-        now = time.time()
+        now = self._wall()
         self.counters["losses"] += 1
-        self._last_loss = time.monotonic()
+        self._last_loss = self._mono()
         self._emit(Loss(self.name, reason, now, detail, since))
         self._set_health(DEGRADED, f"{reason}: {detail}")
 
@@ -275,7 +284,7 @@ class AuditSource:
         h = self._health
         if h.state == state and h.reason == reason:
             return
-        h.state, h.reason, h.since = state, reason, time.time()
+        h.state, h.reason, h.since = state, reason, self._wall()
         if self._sink is not None and state != STOPPED:
             self._emit(Health(self.name, state, reason, h.since))
 
@@ -286,7 +295,7 @@ class AuditSource:
     async def _watch_status(self) -> None:
         """Every interval: the kernel's lost counter and backlog (one AUDIT_GET, cheap)."""
         interval = self.settings.status_interval
-        last = time.time()
+        last = self._wall()
         while True:
             await asyncio.sleep(interval)
             try:
@@ -294,7 +303,7 @@ class AuditSource:
             except OSError as e:
                 self._set_health(DEGRADED, f"AUDIT_GET failed: {e}")
                 continue
-            now = time.time()
+            now = self._wall()
             self._check_status(status, last)
             last = now
 
@@ -316,5 +325,5 @@ class AuditSource:
         if not status.enabled:
             self._set_health(DEGRADED, "audit was disabled by someone else")
             return
-        if self._health.state == DEGRADED and time.monotonic() - self._last_loss > RECOVER_AFTER:
+        if self._health.state == DEGRADED and self._mono() - self._last_loss > RECOVER_AFTER:
             self._set_health(OK, f"no loss for {RECOVER_AFTER:.0f} s")

@@ -62,10 +62,12 @@ class ProcConnectorSource:
         self,
         settings: ProcSettings,
         wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
         tap: Callable[[bytes], None] | None = None,
     ) -> None:
         self.rcvbuf = settings.rcvbuf
-        self._wall = wall
+        # `mono` must read CLOCK_MONOTONIC: the connector's timestamps do (design.md fact 8).
+        self._wall, self._mono = wall, mono
         self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
         self._sock: socket.socket | None = None
         self._sink: Sink | None = None
@@ -191,7 +193,7 @@ class ProcConnectorSource:
         # Kernel timestamps are CLOCK_MONOTONIC; one offset per datagram turns them into
         # wall-clock times of the event itself rather than of our read.
         wall = self._wall()
-        offset = wall - time.monotonic()
+        offset = wall - self._mono()
         for ev in decode(data):
             self._check_seq(ev.cpu, ev.seq)  # a loss shows before the event that revealed it
             at = ev.timestamp_ns / 1e9 + offset
