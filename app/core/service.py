@@ -59,6 +59,9 @@ class FailedSource:
     async def stop(self) -> None:
         return None
 
+    def resynced(self, at: float) -> None:
+        return None
+
     def health(self) -> SourceHealth:
         return self._health
 

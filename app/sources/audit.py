@@ -96,17 +96,10 @@ class AuditSource:
     # -- Source ------------------------------------------------------------------------------
     async def start(self, sink: Sink) -> None:
         self._sink = sink
-        # The tracker resyncs against /proc after our Loss reports; records read after that
-        # about forks before it must not undo it (LifeEvents.stale_before).
-        hooks = getattr(sink, "on_resync", None)
-        if isinstance(hooks, list):
-            hooks.append(self._resynced)
         try:
             await self._start()
         except BaseException as e:
             await self._teardown()
-            if isinstance(hooks, list) and self._resynced in hooks:
-                hooks.remove(self._resynced)
             self._set_health(FAILED, f"start failed: {e}")
             raise
 
@@ -164,13 +157,12 @@ class AuditSource:
         self._sock = RecordSocket(multicast=True, rcvbuf=self.settings.rcvbuf)
         return "multicast", why
 
-    def _resynced(self) -> None:
-        self.lives.stale_before = self._wall()
+    def resynced(self, at: float) -> None:
+        # Records can come seconds late (the kernel's retry queue): a fork read after the
+        # resync but stamped before it must not bring back a life /proc showed gone.
+        self.lives.stale_before = at
 
     async def stop(self) -> None:
-        hooks = getattr(self._sink, "on_resync", None)
-        if isinstance(hooks, list) and self._resynced in hooks:
-            hooks.remove(self._resynced)
         await self._teardown()
         self._set_health(STOPPED, "stopped")
 

@@ -141,6 +141,11 @@ class ProcConnectorSource:
         sock.close()
         self._set_health(STOPPED, "stopped")
 
+    def resynced(self, at: float) -> None:
+        """Nothing to do: the kernel queues each event on our socket as it happens, so a
+        fork read after a resync is followed by its process's exit, never left without it
+        (audit's records, unlike these, can be retried and lost one by one)."""
+
     def health(self) -> SourceHealth:
         self._health.counters = dict(self.counters)
         return self._health

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from app.core.config import Config
-from app.netlink.audit_proto import AuditStatus
+from app.netlink.audit_proto import AUDIT_SYSCALL, AuditStatus
+from app.netlink.audit_records import Record
 from app.netlink.cn_proc import ExitEvent, ForkEvent, decode
 from app.sources.audit import RECOVER_AFTER, AuditSource
 from app.sources.base import DEGRADED, OK
@@ -110,3 +111,26 @@ def test_proc_events_are_dated_by_the_monotonic_offset() -> None:
     assert f.mono_ns is not None and x.mono_ns is not None
     assert f.at == pytest.approx(f.mono_ns / 1e9 + 1_000_000.0 - 900.0)
     assert x.at == pytest.approx(x.mono_ns / 1e9 + 1_000_060.0 - 900.0)
+
+
+def vfork(child: int, stamp: float, serial: int) -> list[Record]:
+    body = (
+        b"arch=c000003e syscall=58 success=yes exit=%d a0=0 a1=0 a2=0 a3=0 items=0 ppid=1 "
+        b"pid=100 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) "
+        b'ses=1 comm="sh" exe="/bin/sh" key="lifewatch"' % child
+    )
+    return [Record(AUDIT_SYSCALL, stamp, serial, body)]
+
+
+def test_audit_forks_stamped_before_a_resync_wait_for_evidence(tmp_path: Path) -> None:
+    """`Source.resynced(at)`: a fork record read late, stamped before the resync, whose child
+    /proc no longer has, is not a birth on its own (its exit record may have been lost)."""
+    sink = Collect()
+    src = AuditSource(Config().audit_settings(), proc=tmp_path, wall=Clock(0.0), mono=Clock(0))
+    src._sink = sink
+    src.resynced(100.0)
+    src.event_complete(vfork(4242, stamp=99.5, serial=7))  # child 4242 gone from (tmp) /proc
+    assert sink.got == [] and src.lives.counters["stale_forks"] == 1
+    src.event_complete(vfork(4243, stamp=100.5, serial=8))  # after the resync: a birth
+    assert [(o.pid, o.ppid) for o in sink.got if isinstance(o, Fork)] == [(4243, 100)]
+    assert len(sink.got) == 1
