@@ -2,9 +2,9 @@
 
 Why not pyroute2 here: its generic parser trusts `nlmsg_len`, which unicast records get
 wrong (design.md fact 2), and building a dict-like message object per record costs far more
-than the record is worth. Measured on this machine (bench/RESULTS.md, audit section): the
-whole pipeline over recorded records runs at the rate given there, where pyroute2's
-`Marshal.parse` alone decodes a small fraction of that. So the stream is read with
+than the record is worth: on recorded records, pyroute2's `Marshal.parse` alone decodes
+about 76,000 records/s where lifewatch parses and assembles about 390,000 (bench/RESULTS.md,
+"Parser + assembler throughput"). So the stream is read with
 `socket.recv` from a `loop.add_reader` callback and parsed by `audit_records`; pyroute2 keeps
 the control plane (audit_control), where it fits.
 """

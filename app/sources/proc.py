@@ -5,7 +5,7 @@ One raw NETLINK_CONNECTOR socket joined to CN_IDX_PROC, read with `loop.add_read
 child_tgid is a new thread, an EXIT whose process_pid differs from process_tgid is a thread's.
 Loss shows three ways: ENOBUFS on the socket (our queue overflowed), a hole in a CPU's
 sequence numbers (the kernel dropped a message, e.g. an skb allocation failure under
-GFP_NOWAIT), and the canary (app/canary.py) for everything else.
+GFP_NOWAIT), and the canary (app/core/canary.py) for everything else.
 """
 
 from __future__ import annotations
