@@ -1,9 +1,9 @@
-"""Reading process facts from /proc: a pure `stat` parser, race-free capture, the snapshot."""
+"""Every read of /proc in lifewatch: pure parsers of its files, race-free capture, liveness, the
+snapshot, and the node's boot facts. Nothing else in the daemon opens a /proc path."""
 
 from __future__ import annotations
 
 import os
-import select
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +24,12 @@ class Stat:
     comm: str  # field 2, without its parentheses
     state: str  # field 3
     ppid: int  # field 4
+    num_threads: int  # field 20; a zombie leader still counts itself
     start_ticks: int  # field 22, clock ticks after boot
+    # Field 52 (Linux 3.5+): the wait(2) status the task exited with, as waitpid would
+    # report it (0x300 for exit(3), 9 for SIGKILL); meaningful once the task is a zombie.
+    # None when the kernel's line is shorter.
+    exit_code: int | None = None
 
 
 def parse_stat(data: bytes) -> Stat:
@@ -34,8 +39,7 @@ def parse_stat(data: bytes) -> Stat:
     close = data.rfind(b")")
     if open_ < 1 or close < open_:
         raise StatError(f"no (comm) in stat line {data[:64]!r}")
-    rest = data[close + 2 :].split(None, 20)
-    # After comm come fields 3..52; we need up to field 22 (index 19 of rest).
+    rest = data[close + 2 :].split()  # fields 3.. : rest[i] is field i + 3
     if len(rest) < 20:
         raise StatError(f"stat line has {len(rest) + 2} fields, expected at least 22")
     try:
@@ -44,10 +48,18 @@ def parse_stat(data: bytes) -> Stat:
             comm=data[open_ + 1 : close].decode("utf-8", "surrogateescape"),
             state=rest[0].decode("ascii"),
             ppid=int(rest[1]),
+            num_threads=int(rest[17]),
             start_ticks=int(rest[19]),
+            exit_code=int(rest[49]) if len(rest) >= 50 else None,
         )
     except (ValueError, UnicodeDecodeError) as e:
         raise StatError(f"malformed stat line: {e}") from None
+
+
+def is_running(stat: Stat) -> bool:
+    """A process is still running while it is not a zombie (Z, or X on its way out), or
+    while it is a zombie leader whose other threads still run (it counts itself)."""
+    return stat.state not in ("Z", "X") or stat.num_threads > 1
 
 
 def parse_cmdline(data: bytes) -> tuple[str, ...]:
@@ -120,11 +132,6 @@ def _read_all(fd: int) -> bytes:
     return b"".join(parts)
 
 
-def pidfd_alive(pidfd: int) -> bool:
-    """True while the process behind `pidfd` has not exited (pidfds poll readable on exit)."""
-    return not select.select([pidfd], [], [], 0)[0]
-
-
 def capture(pid: int, proc: Path = PROC) -> tuple[ProcInfo, int] | None:
     """Capture one life race-free: open a pidfd, read `stat`, then check that the pidfd's
     process has not been reaped. Returns the facts and the open pidfd (the caller owns it),
@@ -162,6 +169,50 @@ def list_pids(proc: Path = PROC) -> Iterator[int]:
     for entry in os.scandir(proc):
         if entry.name.isdigit():
             yield int(entry.name)
+
+
+def process_running(pid: int, proc: Path = PROC) -> bool:
+    """Is process `pid` still running (see `is_running`)? False once /proc no longer has it.
+
+    The one liveness check of the sources: an audit `exit` record or a connector EXIT of a
+    leader ends one thread, not necessarily the process.
+    """
+    try:
+        return is_running(read_stat(pid, proc))
+    except (OSError, StatError):
+        return False
+
+
+def thread_group_of(pid: int, proc: Path = PROC) -> int | None:
+    """The tgid of task `pid` (its `Tgid:` in `status`; a thread's tid also has a /proc
+    entry), or None when /proc no longer has it."""
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def pid_exists(pid: int, proc: Path = PROC) -> bool:
+    """Whether /proc has an entry for `pid` now (a process, a zombie or a thread's tid)."""
+    return os.path.exists(f"{proc}/{pid}")
+
+
+def read_boot_id(proc: Path = PROC) -> str:
+    """The boot's random id (/proc/sys/kernel/random/boot_id): names this boot."""
+    return (proc / "sys/kernel/random/boot_id").read_text().strip()
+
+
+def read_btime(proc: Path = PROC) -> int:
+    """The kernel's boot time in epoch seconds: realtime - boottime, recomputed at every read."""
+    with open(proc / "stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return int(line.split()[1])
+    raise RuntimeError(f"no btime line in {proc / 'stat'}")
 
 
 def snapshot(proc: Path = PROC) -> list[ProcInfo]:

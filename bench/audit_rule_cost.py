@@ -28,7 +28,7 @@ from app.netlink.audit_proto import (
     AuditRule,
     AuditStatus,
 )
-from app.sources.audit import lifewatch_rules
+from app.sources.audit_rules import lifewatch_rules
 
 KEY = "lifewatch-rulecost"
 # Syscalls for filler rules: none is getppid (110), open/openat (2, 257) or close (3).

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.watches import WatchSpec
+
+if TYPE_CHECKING:
+    from app.sources.audit import AuditSettings
+    from app.sources.proc import ProcSettings
 
 KNOWN_SOURCES = ("audit", "proc")
 
@@ -47,7 +51,7 @@ class Config(BaseModel):
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     max_batch: int = Field(10_000, ge=1, description="most lives in one POST /v1/lives/check")
     heartbeat: float = Field(15.0, gt=0, description="WebSocket ping interval, seconds")
-    # -- audit source (app/netlink/audit_source.py, docs/audit.md) --
+    # -- audit source (app/sources/audit.py, docs/audit.md) --
     audit_mode: Literal["auto", "unicast", "multicast"] = Field(
         "auto",
         description="auto: unicast when no audit daemon holds the audit pid, else multicast "
@@ -74,7 +78,8 @@ class Config(BaseModel):
         description="tags lifewatch's audit rules as <key>:<pid>; only its own are removed "
         "on stop (and those of dead runs at start)",
     )  # fmt: skip
-    # -- proc connector, pidfd follow, canary (app/netlink/proc_source.py, app/canary.py) --
+    # -- proc connector, pidfd follow, canary (app/sources/proc.py, app/core/follow.py,
+    # app/core/canary.py) --
     proc_rcvbuf: int = Field(
         8 << 20, ge=65536, description="proc connector socket receive buffer, bytes"
     )
@@ -87,6 +92,26 @@ class Config(BaseModel):
     canary_deadline: float = Field(
         2.0, gt=0, description="seconds a source has to report a canary's birth and death"
     )
+
+    # Each source gets only its own settings: the sources sit below the domain and never see
+    # Config. Their modules are imported here, not at the top, so that a source's module is
+    # loaded only when that source is configured (app/core/service.py, build_sources).
+    def audit_settings(self) -> AuditSettings:
+        from app.sources.audit import AuditSettings
+
+        return AuditSettings(
+            mode=self.audit_mode,
+            backlog_limit=self.audit_backlog_limit,
+            backlog_wait_time=self.audit_backlog_wait_time,
+            rcvbuf=self.audit_rcvbuf,
+            status_interval=self.audit_status_interval,
+            key=self.audit_key,
+        )
+
+    def proc_settings(self) -> ProcSettings:
+        from app.sources.proc import ProcSettings
+
+        return ProcSettings(rcvbuf=self.proc_rcvbuf)
 
     @field_validator("state_dir", mode="before")
     @classmethod

@@ -11,24 +11,12 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
-PROC = Path("/proc")
+from app.procfs import PROC, read_boot_id
+from app.procfs import read_btime as read_btime  # re-exported: service.check_clock imports it
 
 
 class LifeIdError(ValueError):
     """A life id, or its start, that cannot be understood."""
-
-
-def read_boot_id(proc: Path = PROC) -> str:
-    return (proc / "sys/kernel/random/boot_id").read_text().strip()
-
-
-def read_btime(proc: Path = PROC) -> int:
-    """The kernel's boot time in epoch seconds: realtime - boottime, recomputed at every read."""
-    with open(proc / "stat", "rb") as f:
-        for line in f:
-            if line.startswith(b"btime "):
-                return int(line.split()[1])
-    raise RuntimeError(f"no btime line in {proc / 'stat'}")
 
 
 def read_hz() -> int:
@@ -65,9 +53,6 @@ class TickClock:
     def date_of(self, ticks: int) -> str:
         """`start` as ISO 8601 UTC at the tick's resolution; the same text every time."""
         return _date_of(self.btime, self.hz, ticks)
-
-    def epoch_of(self, ticks: int) -> float:
-        return self.btime + ticks / self.hz
 
     def ticks_of(self, epoch: Fraction) -> int:
         """The tick that a date names; refuses a date between two ticks."""

@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 
 
 # Each source's module is imported only when configured (a missing kernel feature then
-# fails that source alone, with its own message).
+# fails that source alone, with its own message). Each is given its own settings, not Config.
 SOURCE_CLASSES = {
-    "audit": "app.sources.audit:AuditSource",
-    "proc": "app.sources.proc:ProcConnectorSource",
+    "audit": ("app.sources.audit:AuditSource", Config.audit_settings),
+    "proc": ("app.sources.proc:ProcConnectorSource", Config.proc_settings),
 }
 
 
@@ -35,10 +35,11 @@ def build_sources(config: Config) -> list[Source]:
     """The configured kernel sources, in the order they start."""
     out: list[Source] = []
     for name in config.sources:
-        module, _, cls = SOURCE_CLASSES[name].partition(":")
+        where, settings_of = SOURCE_CLASSES[name]
+        module, _, cls = where.partition(":")
         try:
             factory = getattr(importlib.import_module(module), cls)
-            out.append(factory(config))
+            out.append(factory(settings_of(config)))
         except Exception as e:  # reported on /v1/node and /healthz, not fatal to the rest
             log.error("source %s cannot be built: %s", name, e)
             out.append(FailedSource(name, f"cannot be built: {e}"))
@@ -56,6 +57,9 @@ class FailedSource:
         return None
 
     async def stop(self) -> None:
+        return None
+
+    def resynced(self, at: float) -> None:
         return None
 
     def health(self) -> SourceHealth:

@@ -7,14 +7,12 @@ packed and unpacked here in code, so no part of lifewatch shells out to auditctl
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1  # multicast group of the read-only log (needs CAP_AUDIT_READ)
 
 # -- message types (include/uapi/linux/audit.h) --------------------------------------------
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 AUDIT_GET = 1000
 AUDIT_SET = 1001
 AUDIT_ADD_RULE = 1011
@@ -26,6 +24,7 @@ AUDIT_CONFIG_CHANGE = 1305
 AUDIT_CWD = 1307
 AUDIT_EXECVE = 1309
 AUDIT_EOE = 1320
+AUDIT_BPRM_FCAPS = 1321
 AUDIT_PROCTITLE = 1327
 AUDIT_REPLACE = 1329
 
@@ -185,21 +184,6 @@ ARCH_SYSCALLS: dict[int, dict[str, int]] = {
     AUDIT_ARCH_I386: SYSCALLS_I386,
 }
 ARCH_NAMES = {AUDIT_ARCH_X86_64: "b64", AUDIT_ARCH_I386: "b32"}
-
-
-@dataclass(frozen=True, slots=True)
-class SyscallNames:
-    """Syscall number -> name for the syscalls lifewatch follows, keyed by audit arch."""
-
-    by_arch: dict[int, dict[int, str]] = field(
-        default_factory=lambda: {
-            arch: {nr: name for name, nr in table.items()} for arch, table in ARCH_SYSCALLS.items()
-        }
-    )
-
-    def name(self, arch: int, nr: int) -> str | None:
-        table = self.by_arch.get(arch)
-        return None if table is None else table.get(nr)
 
 
 # clone(2) flags that matter for telling a process from a thread (include/uapi/linux/sched.h)

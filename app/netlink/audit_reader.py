@@ -2,9 +2,9 @@
 
 Why not pyroute2 here: its generic parser trusts `nlmsg_len`, which unicast records get
 wrong (design.md fact 2), and building a dict-like message object per record costs far more
-than the record is worth. Measured on this machine (bench/RESULTS.md, audit section): the
-whole pipeline over recorded records runs at the rate given there, where pyroute2's
-`Marshal.parse` alone decodes a small fraction of that. So the stream is read with
+than the record is worth: on recorded records, pyroute2's `Marshal.parse` alone decodes
+about 76,000 records/s where lifewatch parses and assembles about 390,000 (bench/RESULTS.md,
+"Parser + assembler throughput"). So the stream is read with
 `socket.recv` from a `loop.add_reader` callback and parsed by `audit_records`; pyroute2 keeps
 the control plane (audit_control), where it fits.
 """
@@ -23,12 +23,19 @@ from app.netlink.audit_proto import (
     AUDIT_SET,
     AUDIT_STATUS_PID,
     NETLINK_AUDIT,
-    NLMSG_ERROR,
     AuditStatus,
+)
+from app.netlink.socket import (
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSG_HDRLEN,
+    NLMSGHDR,
+    open_netlink,
+    rcvbuf_of,
 )
 
 RECV_SIZE = 1 << 16  # larger than MAX_AUDIT_MESSAGE_LENGTH (8970) plus the header
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 NETLINK_NO_ENOBUFS = 5  # include/uapi/linux/netlink.h; we want ENOBUFS, so never set it
 
 
@@ -40,20 +47,8 @@ class RecordSocket:
     def __init__(self, multicast: bool, rcvbuf: int) -> None:
         self.multicast = multicast
         groups = 1 << (AUDIT_NLGRP_READLOG - 1) if multicast else 0
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_AUDIT
-        )
-        try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-            except OSError:  # without CAP_NET_ADMIN: capped by net.core.rmem_max
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            sock.bind((0, groups))
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-        self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        sock = self.sock = open_netlink(NETLINK_AUDIT, groups, rcvbuf)
+        self.rcvbuf = rcvbuf_of(sock)
         self.port = sock.getsockname()[0]
 
     def fileno(self) -> int:
@@ -67,19 +62,19 @@ class RecordSocket:
 
     def _request(self, mtype: int, payload: bytes, timeout: float) -> None:
         seq = int(time.monotonic() * 1000) & 0x7FFFFFFF
-        flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
-        self.sock.send(struct.pack("=IHHII", 16 + len(payload), mtype, flags, seq, 0) + payload)
+        flags = NLM_F_REQUEST | NLM_F_ACK
+        self.sock.send(NLMSGHDR.pack(NLMSG_HDRLEN + len(payload), mtype, flags, seq, 0) + payload)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.sock], [], [], left)[0]:
                 raise OSError(errno.ETIMEDOUT, "audit: no ACK to AUDIT_SET")
             data = self.sock.recv(RECV_SIZE)
-            if len(data) < 20:
+            if len(data) < NLMSG_HDRLEN + 4:
                 continue
-            _, t, _, rseq, _ = struct.unpack_from("=IHHII", data)
+            _, t, _, rseq, _ = NLMSGHDR.unpack_from(data)
             if t == NLMSG_ERROR and rseq == seq:
-                (code,) = struct.unpack_from("=i", data, 16)
+                (code,) = struct.unpack_from("=i", data, NLMSG_HDRLEN)  # struct nlmsgerr.error
                 if code:
                     raise OSError(-code, f"AUDIT_SET pid: {os.strerror(-code)}")
                 return

@@ -13,8 +13,7 @@ import re
 import struct
 from typing import NamedTuple
 
-_NLMSGHDR = struct.Struct("=IHHII")
-NLMSG_HDRLEN = 16
+from app.netlink.socket import NLMSG_HDRLEN, NLMSGHDR, nlmsg_align
 
 
 class Record(NamedTuple):
@@ -46,13 +45,13 @@ def split_datagram(data: bytes) -> list[NetlinkMessage]:
     out: list[NetlinkMessage] = []
     off, end = 0, len(data)
     while off + NLMSG_HDRLEN <= end:
-        length, mtype, flags, seq, pid = _NLMSGHDR.unpack_from(data, off)
+        length, mtype, flags, seq, pid = NLMSGHDR.unpack_from(data, off)
         if off == 0 and length == end - NLMSG_HDRLEN:
             length = end  # the unicast quirk
         if length < NLMSG_HDRLEN or off + length > end:
             length = end - off  # a length the datagram cannot hold: take the rest
         out.append(NetlinkMessage(mtype, flags, seq, pid, data[off + NLMSG_HDRLEN : off + length]))
-        off += (length + 3) & ~3
+        off += nlmsg_align(length)
     return out
 
 
@@ -74,7 +73,7 @@ def parse_record(mtype: int, payload: bytes) -> Record | None:
     return Record(mtype, when, num, payload[close + 3 :].rstrip(b"\0\n"))
 
 
-_HEAD = struct.Struct("=IH")
+_HEAD = struct.Struct(NLMSGHDR.format[:3])  # nlmsg_len and nlmsg_type alone: the hot path
 _new = tuple.__new__
 _STAMP = re.compile(rb"audit\(([0-9]+\.[0-9]+):([0-9]+)\): ?(.*)", re.DOTALL)
 

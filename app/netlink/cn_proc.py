@@ -27,8 +27,13 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_fork,
 )
 
+from app.netlink.socket import NLMSG_DONE, NLMSG_HDRLEN, NLMSGHDR, nlmsg_align
+
+NETLINK_CONNECTOR = 11  # include/uapi/linux/netlink.h
+
 __all__ = [
     "CN_IDX_PROC",
+    "NETLINK_CONNECTOR",
     "PROC_CN_MCAST_IGNORE",
     "PROC_CN_MCAST_LISTEN",
     "Ack",
@@ -41,9 +46,6 @@ __all__ = [
     "decode",
 ]
 
-NLMSG_HDR = struct.Struct("=IHHII")  # struct nlmsghdr
-NLMSG_DONE = 3
-
 
 def _compile(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
     return struct.Struct("=" + "".join(fmt for _, fmt in fields))
@@ -53,7 +55,7 @@ def _compile(fields: tuple[tuple[str, str], ...]) -> struct.Struct:
 # union member per event type: two unpacks per message (this runs for every death).
 _BASE = _compile(proc_event_base.fields)
 _NBASE = len(proc_event_base.fields)  # fields before the event data
-_HEAD = struct.Struct(NLMSG_HDR.format + _BASE.format[1:])
+_HEAD = struct.Struct(NLMSGHDR.format + _BASE.format[1:])
 _HEAD_NAMES = ["nlmsg_len", "type", "flags", "nlmsg_seq", "port"]
 _HEAD_NAMES += [n for n, _ in proc_event_base.fields]
 _LEN, _IDX, _VAL, _SEQ, _ACK, _WHAT, _CPU, _TS = (
@@ -135,11 +137,11 @@ def decode(data: bytes | memoryview) -> list[ProcEvent]:
     while offset + _HEAD.size <= end:
         head = _HEAD.unpack_from(data, offset)
         length = head[_LEN]
-        if length < NLMSG_HDR.size or offset + length > end:
+        if length < NLMSG_HDRLEN or offset + length > end:
             break
         if length >= _HEAD.size and head[_IDX] == CN_IDX_PROC and head[_VAL] == CN_VAL_PROC:
             out.append(_event(head, data, offset + _HEAD.size, offset + length))
-        offset += (length + 3) & ~3  # NLMSG_ALIGN
+        offset += nlmsg_align(length)
     return out
 
 
@@ -166,4 +168,4 @@ def control_message(op: int, ack: int = 0) -> bytes:
     """
     payload = struct.pack("=I", op)
     cn = struct.pack("=IIIIHH", CN_IDX_PROC, CN_VAL_PROC, 0, ack, len(payload), 0) + payload
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn
+    return NLMSGHDR.pack(NLMSG_HDRLEN + len(cn), NLMSG_DONE, 0, 0, 0) + cn

@@ -6,12 +6,12 @@ the read-only log group next to a running auditd (lossy under overload: an overr
 ENOBUFS). `auto` picks unicast when no live daemon holds the audit pid, else multicast.
 
 Loss is detected three ways, because each alone misses some (design.md fact 7): serial gaps
-(assembler), the kernel's `lost` counter (AUDIT_GET every `audit_status_interval`), and
+(assembler), the kernel's `lost` counter (AUDIT_GET every `status_interval`), and
 ENOBUFS on our socket. Each produces a `Loss`, which makes the tracker journal a `gap` and
 resync the registry against /proc.
 
-Kernel state is shared: on stop, exactly the rules this run added are removed, `enabled`
-and the backlog settings it changed are restored, and the audit pid is released.
+Kernel state is shared: what this run changes (rules, `enabled`, backlog, the audit pid) is
+made and undone by `audit_rules.KernelChanges`; this module is the reader and loss detection.
 """
 
 from __future__ import annotations
@@ -21,34 +21,20 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from app.core.config import Config
+from app import procfs
 from app.netlink.audit_control import AuditControl
-from app.netlink.audit_proto import (
-    ARCH_NAMES,
-    ARCH_SYSCALLS,
-    AUDIT_ALWAYS,
-    AUDIT_ARCH,
-    AUDIT_EQUAL,
-    AUDIT_FILTER_EXIT,
-    AUDIT_FILTER_PREPEND,
-    AUDIT_NEVER,
-    AUDIT_PID,
-    AUDIT_STATUS_BACKLOG_LIMIT,
-    AUDIT_STATUS_BACKLOG_WAIT_TIME,
-    AUDIT_STATUS_ENABLED,
-    AUDIT_STATUS_PID,
-    AuditRule,
-    AuditStatus,
-)
+from app.netlink.audit_proto import ARCH_NAMES, AuditStatus
 from app.netlink.audit_reader import RecordSocket
 from app.netlink.audit_records import Record, parse_datagram
 from app.sources.audit_assembler import Assembler
-from app.sources.audit_lives import LifeEvents, pids_now
+from app.sources.audit_lives import LifeEvents
+from app.sources.audit_rules import KernelChanges, pid_alive
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
 
@@ -59,76 +45,49 @@ FLUSH_EVERY = 0.1  # seconds between assembler flushes while something is pendin
 RECOVER_AFTER = 30.0  # seconds without new loss before `degraded` returns to `ok`
 
 
-def lifewatch_rules(key: str, arches: list[int]) -> list[AuditRule]:
-    """One exit-filter rule per arch with a bitmap of the 8 syscalls (not one per syscall:
-    the kernel walks the exit list for each audited syscall, and each rule costs a test)."""
-    return [
-        AuditRule(
-            AUDIT_FILTER_EXIT,
-            AUDIT_ALWAYS,
-            frozenset(ARCH_SYSCALLS[arch].values()),
-            ((AUDIT_ARCH, AUDIT_EQUAL, arch),),
-            key,
-        )
-        for arch in arches
-    ]
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """What the audit source needs to know (built by `Config.audit_settings`)."""
 
-
-def self_exclusion_rules(key: str, arches: list[int], pid: int) -> list[AuditRule]:
-    """`never` rules for this process (multicast mode): a multicast reader's own syscalls
-    are audited (fact 7), and each would make records about reading records. Prepended, as
-    the first matching rule decides; limited to lifewatch's syscalls so other rules (say,
-    auditd's file watches) still see this process."""
-    return [
-        AuditRule(
-            AUDIT_FILTER_EXIT | AUDIT_FILTER_PREPEND,
-            AUDIT_NEVER,
-            frozenset(ARCH_SYSCALLS[arch].values()),
-            ((AUDIT_PID, AUDIT_EQUAL, pid), (AUDIT_ARCH, AUDIT_EQUAL, arch)),
-            key,
-        )
-        for arch in arches
-    ]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    mode: Literal["auto", "unicast", "multicast"]
+    backlog_limit: int  # kernel queue length set in unicast mode (auditctl -b)
+    backlog_wait_time: int  # jiffies a task waits for room in a full queue (unicast mode)
+    rcvbuf: int  # record socket receive buffer, bytes
+    status_interval: float  # seconds between AUDIT_GETs (lost counter, backlog)
+    key: str  # rules are tagged `<key>:<pid>`
 
 
 class AuditSource:
     name = "audit"
 
-    def __init__(self, config: Config, proc: Path = Path("/proc")) -> None:
-        self.config = config
+    def __init__(
+        self,
+        settings: AuditSettings,
+        proc: Path = procfs.PROC,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`wall` dates observations and health; `mono` times the waits (assembler reorder
+        window, held records, RECOVER_AFTER). Tests pass fakes to drive them without sleeping."""
+        self.settings = settings
         self.proc = proc
-        # `<audit_key>:<pid>`: each instance owns its rules. Two lifewatch runs on one node
-        # (a test next to the daemon, a restart overlapping its predecessor) would otherwise
-        # install identical rules, and the first to stop would delete the other's.
-        self.key = f"{config.audit_key}:{os.getpid()}"
+        self._wall, self._mono = wall, mono
         self._sink: Sink | None = None
         self._control = AuditControl()
+        self._kernel = KernelChanges(self._control, settings.key, os.getpid())
+        self.key = self._kernel.key
         self._sock: RecordSocket | None = None
-        self._found: AuditStatus | None = None  # kernel state at start, to restore
-        self._restore_mask = 0
-        self._registered = False
-        self._installed: list[AuditRule] = []
         self._health = SourceHealth()
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._last_loss = 0.0
-        self._last_datagram = time.time()
+        self._last_datagram = wall()
         self._lost_seen = 0
         self._lost_at_start = 0
         # A raw-bytes tap (every datagram as read): used to record kernel output for tests.
         self.tap: Callable[[bytes], None] | None = None
-        self.asm = Assembler(self)
-        self.lives = LifeEvents(self._emit, proc)
+        self.asm = Assembler(self, clock=mono)
+        self.lives = LifeEvents(self._emit, proc, clock=mono)
         self.counters: dict[str, int] = {
             "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
             "backlog": 0, "backlog_max": 0, "losses": 0,
@@ -137,32 +96,23 @@ class AuditSource:
     # -- Source ------------------------------------------------------------------------------
     async def start(self, sink: Sink) -> None:
         self._sink = sink
-        # The tracker resyncs against /proc after our Loss reports; records read after that
-        # about forks before it must not undo it (LifeEvents.stale_before).
-        hooks = getattr(sink, "on_resync", None)
-        if isinstance(hooks, list):
-            hooks.append(self._resynced)
         try:
             await self._start()
         except BaseException as e:
             await self._teardown()
-            if isinstance(hooks, list) and self._resynced in hooks:
-                hooks.remove(self._resynced)
             self._set_health(FAILED, f"start failed: {e}")
             raise
 
     async def _start(self) -> None:
         await self._control.open()
-        found = self._found = await self._control.get_status()
-        self.lives = LifeEvents(self._emit, self.proc, known=pids_now(self.proc))
+        found = await self._kernel.read_found()
+        self.lives.already_running(procfs.list_pids(self.proc))
         mode, why = await self._choose_and_open(found)
-        if not found.enabled:  # first, so that our rule changes are in the stream too
-            await self._control.set_status(AuditStatus(mask=AUDIT_STATUS_ENABLED, enabled=1))
-            self._restore_mask |= AUDIT_STATUS_ENABLED
-        arches = await self._install_rules(mode)
+        await self._kernel.enable()
+        arches = await self._kernel.install_rules(multicast=mode == "multicast")
         status = await self._control.get_status()
         self._lost_seen = status.lost
-        self._health = SourceHealth(OK, f"{mode}: {why}", time.time())
+        self._health = SourceHealth(OK, f"{mode}: {why}", self._wall())
         self._health.info.update(
             mode=mode, mode_reason=why, key=self.key,
             arches=",".join(ARCH_NAMES[a] for a in arches),
@@ -176,13 +126,12 @@ class AuditSource:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._sock.fileno(), self._on_readable)
         self._tasks.append(asyncio.create_task(self._watch_status()))
-        self._emit(Health(self.name, OK, self._health.reason, time.time()))
+        self._emit(Health(self.name, OK, self._health.reason, self._wall()))
         log.info("audit source: %s (%s)", mode, why)
 
     async def _choose_and_open(self, found: AuditStatus) -> tuple[str, str]:
-        cfg = self.config
         holder = found.pid if found.pid and pid_alive(found.pid) else 0
-        mode = cfg.audit_mode
+        mode = self.settings.mode
         if mode == "auto":
             if holder:
                 return self._open_multicast(f"audit pid held by pid {holder} (an audit daemon)")
@@ -198,71 +147,22 @@ class AuditSource:
         return await self._open_unicast("configured")
 
     async def _open_unicast(self, why: str) -> tuple[str, str]:
-        self._sock = RecordSocket(multicast=False, rcvbuf=self.config.audit_rcvbuf)
+        self._sock = RecordSocket(multicast=False, rcvbuf=self.settings.rcvbuf)
         self._sock.register(os.getpid())  # EEXIST if another daemon holds it: never forced
-        self._registered = True
-        assert self._found is not None
-        cfg, found = self.config, self._found
-        want = AuditStatus(
-            mask=AUDIT_STATUS_BACKLOG_LIMIT | AUDIT_STATUS_BACKLOG_WAIT_TIME,
-            backlog_limit=cfg.audit_backlog_limit,
-            backlog_wait_time=cfg.audit_backlog_wait_time,
-        )
-        if (found.backlog_limit, found.backlog_wait_time) != (
-            want.backlog_limit, want.backlog_wait_time,
-        ):  # fmt: skip
-            await self._control.set_status(want)
-            self._restore_mask |= want.mask
+        self._kernel.registered = True
+        await self._kernel.set_backlog(self.settings.backlog_limit, self.settings.backlog_wait_time)
         return "unicast", why
 
     def _open_multicast(self, why: str) -> tuple[str, str]:
-        self._sock = RecordSocket(multicast=True, rcvbuf=self.config.audit_rcvbuf)
+        self._sock = RecordSocket(multicast=True, rcvbuf=self.settings.rcvbuf)
         return "multicast", why
 
-    async def _remove_stale_rules(self) -> None:
-        """Rules left by a lifewatch run that died without stopping (its pid is gone)."""
-        own = re.compile(rf"{re.escape(self.config.audit_key)}:([0-9]+)")
-        for rule in await self._control.list_rules():
-            m = own.fullmatch(rule.key or "")
-            if m is not None and not pid_alive(int(m[1])):
-                log.info("audit: removing a rule left by dead run %s", m[1])
-                with contextlib.suppress(OSError):
-                    await self._control.delete_rule(rule)
-
-    async def _install_rules(self, mode: str) -> list[int]:
-        await self._remove_stale_rules()
-        arches: list[int] = []
-        for arch in ARCH_SYSCALLS:
-            rules = lifewatch_rules(self.key, [arch])
-            if mode == "multicast":
-                rules = self_exclusion_rules(self.key, [arch], os.getpid()) + rules
-            try:
-                for rule in rules:
-                    await self._add_rule(rule)
-            except OSError as e:
-                if arch == next(iter(ARCH_SYSCALLS)):
-                    raise
-                log.info("audit: no rules for %s: %s", ARCH_NAMES[arch], e)
-                continue
-            arches.append(arch)
-        return arches
-
-    async def _add_rule(self, rule: AuditRule) -> None:
-        try:
-            await self._control.add_rule(rule)
-        except OSError as e:
-            # EEXIST: a dead run with our pid left the same rule (same key): take it over.
-            if e.errno != errno.EEXIST:
-                raise
-        self._installed.append(rule)
-
-    def _resynced(self) -> None:
-        self.lives.stale_before = time.time()
+    def resynced(self, at: float) -> None:
+        # Records can come seconds late (the kernel's retry queue): a fork read after the
+        # resync but stamped before it must not bring back a life /proc showed gone.
+        self.lives.stale_before = at
 
     async def stop(self) -> None:
-        hooks = getattr(self._sink, "on_resync", None)
-        if isinstance(hooks, list) and self._resynced in hooks:
-            hooks.remove(self._resynced)
         await self._teardown()
         self._set_health(STOPPED, "stopped")
 
@@ -282,39 +182,9 @@ class AuditSource:
             self._drain()
         self.asm.flush(force=True)
         self.lives.tick(force=True)
-        await self._restore_kernel()
+        await self._kernel.restore()
         self._close_socket()
         self._control.close()
-
-    async def _restore_kernel(self) -> None:
-        """Remove exactly our rules, restore what we changed, release the audit pid."""
-        for rule in reversed(self._installed):
-            try:
-                await self._control.delete_rule(rule)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    log.warning("audit: removing rule %s: %s", rule, e)
-        self._installed.clear()
-        found = self._found
-        if found is not None and self._restore_mask:
-            try:
-                await self._control.set_status(
-                    AuditStatus(
-                        mask=self._restore_mask,
-                        enabled=found.enabled,
-                        backlog_limit=found.backlog_limit,
-                        backlog_wait_time=found.backlog_wait_time,
-                    )
-                )
-            except OSError as e:
-                log.warning("audit: restoring status: %s", e)
-            self._restore_mask = 0
-        if self._registered:
-            try:
-                await self._control.set_status(AuditStatus(mask=AUDIT_STATUS_PID, pid=0))
-            except OSError as e:
-                log.warning("audit: releasing the audit pid: %s", e)
-            self._registered = False
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -356,7 +226,7 @@ class AuditSource:
                 push(rec)
         self.counters["datagrams"] += n
         if n:
-            self._last_datagram = time.time()
+            self._last_datagram = self._wall()
         busy = self.asm.pending or self.lives.waiting or self.asm.holes
         if busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)
@@ -396,9 +266,9 @@ class AuditSource:
         self._loss("enobufs", "the audit socket's receive buffer overran", self._last_datagram)
 
     def _loss(self, reason: str, detail: str, since: float | None = None) -> None:
-        now = time.time()
+        now = self._wall()
         self.counters["losses"] += 1
-        self._last_loss = time.monotonic()
+        self._last_loss = self._mono()
         self._emit(Loss(self.name, reason, now, detail, since))
         self._set_health(DEGRADED, f"{reason}: {detail}")
 
@@ -406,7 +276,7 @@ class AuditSource:
         h = self._health
         if h.state == state and h.reason == reason:
             return
-        h.state, h.reason, h.since = state, reason, time.time()
+        h.state, h.reason, h.since = state, reason, self._wall()
         if self._sink is not None and state != STOPPED:
             self._emit(Health(self.name, state, reason, h.since))
 
@@ -416,8 +286,8 @@ class AuditSource:
 
     async def _watch_status(self) -> None:
         """Every interval: the kernel's lost counter and backlog (one AUDIT_GET, cheap)."""
-        interval = self.config.audit_status_interval
-        last = time.time()
+        interval = self.settings.status_interval
+        last = self._wall()
         while True:
             await asyncio.sleep(interval)
             try:
@@ -425,7 +295,7 @@ class AuditSource:
             except OSError as e:
                 self._set_health(DEGRADED, f"AUDIT_GET failed: {e}")
                 continue
-            now = time.time()
+            now = self._wall()
             self._check_status(status, last)
             last = now
 
@@ -441,11 +311,11 @@ class AuditSource:
             self._loss("kernel_lost", detail, since)
             return
         self._lost_seen = status.lost  # a reset (auditctl --reset-lost) lowers it
-        if self._registered and status.pid != os.getpid():
+        if self._kernel.registered and status.pid != self._kernel.pid:
             self._set_health(FAILED, f"audit pid is now {status.pid}: no longer receiving")
             return
         if not status.enabled:
             self._set_health(DEGRADED, "audit was disabled by someone else")
             return
-        if self._health.state == DEGRADED and time.monotonic() - self._last_loss > RECOVER_AFTER:
+        if self._health.state == DEGRADED and self._mono() - self._last_loss > RECOVER_AFTER:
             self._set_health(OK, f"no loss for {RECOVER_AFTER:.0f} s")

@@ -20,12 +20,12 @@ Three things make this more than a field lookup:
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from app import procfs
 from app.netlink.audit_proto import (
     ARCH_SYSCALLS,
     AUDIT_CWD,
@@ -51,40 +51,13 @@ KNOWN_PIDS = 65536  # pids remembered as born-under-watch, to let their records 
 FORKS = {"clone", "fork", "vfork", "clone3"}
 
 
-def thread_group_of(pid: int, proc: Path) -> int | None:
-    """The tgid of task `pid` (its `Tgid:`), or None when /proc no longer has it."""
-    try:
-        with open(f"{proc}/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def process_running(pid: int, proc: Path) -> bool:
-    """True while process `pid` still has a live thread (not gone, not only a zombie)."""
-    try:
-        with open(f"{proc}/{pid}/status", "rb") as f:
-            state, threads = b"", 0
-            for line in f:
-                if line.startswith(b"State:"):
-                    state = line.split()[1]
-                elif line.startswith(b"Threads:"):
-                    threads = int(line.split()[1])
-    except (OSError, ValueError):
-        return False
-    return state not in (b"Z", b"X") or threads > 1
-
-
 class LifeEvents:
     """Event records in, observations out (through `emit`). Call `tick()` periodically."""
 
     def __init__(
         self,
         emit: Callable[[Observation], None],
-        proc: Path = Path("/proc"),
+        proc: Path = procfs.PROC,
         clock: Callable[[], float] = time.monotonic,
         hold: float = 0.25,
         known: Iterable[int] = (),
@@ -114,6 +87,10 @@ class LifeEvents:
             "forks": 0, "execs": 0, "exits": 0, "threads": 0, "clone3_unresolved": 0,
             "held": 0, "thread_exits": 0, "failed_syscalls": 0, "stale_forks": 0,
         }  # fmt: skip
+
+    def already_running(self, pids: Iterable[int]) -> None:
+        """Processes alive when reading starts: their records need no Fork first."""
+        self._known.update((p, None) for p in pids)
 
     # -- one event ---------------------------------------------------------------------------
     def event(self, records: list[Record]) -> None:
@@ -156,7 +133,7 @@ class LifeEvents:
             if flags & CLONE_PARENT:
                 ppid = _int(f.ppid) or pid
         obs = Fork(SOURCE, child, ppid, stamp, audit_stamp=stamp, uid=_int(f.uid))
-        if stamp < self.stale_before and not os.path.exists(f"{self.proc}/{child}"):
+        if stamp < self.stale_before and not procfs.pid_exists(child, self.proc):
             # Read after a resync that already judged this pid from /proc (records can come
             # seconds late through the kernel's retry queue). Recreating the child on the
             # fork alone, its exit record maybe lost, could leave a dead life alive: it is
@@ -165,7 +142,7 @@ class LifeEvents:
             self._wait_for_evidence(obs)
             return
         if name == "clone3":
-            tgid = thread_group_of(child, self.proc)
+            tgid = procfs.thread_group_of(child, self.proc)
             if tgid is None:
                 self._wait_for_evidence(obs)
                 return
@@ -210,7 +187,7 @@ class LifeEvents:
     def _died(self, obs: Exit, thread_exit: bool) -> None:
         if thread_exit:
             # `exit` ends one thread; it ends the process only if no thread is left.
-            if process_running(obs.pid, self.proc):
+            if procfs.process_running(obs.pid, self.proc):
                 self.counters["thread_exits"] += 1
                 return
             self._exits[obs.pid] = (self.clock(), obs)  # confirm after exit_group had a chance
@@ -279,8 +256,3 @@ def _int(text: bytes | None, base: int = 10) -> int | None:
         return int(text, base)
     except ValueError:
         return None
-
-
-def pids_now(proc: Path = Path("/proc")) -> list[int]:
-    """Processes alive now: their records need no Fork first."""
-    return [int(e.name) for e in os.scandir(proc) if e.name.isdigit()]

@@ -37,4 +37,9 @@ class Source(Protocol):
     async def stop(self) -> None:
         """Stop delivering and leave the kernel as it was found."""
 
+    def resynced(self, at: float) -> None:
+        """The registry was reconciled with /proc at wall time `at`: records about forks
+        before it are stale (a source whose records can arrive late must not let them undo
+        what /proc showed)."""
+
     def health(self) -> SourceHealth: ...

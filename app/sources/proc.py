@@ -5,7 +5,7 @@ One raw NETLINK_CONNECTOR socket joined to CN_IDX_PROC, read with `loop.add_read
 child_tgid is a new thread, an EXIT whose process_pid differs from process_tgid is a thread's.
 Loss shows three ways: ENOBUFS on the socket (our queue overflowed), a hole in a CPU's
 sequence numbers (the kernel dropped a message, e.g. an skb allocation failure under
-GFP_NOWAIT), and the canary (app/canary.py) for everything else.
+GFP_NOWAIT), and the canary (app/core/canary.py) for everything else.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from app.core.config import Config
+from app import procfs
 from app.netlink.cn_proc import (
     CN_IDX_PROC,
+    NETLINK_CONNECTOR,
     PROC_CN_MCAST_IGNORE,
     PROC_CN_MCAST_LISTEN,
     Ack,
@@ -31,16 +33,22 @@ from app.netlink.cn_proc import (
     control_message,
     decode,
 )
+from app.netlink.socket import open_netlink, rcvbuf_of
 from app.sources.base import FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Exec, Exit, Fork, Health, Loss, wait_status
 
 log = logging.getLogger(__name__)
 
-NETLINK_CONNECTOR = 11
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF past rmem_max, with CAP_NET_ADMIN
 DEFERRED_MAX = 4096
 READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
 ACK_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSettings:
+    """What the proc connector source needs to know (built by `Config.proc_settings`)."""
+
+    rcvbuf: int  # socket receive buffer, bytes
 
 
 class ProcConnectorError(RuntimeError):
@@ -52,12 +60,14 @@ class ProcConnectorSource:
 
     def __init__(
         self,
-        config: Config,
+        settings: ProcSettings,
         wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
         tap: Callable[[bytes], None] | None = None,
     ) -> None:
-        self.rcvbuf = config.proc_rcvbuf
-        self._wall = wall
+        self.rcvbuf = settings.rcvbuf
+        # `mono` must read CLOCK_MONOTONIC: the connector's timestamps do (design.md fact 8).
+        self._wall, self._mono = wall, mono
         self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
         self._sock: socket.socket | None = None
         self._sink: Sink | None = None
@@ -75,13 +85,8 @@ class ProcConnectorSource:
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, sink: Sink) -> None:
         self._sink = sink
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        sock = open_netlink(NETLINK_CONNECTOR, CN_IDX_PROC, self.rcvbuf)
         try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-            sock.bind((0, CN_IDX_PROC))
             self._sock = sock
             await self._listen(sock)
         except BaseException:
@@ -92,7 +97,7 @@ class ProcConnectorSource:
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
         self._last_at = self._wall()
         self._set_health(OK, "listening")
-        self._health.info["rcvbuf"] = str(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        self._health.info["rcvbuf"] = str(rcvbuf_of(sock))
 
     async def _listen(self, sock: socket.socket) -> None:
         """Send PROC_CN_MCAST_LISTEN and wait for the kernel's ack; events that arrive before
@@ -135,6 +140,11 @@ class ProcConnectorSource:
             self._listening = False
         sock.close()
         self._set_health(STOPPED, "stopped")
+
+    def resynced(self, at: float) -> None:
+        """Nothing to do: the kernel queues each event on our socket as it happens, so a
+        fork read after a resync is followed by its process's exit, never left without it
+        (audit's records, unlike these, can be retried and lost one by one)."""
 
     def health(self) -> SourceHealth:
         self._health.counters = dict(self.counters)
@@ -188,7 +198,7 @@ class ProcConnectorSource:
         # Kernel timestamps are CLOCK_MONOTONIC; one offset per datagram turns them into
         # wall-clock times of the event itself rather than of our read.
         wall = self._wall()
-        offset = wall - time.monotonic()
+        offset = wall - self._mono()
         for ev in decode(data):
             self._check_seq(ev.cpu, ev.seq)  # a loss shows before the event that revealed it
             at = ev.timestamp_ns / 1e9 + offset
@@ -234,7 +244,7 @@ class ProcConnectorSource:
             self.counters["thread_exits"] += 1
             return None
         if ev.exit_code == 0 or not leader:
-            alive = _group_alive(tgid)
+            alive = procfs.process_running(tgid)
             if alive:
                 self._deferred[tgid] = None
                 while len(self._deferred) > DEFERRED_MAX:
@@ -260,16 +270,3 @@ class ProcConnectorSource:
         assert self._sink is not None
         detail = f"cpu {cpu}: {missing} proc event(s) missing"
         self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))
-
-
-def _group_alive(tgid: int) -> bool:
-    """Is process `tgid` still running: in /proc, and not a zombie alone in its group
-    (stat field 3 state, field 20 num_threads: a zombie leader counts itself)?"""
-    try:
-        with open(f"/proc/{tgid}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    if len(rest) < 18:
-        return False
-    return rest[0] not in (b"Z", b"X") or int(rest[17]) > 1

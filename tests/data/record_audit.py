@@ -45,7 +45,7 @@ async def record(out: Path) -> None:
                 return
 
     loop.add_reader(listener.fileno(), on_multi)
-    source = AuditSource(Config(sources=("audit",), state_dir=None, audit_mode="unicast"))
+    source = AuditSource(Config(audit_mode="unicast").audit_settings())
     source.tap = uni.append
     await source.start(Null())
     try:

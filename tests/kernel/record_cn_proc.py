@@ -42,7 +42,7 @@ class _Null:
 
 async def record() -> list[bytes]:
     raw: list[bytes] = []
-    src = ProcConnectorSource(Config(), tap=raw.append)
+    src = ProcConnectorSource(Config().proc_settings(), tap=raw.append)
     await src.start(_Null())
     pids: set[int] = set()
     for argv in SCENARIOS:

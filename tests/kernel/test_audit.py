@@ -283,7 +283,7 @@ async def test_rules_are_owned_per_run(kernel_audit: Any) -> None:
     """Each run tags its rules `<key>:<pid>`: a second lifewatch never removes the first's
     rules, and rules of a run that died are removed at the next start."""
     from app.netlink.audit_control import AuditControl
-    from app.sources.audit import lifewatch_rules
+    from app.sources.audit_rules import lifewatch_rules
 
     proc = subprocess.Popen(["/bin/true"])  # its pid is gone afterwards
     proc.wait()

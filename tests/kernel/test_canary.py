@@ -37,7 +37,7 @@ class MutableProc(ProcConnectorSource):
     name = "audit"
 
     def __init__(self, config: Config) -> None:
-        super().__init__(config)
+        super().__init__(config.proc_settings())
         self.gate: Muted | None = None
 
     async def start(self, sink: Sink) -> None:
@@ -48,7 +48,7 @@ class MutableProc(ProcConnectorSource):
 @pytest.fixture
 async def svc(tmp_path: Path) -> AsyncIterator[Service]:
     cfg = make_config(state_dir=tmp_path, canary_interval=60, canary_deadline=0.5)
-    s = Service(cfg, sources=[ProcConnectorSource(cfg), MutableProc(cfg)])
+    s = Service(cfg, sources=[ProcConnectorSource(cfg.proc_settings()), MutableProc(cfg)])
     await s.start()
     yield s
     await s.stop()

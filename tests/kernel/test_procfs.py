@@ -35,14 +35,17 @@ def test_capture_pins_the_life_with_a_pidfd() -> None:
 
 
 def test_a_zombie_still_has_its_stat_and_a_reaped_pid_has_none() -> None:
-    p = subprocess.Popen(["true"])
+    p = subprocess.Popen(["sh", "-c", "exit 3"])
     deadline = time.monotonic() + 5
     while procfs.read_stat(p.pid).state != "Z" and time.monotonic() < deadline:
         time.sleep(0.001)
     info = procfs.capture_closed(p.pid)
     assert info is not None and info.stat.state == "Z"
+    assert info.stat.exit_code == 0x300  # field 52: the wait status waitpid will report
+    assert not procfs.process_running(p.pid) and procfs.pid_exists(p.pid)
     p.wait()
     assert procfs.capture(p.pid) is None
+    assert not procfs.process_running(p.pid) and not procfs.pid_exists(p.pid)
 
 
 def test_threads_are_not_lives() -> None:
@@ -53,6 +56,9 @@ def test_threads_are_not_lives() -> None:
         tid = t.native_id
         assert tid is not None and tid != os.getpid()
         assert procfs.capture(tid) is None  # pidfd_open refuses a non-leader thread
+        assert procfs.thread_group_of(tid) == os.getpid()
+        assert procfs.read_stat(os.getpid()).num_threads >= 2
+        assert procfs.process_running(os.getpid())
         assert tid not in set(procfs.list_pids())
     finally:
         stop.set()

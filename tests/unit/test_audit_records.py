@@ -23,6 +23,7 @@ from app.netlink.audit_records import (
     split_datagram,
     untrusted,
 )
+from app.netlink.socket import NLMSGHDR
 from app.sources.audit_assembler import Assembler
 from app.sources.audit_lives import LifeEvents
 from app.sources.observations import Exec, Exit, Fork, Observation
@@ -93,7 +94,7 @@ def test_several_messages_in_one_datagram() -> None:
     def msg(t: int, text: bytes) -> bytes:
         body = b"audit(1.5:" + text
         size = 16 + len(body)
-        return struct.pack("=IHHII", size, t, 0, 0, 0) + body + b"\0" * (-size % 4)
+        return NLMSGHDR.pack(size, t, 0, 0, 0) + body + b"\0" * (-size % 4)
 
     data = msg(1300, b"7): a=1") + msg(1320, b"7): ")
     assert [(r.type, r.serial) for r in parse_datagram(data)] == [(1300, 7), (1320, 7)]

@@ -15,9 +15,8 @@ from app.core.identity import (
     load_node_identity,
     parse_life_id,
     parse_start,
-    read_btime,
 )
-from app.procfs import StatError, parse_cmdline, parse_stat
+from app.procfs import Stat, StatError, is_running, parse_cmdline, parse_stat, read_btime
 from tests.helpers import DATA
 
 CLOCK = TickClock(btime=1795654039, hz=100)
@@ -33,6 +32,29 @@ def test_stat_parser_on_recorded_kernel_lines(case: Path) -> None:
     assert st.ppid == expected["ppid"]
     assert st.state == expected["state"]
     assert st.start_ticks == expected["start_ticks"]
+    assert (st.num_threads, st.exit_code) == (1, 0)  # all were single-threaded sleepers
+
+
+def stat_line(state: str, threads: int, exit_code: int | None) -> bytes:
+    """A stat line with fields 3.. as given (20 = num_threads, 52 = exit_code, if any)."""
+    fields = [state, "77"] + [str(i) for i in range(5, 20)] + [str(threads), "0", "4242"]
+    fields += ["0"] * 29 + ([] if exit_code is None else [str(exit_code)])
+    return f"123 (x y) {' '.join(fields)}\n".encode()
+
+
+def test_stat_exit_code_and_threads_of_a_zombie() -> None:
+    st = parse_stat(stat_line("Z", 1, 0x300))
+    assert (st.state, st.num_threads, st.start_ticks, st.exit_code) == ("Z", 1, 4242, 0x300)
+    assert not is_running(st)
+    # A zombie leader whose threads still run is still running; a live one always is.
+    assert is_running(parse_stat(stat_line("Z", 3, 0)))
+    assert is_running(parse_stat(stat_line("S", 1, 0)))
+    assert not is_running(parse_stat(stat_line("X", 1, 9)))
+
+
+def test_stat_without_field_52_has_no_exit_code() -> None:
+    st = parse_stat(stat_line("S", 2, None))
+    assert st == Stat(123, "x y", "S", 77, 2, 4242, None)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,136 @@
+"""The sources' timing and health rules with fake clocks: no kernel, no sleeping. The sources
+are built but never started; their handlers are fed what the kernel would give them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.core.config import Config
+from app.netlink.audit_proto import AUDIT_SYSCALL, AuditStatus
+from app.netlink.audit_records import Record
+from app.netlink.cn_proc import ExitEvent, ForkEvent, decode
+from app.sources.audit import RECOVER_AFTER, AuditSource
+from app.sources.base import DEGRADED, OK
+from app.sources.observations import Exit, Fork, Health, Loss, Observation
+from app.sources.proc import ProcConnectorSource
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.got: list[Observation] = []
+
+    def submit(self, obs: Observation) -> None:
+        self.got.append(obs)
+
+
+@pytest.fixture
+def audit() -> tuple[AuditSource, Clock, Clock, Collect]:
+    wall, mono = Clock(1_000_000.0), Clock(50.0)
+    src = AuditSource(Config().audit_settings(), wall=wall, mono=mono)
+    sink = Collect()
+    src._sink = sink  # what start() would set; nothing is opened
+    return src, wall, mono, sink
+
+
+def status(lost: int) -> AuditStatus:
+    return AuditStatus(enabled=1, lost=lost)
+
+
+def test_audit_recovers_after_quiet_period(
+    audit: tuple[AuditSource, Clock, Clock, Collect],
+) -> None:
+    src, wall, mono, sink = audit
+    src._check_status(status(lost=3), since=wall.now - 1)  # the kernel lost 3 records
+    assert src.health().state == DEGRADED
+    loss = [o for o in sink.got if isinstance(o, Loss)]
+    assert [(x.reason, x.at, x.since) for x in loss] == [("kernel_lost", wall.now, wall.now - 1)]
+
+    mono.now += RECOVER_AFTER - 1
+    src._check_status(status(lost=3), since=wall.now)
+    assert src.health().state == DEGRADED  # not yet: the quiet period is not over
+
+    mono.now += 2
+    wall.now += 42.0
+    src._check_status(status(lost=3), since=wall.now)
+    health = src.health()
+    assert (health.state, health.since) == (OK, wall.now)
+    assert isinstance(sink.got[-1], Health) and sink.got[-1].state == OK
+    assert sink.got[-1].at == wall.now  # dated by the injected wall clock
+
+
+def test_a_new_loss_restarts_the_quiet_period(
+    audit: tuple[AuditSource, Clock, Clock, Collect],
+) -> None:
+    src, wall, mono, _ = audit
+    src._check_status(status(lost=1), since=wall.now)
+    mono.now += RECOVER_AFTER - 5
+    src._check_status(status(lost=2), since=wall.now)  # lost again
+    mono.now += 10  # RECOVER_AFTER + 5 after the first loss, 10 s after the second
+    src._check_status(status(lost=2), since=wall.now)
+    assert src.health().state == DEGRADED
+    mono.now += RECOVER_AFTER
+    src._check_status(status(lost=2), since=wall.now)
+    assert src.health().state == OK
+    assert src.health().counters["losses"] == 2
+
+
+def test_proc_events_are_dated_by_the_monotonic_offset() -> None:
+    """The connector stamps events with CLOCK_MONOTONIC; the source turns them into wall
+    time with wall - mono read at delivery (one offset per datagram)."""
+    datagrams = [bytes.fromhex(x) for x in (DATA / "cn_proc.hex").read_text().split()]
+    events = [(d, decode(d)[0]) for d in datagrams]
+    fork = next(d for d, e in events if isinstance(e, ForkEvent))
+    # a leader's non-zero exit: the process's death, told without looking at /proc
+    died = next(
+        d
+        for d, e in events
+        if isinstance(e, ExitEvent) and e.exit_code and e.process_pid == e.process_tgid
+    )
+    wall, mono = Clock(1_000_000.0), Clock(900.0)
+    src = ProcConnectorSource(Config().proc_settings(), wall=wall, mono=mono)
+    sink = Collect()
+    src._sink = sink
+    src._deliver(fork)
+    mono.now += 1.0  # the wall clock steps by a minute between the two reads
+    wall.now += 61.0
+    src._deliver(died)
+    f, x = sink.got
+    assert isinstance(f, Fork) and isinstance(x, Exit)
+    assert f.mono_ns is not None and x.mono_ns is not None
+    assert f.at == pytest.approx(f.mono_ns / 1e9 + 1_000_000.0 - 900.0)
+    assert x.at == pytest.approx(x.mono_ns / 1e9 + 1_000_060.0 - 900.0)
+
+
+def vfork(child: int, stamp: float, serial: int) -> list[Record]:
+    body = (
+        b"arch=c000003e syscall=58 success=yes exit=%d a0=0 a1=0 a2=0 a3=0 items=0 ppid=1 "
+        b"pid=100 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) "
+        b'ses=1 comm="sh" exe="/bin/sh" key="lifewatch"' % child
+    )
+    return [Record(AUDIT_SYSCALL, stamp, serial, body)]
+
+
+def test_audit_forks_stamped_before_a_resync_wait_for_evidence(tmp_path: Path) -> None:
+    """`Source.resynced(at)`: a fork record read late, stamped before the resync, whose child
+    /proc no longer has, is not a birth on its own (its exit record may have been lost)."""
+    sink = Collect()
+    src = AuditSource(Config().audit_settings(), proc=tmp_path, wall=Clock(0.0), mono=Clock(0))
+    src._sink = sink
+    src.resynced(100.0)
+    src.event_complete(vfork(4242, stamp=99.5, serial=7))  # child 4242 gone from (tmp) /proc
+    assert sink.got == [] and src.lives.counters["stale_forks"] == 1
+    src.event_complete(vfork(4243, stamp=100.5, serial=8))  # after the resync: a birth
+    assert [(o.pid, o.ppid) for o in sink.got if isinstance(o, Fork)] == [(4243, 100)]
+    assert len(sink.got) == 1
