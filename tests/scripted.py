@@ -37,5 +37,8 @@ class ScriptedSource:
             self._task.cancel()
         self._health.state, self._health.reason = STOPPED, "stopped"
 
+    def resynced(self, at: float) -> None:
+        return None
+
     def health(self) -> SourceHealth:
         return self._health

@@ -13,7 +13,7 @@ import contextlib
 from aiohttp import WSMsgType, web
 
 from app.api.follow import follow_for_stream
-from app.api.keys import SERVICE, SOCKETS
+from app.api.keys import ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
 from app.core.identity import LifeId, parse_life_id
@@ -74,7 +74,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             service.follower.release(life[0])
         raise
     request.app[SOCKETS].add(ws)
-    push = make_push(ws, request.transport, service.registry.encoder)
+    enc = request.app[ENCODER]
+    push = make_push(ws, request.transport, enc)
     sub = service.journal.subscribe(
         make_filter(q, life), service.config.subscriber_queue, q.after, push
     )
@@ -89,7 +90,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             if not batch:
                 break  # closed: the client went away
             for ev in batch:
-                await ws.send_frame(ev.json(service.registry), WSMsgType.TEXT)
+                await ws.send_frame(ev.json(enc), WSMsgType.TEXT)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

@@ -37,4 +37,7 @@ class Source(Protocol):
     async def stop(self) -> None:
         """Stop delivering and leave the kernel as it was found."""
 
+    def resynced(self, at: float) -> None:
+        """The tracker repaired its state from /proc at wall time `at`."""
+
     def health(self) -> SourceHealth: ...
