@@ -8,7 +8,9 @@ from aiohttp import WSCloseCode, web
 
 from app.api import dashboard, events, follow, lives, metrics, node, stream, watches
 from app.api.errors import json_errors
-from app.api.keys import SERVICE, SOCKETS
+from app.api.keys import ANSWERS, ENCODER, SERVICE, SOCKETS
+from app.api.lifejson import LifeEncoder
+from app.api.lookup import Answers
 from app.core.service import Service
 
 
@@ -19,6 +21,12 @@ def make_app(service: Service, manage: bool = True) -> web.Application:
     )
     app[SERVICE] = service
     app[SOCKETS] = set()
+    encoder = LifeEncoder.for_node(service.node)
+    # The registry encodes a life's head through it at birth and exec while stream clients
+    # listen (Registry._prepare): the core holds the encoder without importing the API.
+    service.registry.encoder = encoder
+    app[ENCODER] = encoder
+    app[ANSWERS] = Answers(service, encoder)
     # lives first: the lookup is the hot route, and aiohttp tries routes in order.
     for module in (lives, node, events, stream, follow, watches, metrics, dashboard):
         app.add_routes(module.routes)

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from app.api.keys import SERVICE
+from app.api.keys import ENCODER, SERVICE
 from app.api.models import EventsQuery
 
 routes = web.RouteTableDef()
@@ -29,7 +29,7 @@ async def events(request: web.Request) -> web.Response:
             break
         nxt = ev.cursor
         if q.types is None or ev.type in q.types:
-            page.append(ev.to_dict(service.registry))
+            page.append(ev.to_dict(request.app[ENCODER]))
     body = {"events": page, "next": nxt, "reset": reset}
     if reset:
         body["reason"] = journal.reset_reason(q.after)

@@ -9,7 +9,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.errors import ApiError
-from app.api.keys import SERVICE
+from app.api.keys import ENCODER, SERVICE
+from app.api.lifejson import LifeEncoder
 from app.core.follow import FollowError
 from app.core.identity import LifeId, parse_life_id
 from app.core.service import Service
@@ -31,7 +32,7 @@ def _ticks(service: Service, lid: LifeId) -> int:
     return lid.ticks(service.node.clock)
 
 
-def follow_json(service: Service, lid: LifeId) -> dict[str, Any]:
+def follow_json(service: Service, enc: LifeEncoder, lid: LifeId) -> dict[str, Any]:
     """Follow `lid`; the answer says whether a pidfd now holds it, and the life."""
     try:
         life = service.follower.follow(lid.pid, _ticks(service, lid))
@@ -43,7 +44,7 @@ def follow_json(service: Service, lid: LifeId) -> dict[str, Any]:
         "following": life.alive,
         "followed": len(service.follower),
         "max_follow": service.follower.limit,
-        "life": service.registry.life_dict(life),
+        "life": enc.life_json(life.snapshot()),
     }
 
 
@@ -64,4 +65,5 @@ def follow_for_stream(service: Service, pid: int, ticks: int) -> bool:
 async def follow(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     body = FollowRequest.model_validate_json(await request.read())
-    return web.json_response(follow_json(service, parse_life_id(body.life)))
+    enc = request.app[ENCODER]
+    return web.json_response(follow_json(service, enc, parse_life_id(body.life)))

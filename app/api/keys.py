@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from app.api.lifejson import LifeEncoder
+from app.api.lookup import Answers
 from app.core.service import Service
 
 SERVICE = web.AppKey("service", Service)
+ENCODER = web.AppKey("encoder", LifeEncoder)  # lives and events as JSON, for every route
+ANSWERS = web.AppKey("answers", Answers)  # lookup answers as JSON text
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])

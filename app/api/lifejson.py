@@ -5,7 +5,8 @@ idle every Python step on the way costs ten times its warm time (bench/RESULTS.m
 latency"). Most of a life's JSON cannot change at its death, so that part (the head) is
 encoded while the life is born or execs, when a stream is listening, and kept for the most
 recent lives; at the death only the state, the exit and the sources are added. The bytes are
-exactly those of encoding `LifeView.to_json` whole (tests/test_lifejson.py).
+exactly those of encoding `LifeView.to_json` whole (tests/unit/test_lifejson.py). The registry
+calls `head` through the core's `Encoder` protocol (app/core/journal.py), set by make_app.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from app.api.jsontext import dumps
-from app.core.identity import TickClock
+from app.core.identity import NodeIdentity, TickClock
 from app.core.life import LifeView, iso, source_names
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ class LifeEncoder:
         self._ends: dict[tuple[Any, ...], bytes] = {}
         self._sources: dict[int, bytes] = {}
 
+    @classmethod
+    def for_node(cls, node: NodeIdentity) -> LifeEncoder:
+        return cls(node.hostname, node.boot_id, node.clock)
+
     def life_json(self, view: LifeView) -> dict[str, Any]:
         return view.to_json(self.host, self.boot_id, self.clock)
 
@@ -53,9 +58,6 @@ class LifeEncoder:
             if len(self._heads) > self.size:
                 self._heads.popitem(last=False)
         return head
-
-    def life_bytes(self, view: LifeView) -> bytes:
-        return self.head(view) + self._rest(view, self._date(view.died_at))
 
     def event_bytes(self, ev: Event) -> bytes:
         """`ev.to_dict(self)` as JSON. A life event is put together from parts: the life's

@@ -9,11 +9,10 @@ from aiohttp import web
 
 from app.api.auth import require_token
 from app.api.errors import ApiError
-from app.api.keys import SERVICE
+from app.api.keys import ANSWERS, ENCODER, SERVICE
 from app.api.models import CheckRequest, LivesQuery
 from app.core.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
 from app.core.life import Life
-from app.core.lookup import answer_text
 from app.core.tracker import RESYNC_SPACING
 
 routes = web.RouteTableDef()
@@ -28,7 +27,7 @@ async def is_alive(request: web.Request) -> web.Response:
         parse_pid(request.match_info["pid"]),
         parse_start(request.match_info["start"]),
     )
-    text = answer_text(service, lid, request.match_info["start"])
+    text = request.app[ANSWERS].text(lid, request.match_info["start"])
     return web.Response(text=text, content_type="application/json")
 
 
@@ -54,7 +53,8 @@ async def list_lives(request: web.Request) -> web.Response:
     )
     page = found[: q.limit]
     nxt = f"{page[-1].pid}.{page[-1].start_ticks}" if len(found) > q.limit else None
-    return web.json_response({"lives": [reg.life_dict(x) for x in page], "next": nxt})
+    enc = request.app[ENCODER]
+    return web.json_response({"lives": [enc.life_json(x.snapshot()) for x in page], "next": nxt})
 
 
 @routes.get("/v1/lives/{pid}")
@@ -64,7 +64,7 @@ async def holder(request: web.Request) -> web.Response:
     life = service.registry.holder(pid)
     if life is None:
         raise ApiError(404, "not_found", f"no live process holds pid {pid}")
-    return web.json_response(service.registry.life_dict(life))
+    return web.json_response(request.app[ENCODER].life_json(life.snapshot()))
 
 
 @routes.post("/v1/lives/check")
@@ -75,10 +75,11 @@ async def check_many(request: web.Request) -> web.Response:
         raise ApiError(
             413, "batch_too_large", f"{len(body.lives)} lives; at most {service.config.max_batch}"
         )
+    answers = request.app[ANSWERS]
     results: list[str] = []
     for text in body.lives:
         try:
-            results.append(answer_text(service, parse_life_id(text), text))
+            results.append(answers.text(parse_life_id(text), text))
         except LifeIdError as e:
             # One bad entry does not spoil the batch: it gets its own error.
             results.append(json.dumps({"id": text, "state": "invalid", "error": str(e)}))

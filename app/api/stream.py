@@ -13,7 +13,7 @@ import contextlib
 from aiohttp import WSMsgType, web
 
 from app.api.follow import follow_for_stream
-from app.api.keys import SERVICE, SOCKETS
+from app.api.keys import ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
 from app.core.identity import LifeId, parse_life_id
@@ -59,8 +59,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if q.life is not None:
         lid: LifeId = parse_life_id(q.life)
         life = (lid.pid, lid.ticks(service.node.clock))
-    # A stream about one life holds a pidfd on it while open (issue 4: death even if the
-    # event sources lose it).
+    # A stream about one life holds a pidfd on it while open: its death is then reported
+    # even if the event sources lose it (app/core/follow.py).
     followed = life is not None and follow_for_stream(service, *life)
     # Uncompressed: permessage-deflate of each ~0.6 kB event cost more time than the rest of
     # the send (bench/death_latency.py); events are small and mostly go to nearby clients.
@@ -74,7 +74,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             service.follower.release(life[0])
         raise
     request.app[SOCKETS].add(ws)
-    push = make_push(ws, request.transport, service.registry.encoder)
+    enc = request.app[ENCODER]
+    push = make_push(ws, request.transport, enc)
     sub = service.journal.subscribe(
         make_filter(q, life), service.config.subscriber_queue, q.after, push
     )
@@ -89,7 +90,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             if not batch:
                 break  # closed: the client went away
             for ev in batch:
-                await ws.send_frame(ev.json(service.registry), WSMsgType.TEXT)
+                await ws.send_frame(ev.json(enc), WSMsgType.TEXT)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -107,9 +108,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
 def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, enc: Encoder) -> Push:
     """Write an event straight onto the client's socket from the journal's append, on the
     kernel reader's callback: no wakeup of this handler's task between the kernel and the
-    client (issue 4: one hop). Never waits: a socket whose buffer holds more than PUSH_LIMIT
-    bytes, or that is closing, is declined and the event takes the queue (bounded, then
-    catch-up or gap + reset), sent by the handler with aiohttp's flow control."""
+    client (one hop: a wakeup costs more than the send, bench/death_latency.py). Never
+    waits: a socket whose buffer holds more than PUSH_LIMIT bytes, or that is closing, is
+    declined and the event takes the queue (bounded, then catch-up or gap + reset), sent by
+    the handler with aiohttp's flow control."""
 
     def push(ev: Event) -> bool:
         if (

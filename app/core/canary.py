@@ -106,13 +106,14 @@ class Canary:
         self._want: frozenset[str] = frozenset()
         self._pid: int | None = None
         self._stopping = False
+        self.parents: set[int] = set()  # the helper's pid: its children are canaries
         self._lock = asyncio.Lock()  # one round at a time (the periodic task, a test, an API)
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, run: bool = True) -> None:
         """Start the helper and, with `run`, the periodic rounds."""
         await self._spawn()
-        self.tracker.on_canary = self._on_canary
+        self.tracker.observe_canaries(self)
         if run:
             self._task = asyncio.create_task(self._rounds(), name="canary")
 
@@ -128,20 +129,20 @@ class Canary:
                 if done:
                     break
         await self._kill_helper()
-        self.tracker.on_canary = None
+        self.tracker.observe_canaries(None)
 
     async def _spawn(self) -> None:
         self._helper = await asyncio.create_subprocess_exec(
             sys.executable, "-I", "-S", "-c", HELPER,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        self.tracker.canary_parents.add(self._helper.pid)
+        self.parents.add(self._helper.pid)
 
     async def _kill_helper(self) -> None:
         helper, self._helper = self._helper, None
         if helper is None:
             return
-        self.tracker.canary_parents.discard(helper.pid)
+        self.parents.discard(helper.pid)
         if helper.stdin is not None:
             helper.stdin.close()
         try:
@@ -214,9 +215,9 @@ class Canary:
         self._seen.setdefault(pid, _Round(pid))
         return fork_ns / 1e9
 
-    def _on_canary(self, source: str, what: str, life: Life) -> None:
-        """Called by the tracker for each source's report of a canary's birth or death
-        (possibly before the helper has told us the pid)."""
+    def seen(self, source: str, what: str, life: Life) -> None:
+        """CanaryObserver: the tracker tells each source's report of a canary's birth or
+        death (possibly before the helper has told us the pid)."""
         r = self._seen.setdefault(life.pid, _Round(life.pid))
         (r.born if what == "born" else r.died).setdefault(source, self._clock())
         if self._pid == life.pid and self._is_complete(life.pid):

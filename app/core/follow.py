@@ -134,7 +134,7 @@ class Follower:
         if life is not None and life.matches(now):
             pass  # the registry's life, alive in /proc (a derived start matches +-1 tick)
         elif now == start_ticks:
-            life = reg.learned(info, SourceSet.PIDFD)  # alive, and unknown to the registry
+            life = self.tracker.found(info, SourceSet.PIDFD)  # alive, unknown to the registry
         else:
             os.close(pidfd)
             self._refuse("not_found")

@@ -23,9 +23,15 @@ log = logging.getLogger(__name__)
 
 
 class Encoder(Protocol):
+    """Lives and events as JSON: implemented by the API layer (app/api/lifejson.py)."""
+
     def life_json(self, life: LifeView) -> dict[str, Any]: ...
 
     def event_bytes(self, ev: Event) -> bytes: ...
+
+    def head(self, view: LifeView) -> bytes:
+        """Encode now, and keep, the part of a life's JSON its death will not change."""
+        ...
 
 
 class Event:
@@ -66,15 +72,18 @@ class Event:
             self._json = enc.event_bytes(self)
         return self._json
 
+    def amend(self, life: LifeView, sources: int) -> None:
+        """A fuller account of the same transition (a death found by a lookup, then its exit
+        report): replays, and readers that have not sent the event yet, get this one."""
+        self.life = life
+        self.sources |= sources
+        self._json = None
+
 
 Accept = Callable[[Event], bool]
 # Hands an event to an idle reader at once, without waiting; False when it cannot (the
 # reader's buffer is full, it is closing): the event then goes through the queue.
 Push = Callable[[Event], bool]
-
-
-def accept_all(_: Event) -> bool:
-    return True
 
 
 class Subscriber:

@@ -181,7 +181,7 @@ class LifeView(NamedTuple):
         return self.head_json(host, boot_id, clock) | self.tail_json()
 
     def head_json(self, host: str, boot_id: str, clock: TickClock) -> dict[str, Any]:
-        """The fields a death does not change (app/lifejson.py keeps them encoded)."""
+        """The fields a death does not change (app/api/lifejson.py keeps them encoded)."""
         start = clock.date_of(self.start_ticks)
         return {
             "id": f"{host}/{self.pid}/{start}",

@@ -1,39 +1,27 @@
 """The registry: every known life of this node by (pid, start), and the journal of changes.
 
-Only the tracker changes it (through the methods below); the API reads it. Each change is
-journaled in the same synchronous step, so a reader never sees state the journal lacks.
+Only the tracker (app/core/tracker.py) calls the methods under "changing"; everything else
+reads. Each change is journaled in the same synchronous step, so a reader never sees state
+the journal lacks.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from app.api.lifejson import LifeEncoder
 from app.core.identity import NodeIdentity
-from app.core.journal import Event, Journal
+from app.core.journal import Encoder, Event, Journal
 from app.core.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView
 from app.procfs import ProcInfo
-
-_compact = json.JSONEncoder(separators=(",", ":")).encode  # the API's JSON has no spaces
 
 
 def life_key(pid: int, start_ticks: int) -> int:
     """One int for (pid, start): pids fit in 23 bits (PID_MAX_LIMIT = 2**22)."""
     return start_ticks << 23 | pid
-
-
-class LifeText(NamedTuple):
-    """A life's JSON, with the two fields a lookup answer repeats at its top level."""
-
-    text: str
-    died_at: str
-    exit: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +42,9 @@ class Registry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
-        self.encoder = LifeEncoder(node.hostname, node.boot_id, node.clock)
-        self._life_text = functools.lru_cache(maxsize=4096)(self._encode)
+        # Set by the API layer (app/api/app.py): a life's head is encoded through it at birth
+        # and exec while stream clients listen, so that its death costs little to send.
+        self.encoder: Encoder | None = None
         self.journal = journal
         self.history = history
         self._clock = clock
@@ -67,24 +56,6 @@ class Registry:
         self.evicted = 0
         # Lives dead before this moment and not in `dead` are unknown, not "never existed".
         self.history_since = clock()
-
-    # -- encoding, shared by the journal and the API -------------------------------------
-    def life_json(self, life: LifeView) -> dict[str, Any]:
-        return self.encoder.life_json(life)
-
-    def event_bytes(self, ev: Event) -> bytes:
-        return self.encoder.event_bytes(ev)
-
-    def life_dict(self, life: Life) -> dict[str, Any]:
-        return self.life_json(life.snapshot())
-
-    def life_text(self, life: Life) -> LifeText:
-        """A life as JSON text, cached per snapshot: unchanged lives are not re-encoded."""
-        return self._life_text(life.snapshot())
-
-    def _encode(self, view: LifeView) -> LifeText:
-        d = self.life_json(view)
-        return LifeText(_compact(d), _compact(d["died_at"]), _compact(d["exit"]))
 
     # -- reading ---------------------------------------------------------------------------
     def holder(self, pid: int) -> Life | None:
@@ -169,11 +140,12 @@ class Registry:
 
     def _prepare(self, view: LifeView) -> None:
         """Encode now what the life's death will not change, while streams listen: its
-        `died` event then costs little (app/lifejson.py)."""
-        if self.journal.pushers:  # stream clients, not the metrics or watch engines
-            self.encoder.head(view)
+        `died` event then costs little (app/api/lifejson.py)."""
+        enc = self.encoder
+        if enc is not None and self.journal.pushers:  # stream clients, not metrics or watches
+            enc.head(view)
 
-    def died(self, life: Life, exit: Exit | None, at: float, cause: str, sources: int) -> None:
+    def died(self, life: Life, exit: Exit | None, at: float, cause: str, sources: int) -> Event:
         life.died_at = at
         life.exit = exit
         life.cause = cause
@@ -186,7 +158,11 @@ class Registry:
         while len(self._dead_order) > self.history:
             if self.dead.pop(self._dead_order.popleft(), None) is not None:
                 self.evicted += 1
-        self.journal.append("died", life.snapshot(), None, sources, at)
+        return self.journal.append("died", life.snapshot(), None, sources, at)
+
+    def completed(self, died: Event, life: Life, sources: int) -> None:
+        """`life`'s death, journaled as `died`, is now known better (its exit report came)."""
+        died.amend(life.snapshot(), sources)
 
     def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
         """A journal event about the node rather than a life (gap, resync, source...)."""

@@ -10,12 +10,12 @@ from pathlib import Path
 from app import __version__, procfs
 from app.core.canary import Canary
 from app.core.config import KNOWN_SOURCES, Config
+from app.core.dating import Clocks
 from app.core.follow import Follower
 from app.core.identity import load_node_identity, read_btime
 from app.core.journal import Journal
-from app.core.life import SourceSet
 from app.core.registry import Registry
-from app.core.tracker import Clocks, Tracker
+from app.core.tracker import Tracker
 from app.core.watches import WatchEngine
 from app.core.watchstore import WatchStore
 from app.sources.base import FAILED, OK, Sink, Source, SourceHealth
@@ -81,17 +81,25 @@ class Service:
         self.journal = Journal(config.journal_size)
         self.registry = Registry(self.node, self.journal, config.history)
         self.tracker = Tracker(self.registry, clocks, proc)
+        self._mono = self.tracker.clocks.mono
         state = config.state_dir
         self.watch_store = WatchStore(state / "watches.json" if state else None, config.watches)
         self.watches = WatchEngine(self.registry, self.watch_store.watches())
         self.sources = build_sources(config) if sources is None else sources
         self._seen_btime = self.node.clock.btime
         self._ok, self._ok_until = False, 0.0
-        self.tracker.on_resync.append(self.check_clock)
+        self.tracker.add_resync_listener(self._resynced)
         self.follower = Follower(self.tracker, config.max_follow, proc)
         self.canary: Canary | None = None
-        self.started_at = time.time()
-        self.started_mono = time.monotonic()
+        self.started_at = self.tracker.clocks.wall()
+        self.started_mono = self._mono()
+
+    def _resynced(self, at: float) -> None:
+        """After each repair from /proc: the clock may have been stepped, and each source
+        (the ones running now, failed ones included) is told when the repair happened."""
+        self.check_clock()
+        for source in self.sources:
+            source.resynced(at)
 
     def check_clock(self) -> int | None:
         """The kernel's btime now; journals a `clock` event when it moved from the last seen.
@@ -105,7 +113,7 @@ class Service:
         except (OSError, RuntimeError):
             return None
         if now != self._seen_btime:
-            self.registry.note(
+            self.tracker.note(
                 "clock",
                 {"btime_pinned": self.node.clock.btime, "btime_kernel": now,
                  "btime_before": self._seen_btime, "stepped": now != self.node.clock.btime},
@@ -117,7 +125,7 @@ class Service:
         """True when at least one source runs and every source, canary verdict included,
         is `ok`. Lookups ask on every request: the answer is kept for 0.1 s (building every
         source's health costs more than the rest of a lookup)."""
-        now = time.monotonic()
+        now = self._mono()
         if now >= self._ok_until:
             self._ok = bool(self.sources) and all(
                 self.source_health(s).state == OK for s in self.sources
@@ -136,24 +144,24 @@ class Service:
                 # running; the failure is an event, a state on /v1/node and a 503 on /healthz.
                 log.error("source %s failed to start: %s", source.name, e)
                 self.sources[i] = FailedSource(source.name, f"failed to start: {e}")
-                self.registry.note(
+                self.tracker.note(
                     "source", {"source": source.name, "state": FAILED, "reason": str(e)}
                 )
-        t0 = time.monotonic()
-        n = self.registry.load(procfs.snapshot(self.proc), SourceSet.SNAPSHOT)
-        self.registry.note("snapshot", {"lives": n, "seconds": round(time.monotonic() - t0, 6)})
-        log.info("snapshot: %d lives in %.3f s", n, time.monotonic() - t0)
+        t0 = self._mono()
+        n = self.tracker.load_snapshot(procfs.snapshot(self.proc))
+        log.info("snapshot: %d lives in %.3f s", n, self._mono() - t0)
         self.watches.start()
         if self.config.canary_interval > 0 and any(s.name in KNOWN_SOURCES for s in self.sources):
             canary = Canary(
-                self.tracker, self.sources, self.config.canary_interval, self.config.canary_deadline
-            )
+                self.tracker, self.sources, self.config.canary_interval,
+                self.config.canary_deadline, clock=self._mono, wall=self.tracker.clocks.wall,
+            )  # fmt: skip
             try:
                 await canary.start()
                 self.canary = canary
             except OSError as e:  # no helper: the sources run unproven, and say so
                 log.error("canary helper cannot start: %s", e)
-                self.registry.note("source", {"source": "canary", "state": FAILED,
+                self.tracker.note("source", {"source": "canary", "state": FAILED,
                                               "reason": f"helper cannot start: {e}"})  # fmt: skip
 
     async def stop(self) -> None:
@@ -161,6 +169,7 @@ class Service:
             await self.canary.stop()
         await self.watches.stop()
         self.follower.close()
+        self.tracker.close()
         for source in reversed(self.sources):
             try:
                 await source.stop()

@@ -1,41 +1,36 @@
 """The tracker fuses what sources observe into life transitions: born, exec, died.
 
-It is the registry's only writer. Sources may report one transition more than once (audit and
-the proc connector both see a fork) and in any order (a child's exit can arrive before its
-parent's fork record): the tracker gives one life, one event per transition, never a `died`
-before its `born`, and keeps the richer fields of each source.
+It is the registry's only writer: the sources report through `submit`, and the rest of the
+daemon hands its evidence to the methods under "evidence" (a lookup that found a pid gone or
+a process unknown, a pidfd follow, the start-up snapshot, node notes). Sources may report one
+transition more than once (audit and the proc connector both see a fork) and in any order (a
+child's exit can arrive before its parent's fork record): the tracker gives one life, one
+event per transition, never a `died` before its `born`, and keeps the richer fields of each
+source.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import time
+import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from app import procfs
+from app.core.dating import Clocks, estimate, start_of
 from app.core.life import Exit as ExitInfo
 from app.core.life import Life, SourceSet, exit_of, iso, source_bit
 from app.core.registry import Registry
+from app.core.vanish import Vanished, Vanishings
 from app.sources.observations import Exec, Exit, Fork, Health, Loss, Observation
 
+log = logging.getLogger(__name__)
+
 RECENT_DEAD = 4096  # deaths remembered by pid, to merge a second source's report of one
-
-
-@dataclass(frozen=True, slots=True)
-class Clocks:
-    """Injected clocks: wall time, and the kernel's boottime - monotonic offset (ns)."""
-
-    wall: Callable[[], float] = time.time
-    boot_minus_mono_ns: Callable[[], int] = lambda: (
-        time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    )
-    real_minus_boot: Callable[[], float] = lambda: (
-        time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_BOOTTIME)
-    )
 
 
 PENDING = 4096  # pids with reports that came before the birth they belong to
@@ -55,6 +50,22 @@ class _Early:
     exit: Exit | None = None
 
 
+class CanaryObserver(Protocol):
+    """Told of every source's report of a canary life (app/core/canary.py)."""
+
+    @property
+    def parents(self) -> AbstractSet[int]:
+        """Pids whose children are canaries."""
+        ...
+
+    def seen(self, source: str, what: str, life: Life) -> None:
+        """`source` reported `what` ("born" or "died") of the canary `life`."""
+        ...
+
+
+ResyncListener = Callable[[float], None]  # called with the wall time of each repair
+
+
 class Tracker:
     def __init__(
         self, registry: Registry, clocks: Clocks | None = None, proc: Path = procfs.PROC
@@ -69,6 +80,8 @@ class Tracker:
         self._execs: dict[int, tuple[Life, dict[int, int]]] = {}
         self._resync_pending = False
         self._last_resync = float("-inf")
+        self._vanished = Vanishings(self.clocks.mono)
+        self._settle: asyncio.TimerHandle | None = None
         self.counters: dict[str, int] = {
             "duplicates": 0,
             "unidentified_exits": 0,
@@ -76,12 +89,12 @@ class Tracker:
             "early_reports": 0,
             "early_applied": 0,
             "stale_exits": 0,
+            "vanished": 0,  # lives a lookup found gone before any exit report
+            "vanished_reported": 0,  # ... whose exit report then came: nothing was lost
+            "missed_deaths": 0,  # ... whose report never came: a gap
         }
-        self.on_resync: list[Callable[[], object]] = []
-        # Canary lives (app/canary.py): children of these pids are canaries, and each
-        # source's report of a canary's birth or death is told to `on_canary`.
-        self.canary_parents: set[int] = set()
-        self.on_canary: Callable[[str, str, Life], None] | None = None
+        self._resync_listeners: list[ResyncListener] = []
+        self._canary: CanaryObserver | None = None
 
     # -- the Sink interface ------------------------------------------------------------
     def submit(self, obs: Observation) -> None:
@@ -94,14 +107,58 @@ class Tracker:
         elif isinstance(obs, Loss):
             self._loss(obs)
         elif isinstance(obs, Health):
-            self.registry.note(
+            self.note(
                 "source", {"source": obs.source, "state": obs.state, "reason": obs.reason}, obs.at
             )
+
+    # -- evidence from outside the event stream ---------------------------------------------
+    def found(self, info: procfs.ProcInfo, by: int) -> Life:
+        """A live process the registry lacks, found in /proc by `by` (lookup, follow)."""
+        return self.registry.learned(info, by)
+
+    def vanished(self, life: Life, at: float, by: int) -> None:
+        """`life`'s pid was found gone from /proc, or held by another start, at `at`.
+
+        Evidence of the death, so `life` is dead from now on (exit unknown, cause `vanished`),
+        but provisional: a parent may have just reaped it, its exit event still on the way.
+        That report, when it comes, completes the life and its `died` event; only when none
+        comes within the grace (app/core/vanish.py) is the death missed: a gap and a resync.
+        """
+        if not life.alive:
+            return
+        died = self.registry.died(life, None, at, "vanished", by)
+        self._remember_dead(life)
+        self._vanished.add(life, died)
+        self.counters["vanished"] += 1
+        self._arm_settle()
+
+    def load_snapshot(self, infos: Iterable[procfs.ProcInfo]) -> int:
+        """Learn the processes alive at start-up, without birth events; journals `snapshot`."""
+        t0 = self.clocks.mono()
+        n = self.registry.load(infos, SourceSet.SNAPSHOT)
+        self.note("snapshot", {"lives": n, "seconds": round(self.clocks.mono() - t0, 6)})
+        return n
+
+    def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
+        """A journal event about the node rather than a life (gap, clock, source...)."""
+        self.registry.note(type, fields, at)
+
+    # -- listeners -----------------------------------------------------------------------
+    def add_resync_listener(self, listener: ResyncListener) -> None:
+        """Call `listener(wall time)` after each repair from /proc."""
+        self._resync_listeners.append(listener)
+
+    def observe_canaries(self, observer: CanaryObserver | None) -> None:
+        """Mark children of `observer.parents` as canaries and tell it their reports."""
+        self._canary = observer
+
+    def _is_canary_child(self, ppid: int) -> bool:
+        return self._canary is not None and ppid in self._canary.parents
 
     # -- births --------------------------------------------------------------------------
     def _fork(self, o: Fork) -> None:
         bit = source_bit(o.source)
-        est = self._estimate(o)
+        est = estimate(o, self.hz, self.clocks)
         known = self._known(o.pid, est)
         if known is not None:
             # The same birth told by a second source: one life, one event; keep its fields.
@@ -111,7 +168,7 @@ class Tracker:
             self.counters["duplicates"] += 1
             self._seen(known, o.source, "born")
             return
-        start = self._start_of(o, est)
+        start = start_of(o, est, self.proc)
         if start is None:
             self.counters["undated_forks"] += 1  # gone, and no kernel timestamp to date it
             return
@@ -124,7 +181,7 @@ class Tracker:
             uid=o.uid if o.uid is not None else (parent.uid if parent else None),
             born_at=o.at, start_slack=slack,
         )  # fmt: skip
-        life.canary = o.ppid in self.canary_parents or (parent is not None and parent.canary)
+        life.canary = self._is_canary_child(o.ppid) or (parent is not None and parent.canary)
         self.registry.born(life, bit)
         self._seen(life, o.source, "born")
         early = self._early.pop(o.pid, None)
@@ -135,53 +192,11 @@ class Tracker:
             if early.exit is not None and early.exit.at >= o.at - SAME_MOMENT:
                 self._exit(early.exit)
 
-    def _estimate(self, o: Fork) -> tuple[int, int] | None:
-        """(start ticks, slack) of a new life from the report alone, without /proc."""
-        if o.start_ticks is not None:
-            return o.start_ticks, 0
-        if o.mono_ns is not None:
-            # Taken just after the child's start time is set: exact or one tick late.
-            boot_ns = o.mono_ns + self.clocks.boot_minus_mono_ns()
-            return boot_ns * self.hz // 1_000_000_000, 1
-        if o.audit_stamp is not None:
-            # Coarse wall clock at the parent's syscall entry: a lower bound, 0-2 ticks early
-            # (design.md fact 11; 2 when fork is slow, measured by the audit branch's
-            # bench/audit_forks.py). Centred one tick later: stamp+1 +-1.
-            since_boot = o.audit_stamp - self.clocks.real_minus_boot()
-            return int(since_boot * self.hz) + 1, 1
-        return None
-
     def _known(self, pid: int, est: tuple[int, int] | None) -> Life | None:
         """The life a second report of a birth refers to, if already recorded."""
         for life in (self.registry.alive.get(pid), self._recent_dead.get(pid)):
             if life is not None and (est is None or _close(life, *est)):
                 return life
-        return None
-
-    def _start_of(self, o: Fork, est: tuple[int, int] | None) -> tuple[int, int, str | None] | None:
-        """(start ticks, slack, comm): read from /proc while the child is there (exact),
-        else the report's own estimate (+-1 tick, design.md fact 11)."""
-        if est is not None and est[1] == 0:
-            return est[0], 0, None
-        if est is not None:
-            # Hot path (every fork): `stat` alone, 15 us instead of 50 for a pidfd capture.
-            # A pid reaped and reused since would show another parent or a later start than
-            # the kernel's timestamp says; a pid is not reused within one tick.
-            try:
-                st: procfs.Stat | None = procfs.read_stat(o.pid, self.proc)
-            except (OSError, procfs.StatError):
-                st = None
-            same_parent = st is not None and (st.ppid == o.ppid or o.ppid == 0)
-            if st is not None and same_parent and abs(st.start_ticks - est[0]) <= est[1] + 1:
-                return st.start_ticks, 0, st.comm
-            return est[0], est[1], None
-        got = procfs.capture(o.pid, self.proc) if o.pid else None
-        if got is None:
-            return None
-        info, pidfd = got
-        os.close(pidfd)
-        if info.stat.ppid == o.ppid or o.ppid == 0:
-            return info.stat.start_ticks, 0, info.stat.comm
         return None
 
     def _life_now(self, pid: int, source: int, start_ticks: int | None) -> Life | None:
@@ -198,7 +213,7 @@ class Tracker:
             exe=info.exe, argv=info.argv, uid=info.uid,
         )  # fmt: skip
         life.pidfd_ino = info.pidfd_ino
-        life.canary = st.ppid in self.canary_parents
+        life.canary = self._is_canary_child(st.ppid)
         self.registry.born(life, source, {"late": True})
         return life
 
@@ -213,8 +228,8 @@ class Tracker:
         return early
 
     def _seen(self, life: Life, source: str, what: str) -> None:
-        if life.canary and self.on_canary is not None:
-            self.on_canary(source, what, life)
+        if life.canary and self._canary is not None:
+            self._canary.seen(source, what, life)
 
     # -- exec ------------------------------------------------------------------------------
     def _exec(self, o: Exec) -> None:
@@ -269,16 +284,8 @@ class Tracker:
             self._die(life, info, o)
             return
         recent = self._recent_dead.get(o.pid)
-        if recent is not None and (o.start_ticks is None or recent.matches(o.start_ticks)):
-            # The same death told by a second source: enrich, do not repeat. The connector
-            # and pidfd report the kernel's wait status, which says which signal killed.
-            recent.sources |= bit
-            known = o.code is not None or o.signal is not None
-            if known and (recent.exit is None or (o.signal and o.source in ("proc", "pidfd"))):
-                recent.exit = info
-                recent.cause = "signal" if o.signal else "exit"
-            self.counters["duplicates"] += 1
-            self._seen(recent, o.source, "died")
+        if recent is not None and _same_death(recent, o):
+            self._told_again(recent, info, o)
             return
         if life is not None:
             self.counters["stale_exits"] += 1  # an earlier holder of the pid: not this life
@@ -298,6 +305,23 @@ class Tracker:
             return life.matches(o.start_ticks)
         return life.born_at is None or o.at >= life.born_at - SAME_MOMENT
 
+    def _told_again(self, recent: Life, info: ExitInfo, o: Exit) -> None:
+        """A death already recorded, reported (again): enrich, do not repeat. The connector
+        and pidfd report the kernel's wait status, which says which signal killed."""
+        bit = source_bit(o.source)
+        recent.sources |= bit
+        known = o.code is not None or o.signal is not None
+        if known and (recent.exit is None or (o.signal and o.source in ("proc", "pidfd"))):
+            recent.exit = info
+            recent.cause = "signal" if o.signal else "exit"
+        vanished = self._vanished.confirm(recent)
+        if vanished is None:
+            self.counters["duplicates"] += 1
+        else:  # the report a lookup's death awaited: nothing was missed
+            self.counters["vanished_reported"] += 1
+            self.registry.completed(vanished.died, recent, bit)
+        self._seen(recent, o.source, "died")
+
     def _die(self, life: Life, info: ExitInfo, o: Exit) -> None:
         known = o.code is not None or o.signal is not None
         cause = "signal" if o.signal else "exit"
@@ -316,7 +340,7 @@ class Tracker:
 
     # -- loss and repair -------------------------------------------------------------------
     def _loss(self, o: Loss) -> None:
-        self.registry.note(
+        self.note(
             "gap",
             {"source": o.source, "reason": o.reason, "detail": o.detail,
              "since": iso(o.since), "until": iso(o.at)},
@@ -337,7 +361,7 @@ class Tracker:
         # Under a sustained overrun every read brings a new gap; a full /proc snapshot per
         # gap would starve the reader that is already behind. Gaps are journaled at once;
         # the repair runs at most every RESYNC_SPACING seconds.
-        wait = self._last_resync + RESYNC_SPACING - time.monotonic()
+        wait = self.resync_wait()
         if wait > 0:
             loop.call_later(wait, self.resync, why)
         else:
@@ -345,13 +369,13 @@ class Tracker:
 
     def resync_wait(self) -> float:
         """Seconds until another repair may run (0 when one may run now)."""
-        return max(0.0, self._last_resync + RESYNC_SPACING - time.monotonic())
+        return max(0.0, self._last_resync + RESYNC_SPACING - self.clocks.mono())
 
     def resync(self, why: str = "requested") -> dict[str, int]:
         """Lives whose pid vanished or changed start are dead (`exit` unknown, cause
         `resync`); live processes the registry lacks are added."""
         self._resync_pending = False
-        self._last_resync = time.monotonic()
+        self._last_resync = self.clocks.mono()
         # After a gap the sources' exec counts no longer line up: start them again.
         self._execs = {pid: t for pid, t in self._execs.items() if not t[0].alive}
         started = self.clocks.wall()
@@ -370,15 +394,79 @@ class Tracker:
                 reg.learned(info, SourceSet.RESYNC)
                 added += 1
         counts = {"dead": gone, "added": added, "alive": len(reg.alive)}
-        reg.note("resync", {"reason": why, **counts}, started)
-        for hook in self.on_resync:
-            hook()
+        self.note("resync", {"reason": why, **counts}, started)
+        for listener in self._resync_listeners:
+            try:
+                listener(started)
+            except Exception:  # one listener's fault must not keep the others uninformed
+                log.exception("resync listener %r failed", listener)
         return counts
+
+    # -- vanished lives whose exit report never came -----------------------------------------
+    def settle_vanished(self) -> int:
+        """Report, as gaps, the vanished lives whose grace ran out without an exit report;
+        then one resync. Runs on a timer; returns how many were missed."""
+        missed = self._vanished.expired()
+        for v in missed:
+            self._missed_death(v)
+        if missed:
+            self.request_resync("a lookup found a missed death")
+        return len(missed)
+
+    def _missed_death(self, v: Vanished) -> None:
+        self.counters["missed_deaths"] += 1
+        until = v.life.died_at
+        self.note(
+            "gap",
+            {"source": "lookup", "reason": "missed_death", "since": None, "until": iso(until),
+             "detail": f"pid {v.life.pid} vanished and no source reported its exit within "
+                       f"{self._vanished.grace:g} s"},
+            self.clocks.wall(),
+        )  # fmt: skip
+
+    def _arm_settle(self) -> None:
+        """One timer for the oldest vanished life's grace (none without a running loop: a
+        test then calls settle_vanished itself)."""
+        wait = self._vanished.wait()
+        if self._settle is not None or wait is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._settle = loop.call_later(wait, self._on_settle)
+
+    def _on_settle(self) -> None:
+        self._settle = None
+        self.settle_vanished()
+        self._arm_settle()
+
+    @property
+    def awaiting_exit(self) -> int:
+        """Vanished lives still awaiting their exit report."""
+        return len(self._vanished)
+
+    def close(self) -> None:
+        """Stop the grace timer (the service stops)."""
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
 
 
 def _close(life: Life, ticks: int, slack: int) -> bool:
     """Could a start estimated as `ticks` (+-`slack`) be `life`'s start?"""
     return abs(life.start_ticks - ticks) <= life.start_slack + slack
+
+
+def _same_death(recent: Life, o: Exit) -> bool:
+    """Is the exit report `o` about `recent`, dead already? A start in the report decides;
+    else a life found gone by a lookup takes only a report of an exit before that moment:
+    a later one belongs to a later holder of the pid."""
+    if o.start_ticks is not None:
+        return recent.matches(o.start_ticks)
+    if recent.cause != "vanished" or recent.died_at is None:
+        return True
+    return o.at <= recent.died_at + SAME_MOMENT
 
 
 def _within(life: Life, at: float) -> bool:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from app.core.journal import Event, Journal, accept_all
+from app.core.journal import Event, Journal
+
+
+def accept_all(_: Event) -> bool:
+    return True
 
 
 def make(size: int = 8, now: float = 1000.0) -> Journal:

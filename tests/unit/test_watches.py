@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from app.api.lifejson import LifeEncoder
 from app.core.config import Config, load_config
 from app.core.service import Service
 from app.core.watches import NOT_RUNNING, RUNNING, WatchEngine, WatchSpec
@@ -24,7 +25,8 @@ FAKE = 4_000_000  # pids above any this machine hands out: scripted lives never 
 
 def watch_events(service: Service, name: str) -> list[dict[str, Any]]:
     evs = service.journal.since(0) or []
-    return [e.to_dict(service.registry) for e in evs if e.type == "watch" and e.fields
+    enc = LifeEncoder.for_node(service.node)
+    return [e.to_dict(enc) for e in evs if e.type == "watch" and e.fields
             and e.fields.get("watch") == name]  # fmt: skip
 
 
