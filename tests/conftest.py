@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import uvloop
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
@@ -82,7 +83,7 @@ async def service() -> AsyncIterator[Service]:
 
 
 @pytest.fixture
-async def client(service: Service) -> AsyncIterator[TestClient[object, object]]:
+async def client(service: Service) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = make_app(service, manage=False)
     async with TestClient(TestServer(app)) as c:
         yield c

@@ -19,6 +19,7 @@ from app.core.config import Config
 from app.core.life import SourceSet
 from app.core.service import Service
 from app.netlink.audit_proto import AUDIT_NEVER, AUDIT_PID
+from app.sources.audit import AuditSource
 from tests.helpers import wait_until
 from tests.kernel.audit_kernel import (
     KEY,
@@ -191,21 +192,22 @@ async def test_forced_loss_gives_gap_resync_and_a_right_registry(kernel_audit: A
     svc = await started(svc)
     try:
         source = svc.sources[0]
+        assert isinstance(source, AuditSource)
         lost0 = (await status()).lost
         code = (
             "import os\npids=[]\nfor i in range(3000):\n p=os.fork()\n if p==0: os._exit(3)\n"
             " pids.append(p)\nfor p in pids: os.waitpid(p,0)\nprint(' '.join(map(str,pids)))"
         )
         # pause our reader so the kernel queue fills: records beyond backlog_limit are lost
-        assert source._sock is not None  # type: ignore[attr-defined]
+        assert source._sock is not None
         loop = asyncio.get_running_loop()
-        loop.remove_reader(source._sock.fileno())  # type: ignore[attr-defined]
+        loop.remove_reader(source._sock.fileno())
         t0 = time.time()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", code, stdout=subprocess.PIPE
         )
         out, _ = await proc.communicate()
-        loop.add_reader(source._sock.fileno(), source._on_readable)  # type: ignore[attr-defined]
+        loop.add_reader(source._sock.fileno(), source._on_readable)
         pids = [int(p) for p in out.split()]
         assert (await status()).lost > lost0
         journal = svc.journal

@@ -112,7 +112,9 @@ async def test_every_interleaving_gives_one_life_and_one_event_per_transition(
 
 
 def _renew(o: Observation, c: Child) -> Observation:
-    table = {(type(x), x.source): x for x in (c.f_p, c.x_p, c.e_p, c.f_a, c.x_a, c.e_a) if x}
+    table: dict[tuple[type[Observation], str], Observation] = {
+        (type(x), x.source): x for x in (c.f_p, c.x_p, c.e_p, c.f_a, c.x_a, c.e_a) if x
+    }
     return table[(type(o), o.source)]
 
 
