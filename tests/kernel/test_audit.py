@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from app.api.prometheus import LifewatchCollector
 from app.core.config import Config
 from app.core.life import SourceSet
 from app.core.service import Service
@@ -151,6 +152,16 @@ async def test_stop_removes_rules_restores_and_releases(kernel_audit: Any) -> No
     assert info["mode"] == "unicast" and "no audit daemon" in info["mode_reason"]
     assert KEY in auditctl("-l")
     assert (await status()).pid == os.getpid()
+    # /metrics carries the kernel's figures under the keys the audit source reports them by
+    samples = [s for m in LifewatchCollector(svc).collect() for s in m.samples]
+    kernel = {
+        s.name: s.value
+        for s in samples
+        if s.name.startswith("lifewatch_kernel_") and s.labels["source"] == "audit"
+    }
+    assert kernel.keys() == {"lifewatch_kernel_lost_total", "lifewatch_kernel_backlog",
+                             "lifewatch_kernel_backlog_limit"}  # fmt: skip
+    assert kernel["lifewatch_kernel_backlog_limit"] == (await status()).backlog_limit
     await svc.stop()
     assert KEY not in auditctl("-l")
     after = await status()
