@@ -70,9 +70,8 @@ async def check_lives(svc: Service, truth: dict[str, Any], exact: bool) -> None:
     reg = svc.registry
 
     def all_dead() -> bool:
-        return all(reg.find(x["pid"], x["start_ticks"]) is not None
-                   and not reg.find(x["pid"], x["start_ticks"]).alive  # type: ignore[union-attr]
-                   for x in truth["lives"])  # fmt: skip
+        found = [reg.find(x["pid"], x["start_ticks"]) for x in truth["lives"]]
+        return all(life is not None and not life.alive for life in found)
 
     with contextlib.suppress(AssertionError):  # the checks below say which life is wrong
         await wait_until(all_dead)
