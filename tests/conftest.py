@@ -43,11 +43,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip("needs root: drives the live kernel (audit, proc connector, pidfd)")
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
-) -> None:
-    """The last word of a run without root: how much of the suite it did not run, and why."""
+) -> Iterator[None]:
+    """The last word of a run without root, after -ra's list and just before the counts: how
+    much of the suite it did not run, and why. (The outermost wrapper: it writes last.)"""
+    yield
     skipped = config.stash.get(NOT_ROOT_SKIPS, 0)
     if skipped:
         terminalreporter.write_sep(
