@@ -9,8 +9,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: setup run test lint
+.PHONY: setup test-deps run test lint
 setup: $(BIN)/.installed
+
+# The Debian packages the tests use (auditd, wrk, chromium): installed when run as root,
+# skipped with a message otherwise (the kernel and browser tests are skipped then).
+test-deps:
+	scripts/test-deps.sh
 
 run: setup
 	$(BIN)/lifewatch serve
@@ -20,5 +25,5 @@ lint: setup
 	$(BIN)/mypy app tests bench
 	$(BIN)/lint-imports
 
-test: lint
+test: test-deps lint
 	$(BIN)/pytest

@@ -82,7 +82,7 @@ async def run_workers(mode: str, seconds: float, tmp: Path) -> list[tuple[int, i
         await p.wait()
     lives: list[tuple[int, int, int]] = []
     for o in outs:
-        lives += [tuple(x) for x in json.loads(o.read_text())]  # type: ignore[misc]
+        lives += [(pid, ticks, code) for pid, ticks, code in json.loads(o.read_text())]
     return lives
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import uvloop
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
@@ -23,6 +24,7 @@ from tests.helpers import make_config
 
 ROOT = Path(__file__).parent
 ROOMS = {"kernel": ("kernel",), "browser": ("kernel", "browser")}
+NOT_ROOT_SKIPS = pytest.StashKey[int]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -37,7 +39,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     if os.environ.get("CI"):
         pytest.fail("kernel tests must run as root in CI (a skipped kernel test is a failure)")
+    item.config.stash[NOT_ROOT_SKIPS] = item.config.stash.get(NOT_ROOT_SKIPS, 0) + 1
     pytest.skip("needs root: drives the live kernel (audit, proc connector, pidfd)")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> Iterator[None]:
+    """The last word of a run without root, after -ra's list and just before the counts: how
+    much of the suite it did not run, and why. (The outermost wrapper: it writes last.)"""
+    yield
+    skipped = config.stash.get(NOT_ROOT_SKIPS, 0)
+    if skipped:
+        terminalreporter.write_sep(
+            "=",
+            f"not root: {skipped} kernel/browser tests skipped (they need the live kernel: "
+            "audit, proc connector, pidfd); run as root for the full suite",
+            yellow=True,
+            bold=True,
+        )
 
 
 def pytest_asyncio_loop_factories(
@@ -64,7 +85,7 @@ async def service() -> AsyncIterator[Service]:
 
 
 @pytest.fixture
-async def client(service: Service) -> AsyncIterator[TestClient[object, object]]:
+async def client(service: Service) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = make_app(service, manage=False)
     async with TestClient(TestServer(app)) as c:
         yield c

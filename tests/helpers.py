@@ -23,8 +23,9 @@ def make_config(**kw: object) -> Config:
     return Config.model_validate(base)
 
 
-async def wait_until(cond: Callable[[], T], timeout: float = 10.0, step: float = 0.01) -> T:
-    """Await until `cond()` is truthy and return it; fails the test after `timeout` s."""
+async def wait_until(cond: Callable[[], T | None], timeout: float = 10.0, step: float = 0.01) -> T:
+    """Await until `cond()` is truthy and return it (never None, then); fails the test after
+    `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         got = cond()

@@ -53,7 +53,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 SOURCE_STATES = (OK, DEGRADED, FAILED, STOPPED)
 # Source "counters" that are levels, not counts: exported as gauges, not as *_total.
-LEVELS = frozenset({"backlog", "backlog_max", "kernel_backlog", "followed", "queued"})
+# (The audit source's: app/sources/audit.py. A canary overlay's latencies are levels too.)
+LEVELS = frozenset({"backlog", "backlog_max"})
 
 
 def is_level(name: str) -> bool:
@@ -198,16 +199,11 @@ class EventCounter:
         return out
 
 
-def _first(d: Mapping[str, Any], *keys: str) -> float | None:
-    for k in keys:
-        v = d.get(k)
-        if v is None:
-            continue
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            continue
-    return None
+def _number(d: Mapping[str, Any], key: str) -> float | None:
+    try:
+        return float(d[key])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class LifewatchCollector(Collector):
@@ -335,7 +331,8 @@ class LifewatchCollector(Collector):
                 for s in self.service.sources]  # fmt: skip
 
     def _kernel(self, healths: list[tuple[str, SourceHealth]]) -> Iterator[Metric]:
-        """The kernel's own audit figures, from the audit source's counters or info."""
+        """The kernel's own audit figures (AUDIT_GET), as the audit source reports them: `lost`
+        and `backlog` in its counters, `backlog_limit` in its info."""
         lost = CounterMetricFamily(
             "lifewatch_kernel_lost", "Records the kernel dropped (audit status `lost`)",
             labels=["source"],
@@ -349,12 +346,12 @@ class LifewatchCollector(Collector):
         )
         for name, h in healths:
             both: dict[str, Any] = {**h.info, **h.counters}
-            for family, keys in (
-                (lost, ("kernel_lost", "lost")),
-                (backlog, ("kernel_backlog", "backlog")),
-                (limit, ("kernel_backlog_limit", "backlog_limit")),
+            for family, key in (
+                (lost, "kernel_lost"),
+                (backlog, "backlog"),
+                (limit, "backlog_limit"),
             ):
-                if (v := _first(both, *keys)) is not None:
+                if (v := _number(both, key)) is not None:
                     family.add_metric([name], v)
         yield from (lost, backlog, limit)
 

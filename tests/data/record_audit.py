@@ -1,4 +1,6 @@
-"""Record real kernel audit output for the parser tests (run as root, once):
+"""Record real kernel audit output for the parser tests, tests/unit/test_audit_records.py.
+
+A script run by hand, as root, from the repository's root (pytest does not collect it):
 
     .venv/bin/python tests/data/record_audit.py tests/data/audit_workload
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from app.core.service import Service
 from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import (
     AUDIT_STATUS_BACKLOG_LIMIT,
@@ -131,7 +132,7 @@ async def run_helper(*args: str) -> dict[str, Any]:
     return truth
 
 
-async def started(svc: Any) -> Any:
+async def started(svc: Service) -> Service:
     """Start a Service and insist its audit source runs (Service.start reports a source that
     failed to start instead of raising)."""
     await svc.start()
@@ -154,7 +155,7 @@ def auditd_running(tmp: Path) -> Iterator[Path]:
     rule of "its own"; stopped and cleaned up after. Yields the log file."""
     if shutil.which("auditd") is None:
         if os.environ.get("CI"):
-            pytest.fail("auditd is not installed (.ci/run installs Debian's auditd)")
+            pytest.fail("auditd is not installed (`make test` as root installs Debian's auditd)")
         pytest.skip("auditd is not installed")
     log = tmp / "audit.log"
     (tmp / "plugins.d").mkdir()

@@ -1,4 +1,6 @@
-"""Record real proc connector datagrams for the decoder tests (run as root, once).
+"""Record real proc connector datagrams for the decoder tests, tests/unit/test_cn_proc.py.
+
+A script run by hand, as root, from the repository's root (pytest does not collect it):
 
     .venv/bin/python tests/kernel/record_cn_proc.py tests/data/cn_proc
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from app.api.prometheus import LifewatchCollector
 from app.core.config import Config
 from app.core.life import SourceSet
 from app.core.service import Service
 from app.netlink.audit_proto import AUDIT_NEVER, AUDIT_PID
+from app.sources.audit import AuditSource
 from tests.helpers import wait_until
 from tests.kernel.audit_kernel import (
     KEY,
@@ -68,9 +70,8 @@ async def check_lives(svc: Service, truth: dict[str, Any], exact: bool) -> None:
     reg = svc.registry
 
     def all_dead() -> bool:
-        return all(reg.find(x["pid"], x["start_ticks"]) is not None
-                   and not reg.find(x["pid"], x["start_ticks"]).alive  # type: ignore[union-attr]
-                   for x in truth["lives"])  # fmt: skip
+        found = [reg.find(x["pid"], x["start_ticks"]) for x in truth["lives"]]
+        return all(life is not None and not life.alive for life in found)
 
     with contextlib.suppress(AssertionError):  # the checks below say which life is wrong
         await wait_until(all_dead)
@@ -150,6 +151,16 @@ async def test_stop_removes_rules_restores_and_releases(kernel_audit: Any) -> No
     assert info["mode"] == "unicast" and "no audit daemon" in info["mode_reason"]
     assert KEY in auditctl("-l")
     assert (await status()).pid == os.getpid()
+    # /metrics carries the kernel's figures under the keys the audit source reports them by
+    samples = [s for m in LifewatchCollector(svc).collect() for s in m.samples]
+    kernel = {
+        s.name: s.value
+        for s in samples
+        if s.name.startswith("lifewatch_kernel_") and s.labels["source"] == "audit"
+    }
+    assert kernel.keys() == {"lifewatch_kernel_lost_total", "lifewatch_kernel_backlog",
+                             "lifewatch_kernel_backlog_limit"}  # fmt: skip
+    assert kernel["lifewatch_kernel_backlog_limit"] == (await status()).backlog_limit
     await svc.stop()
     assert KEY not in auditctl("-l")
     after = await status()
@@ -191,21 +202,22 @@ async def test_forced_loss_gives_gap_resync_and_a_right_registry(kernel_audit: A
     svc = await started(svc)
     try:
         source = svc.sources[0]
+        assert isinstance(source, AuditSource)
         lost0 = (await status()).lost
         code = (
             "import os\npids=[]\nfor i in range(3000):\n p=os.fork()\n if p==0: os._exit(3)\n"
             " pids.append(p)\nfor p in pids: os.waitpid(p,0)\nprint(' '.join(map(str,pids)))"
         )
         # pause our reader so the kernel queue fills: records beyond backlog_limit are lost
-        assert source._sock is not None  # type: ignore[attr-defined]
+        assert source._sock is not None
         loop = asyncio.get_running_loop()
-        loop.remove_reader(source._sock.fileno())  # type: ignore[attr-defined]
+        loop.remove_reader(source._sock.fileno())
         t0 = time.time()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", code, stdout=subprocess.PIPE
         )
         out, _ = await proc.communicate()
-        loop.add_reader(source._sock.fileno(), source._on_readable)  # type: ignore[attr-defined]
+        loop.add_reader(source._sock.fileno(), source._on_readable)
         pids = [int(p) for p in out.split()]
         assert (await status()).lost > lost0
         journal = svc.journal

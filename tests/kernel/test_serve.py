@@ -94,13 +94,12 @@ async def test_serve_end_to_end(daemon: tuple[subprocess.Popen[bytes], int]) -> 
     child = subprocess.Popen(["sleep", "30"])
     await wait_until(lambda: Path(f"/proc/{child.pid}/cmdline").read_bytes())
     ticks = int(Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
-    ans = await wait_until(
-        lambda: (
-            (a := get(port, f"/v1/lives/{child.pid}/{ticks}"))["life"]
-            and "audit" in a["life"]["sources"]
-            and a
-        )
-    )
+
+    def seen_by_audit() -> dict[str, Any] | None:
+        a: dict[str, Any] = get(port, f"/v1/lives/{child.pid}/{ticks}")
+        return a if a["life"] and "audit" in a["life"]["sources"] else None
+
+    ans = await wait_until(seen_by_audit)
     assert ans["state"] == "alive"
     assert ans["life"]["start_ticks"] == ticks
     assert ans["life"]["argv"] == ["sleep", "30"]

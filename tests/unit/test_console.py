@@ -20,8 +20,9 @@ from app.sources.observations import Exec, Exit, Fork
 from tests.scripted import ScriptedSource
 
 FAKE = 4_000_000
+ID = "vm/4242/2026-11-26T00:47:19.13Z"
 LIFE = {
-    "id": "vm/4242/2026-11-26T00:47:19.13Z", "pid": 4242, "ppid": 1, "comm": "sleep",
+    "id": ID, "pid": 4242, "ppid": 1, "comm": "sleep",
     "exe": "/usr/bin/sleep", "argv": ["sleep", "30"], "canary": False,
     "born_at": "2026-11-26T00:47:19.130000Z", "died_at": "2026-11-26T00:47:19.380000Z",
     "exit": {"code": None, "signal": 9, "core_dumped": False}, "cause": "signal",
@@ -32,7 +33,7 @@ AT = "2026-11-26T00:47:19.380000Z"
 def test_tail_lines_say_what_happened() -> None:
     died = format_event({"cursor": 1, "type": "died", "at": AT, "life": LIFE})
     assert "died" in died and "4242" in died and "killed by SIGKILL after 250 ms" in died
-    assert died.endswith(LIFE["id"]) and "\x1b[" not in died
+    assert died.endswith(ID) and "\x1b[" not in died
     clean = format_event({"type": "died", "at": AT, "life": {**LIFE, "exit": {
         "code": 0, "signal": None, "core_dumped": False}}})  # fmt: skip
     assert "exit 0" in clean

@@ -42,6 +42,12 @@ class Child:
                         argv=("true", "--audit"), uid=1000)  # fmt: skip
         self.e_a = None if signal else Exit("audit", pid, self.died, 3)
 
+    @property
+    def exit_a(self) -> Exit:
+        """Audit's exit record, for a child that has one (one killed by a signal has none)."""
+        assert self.e_a is not None, "killed by a signal: audit has no exit record"
+        return self.e_a
+
     def proc(self) -> list[Observation]:
         return [self.f_p, self.x_p, self.e_p]
 
@@ -112,7 +118,9 @@ async def test_every_interleaving_gives_one_life_and_one_event_per_transition(
 
 
 def _renew(o: Observation, c: Child) -> Observation:
-    table = {(type(x), x.source): x for x in (c.f_p, c.x_p, c.e_p, c.f_a, c.x_a, c.e_a) if x}
+    table: dict[tuple[type[Observation], str], Observation] = {
+        (type(x), x.source): x for x in (c.f_p, c.x_p, c.e_p, c.f_a, c.x_a, c.e_a) if x
+    }
     return table[(type(o), o.source)]
 
 
@@ -120,12 +128,13 @@ async def test_died_event_lists_the_source_that_told_first_and_life_lists_both(
     tmp_path: Path,
 ) -> None:
     c = Child(free_pid())
-    svc, events = await run(tmp_path, [c.f_p, c.e_p, c.f_a, c.e_a])  # type: ignore[list-item]
+    svc, events = await run(tmp_path, [c.f_p, c.e_p, c.f_a, c.exit_a])
     died = [e for e in events if e.type == "died"]
     assert len(died) == 1 and died[0].sources == 4  # the connector saw it first
     life = died[0].life
     assert life is not None
-    assert svc.registry.find(c.pid, life.start_ticks).sources & 6 == 6  # type: ignore[union-attr]
+    dead = svc.registry.find(c.pid, life.start_ticks)
+    assert dead is not None and dead.sources & 6 == 6
 
 
 async def test_a_late_exit_of_a_pids_previous_holder_does_not_kill_the_new_one(
@@ -135,7 +144,7 @@ async def test_a_late_exit_of_a_pids_previous_holder_does_not_kill_the_new_one(
     old = Child(pid)
     await asyncio.sleep(0.05)  # the pid is reused 5 ticks later
     new = Child(pid)
-    script: list[Observation] = [old.f_p, old.e_p, new.f_p, old.e_a]  # type: ignore[list-item]
+    script: list[Observation] = [old.f_p, old.e_p, new.f_p, old.exit_a]
     svc, events = await run(tmp_path, script)
     assert transitions(events, pid) == ["born", "died", "born"]
     assert svc.registry.alive[pid].born_at == new.born
@@ -159,7 +168,7 @@ async def test_exec_chains_are_counted_per_source(tmp_path: Path) -> None:
 
 async def test_audit_alone_still_works_with_its_fork_record_last(tmp_path: Path) -> None:
     c = Child(free_pid())
-    script: list[Observation] = [c.x_a, c.e_a, c.f_a]  # type: ignore[list-item]
+    script: list[Observation] = [c.x_a, c.exit_a, c.f_a]
     _svc, events = await run(tmp_path, script)
     assert transitions(events, c.pid) == ["born", "exec", "died"]
     life = events[-1].life

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.core.journal import Event, Journal
+from app.core.journal import Accept, Event, Journal
 
 
 def accept_all(_: Event) -> bool:
@@ -182,8 +182,16 @@ async def test_a_failing_push_falls_back_to_the_queue_and_loses_nothing() -> Non
 async def test_stream_clients_are_offered_an_event_before_internal_readers() -> None:
     j = make(size=100)
     order: list[str] = []
-    j.subscribe(lambda ev: order.append("internal") or True, 10)
-    j.subscribe(lambda ev: order.append("client") or True, 10, push=lambda ev: True)
-    j.subscribe(lambda ev: order.append("internal") or True, 10)
+
+    def offered(name: str) -> Accept:
+        def accept(ev: Event) -> bool:
+            order.append(name)
+            return True
+
+        return accept
+
+    j.subscribe(offered("internal"), 10)
+    j.subscribe(offered("client"), 10, push=lambda ev: True)
+    j.subscribe(offered("internal"), 10)
     j.append("died")
     assert order == ["client", "internal", "internal"]

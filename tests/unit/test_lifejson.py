@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime
+from typing import TypedDict, Unpack
 
 import orjson
 import pytest
@@ -12,13 +13,31 @@ import pytest
 from app.api.lifejson import LifeEncoder
 from app.core.identity import TickClock
 from app.core.journal import Event
-from app.core.life import Life, LifeView, exit_of, iso
+from app.core.life import Exit, Life, LifeView, exit_of, iso
 
 CLOCK = TickClock(btime=1795654039, hz=100)
 HOST, BOOT = "vm", "6f1c0d1e-0000-4000-8000-000000000001"
 
 
-def view(**kw: object) -> LifeView:
+class Changes(TypedDict, total=False):
+    """The LifeView fields a test may set on the sample life."""
+
+    pid: int
+    start_slack: int
+    parent_ticks: int | None
+    comm: str | None
+    exe: str | None
+    argv: tuple[str, ...]
+    born_at: float | None
+    died_at: float | None
+    exit: Exit | None
+    cause: str | None
+    sources: int
+    pidfd_ino: int | None
+    canary: bool
+
+
+def view(**kw: Unpack[Changes]) -> LifeView:
     life = Life(4242, 659715, 1, "sleep", 4, exe="/usr/bin/sleep", argv=("sleep", "30"), uid=0,
                 born_at=1795660635.15)  # fmt: skip
     life.parent_ticks = 100

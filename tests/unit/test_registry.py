@@ -6,7 +6,7 @@ import asyncio
 
 from app.core.life import ALIVE, DEAD, UNKNOWN
 from app.core.service import Service
-from app.sources.observations import Exec, Exit, Fork
+from app.sources.observations import Exec, Exit, Fork, Observation
 from tests.helpers import make_config
 from tests.scripted import ScriptedSource
 
@@ -14,8 +14,8 @@ from tests.scripted import ScriptedSource
 P, Q = 4_000_001, 4_000_002
 
 
-async def run(script: list[object], **cfg: object) -> Service:
-    src = ScriptedSource("script", script)  # type: ignore[arg-type]
+async def run(script: list[Observation], **cfg: object) -> Service:
+    src = ScriptedSource("script", script)
     svc = Service(make_config(**cfg), sources=[src])
     await svc.start()
     for _ in range(len(script) + 2):
@@ -66,7 +66,7 @@ async def test_derived_start_accepts_one_tick_either_side_and_no_more() -> None:
 
 
 async def test_history_is_bounded() -> None:
-    script: list[object] = []
+    script: list[Observation] = []
     for i in range(5):
         script += [Fork("script", P + i, 1, 1.0, start_ticks=10 + i), Exit("script", P + i, 2.0)]
     svc = await run(script, history=3)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The Debian packages the tests use, installed by `make test` itself (the README's second
+# command must pass on a fresh machine): auditd (auditctl, auditd: tests/kernel), chromium
+# (tests/browser) and wrk (bench/lookup_wrk.py). Quick when everything is there: nothing but
+# `command -v`. Without root nothing can be installed, and nothing needs to be: the kernel
+# and browser tests are skipped then (tests/conftest.py says which and why).
+set -euo pipefail
+
+need=()
+command -v auditctl >/dev/null || need+=(auditd)
+command -v wrk >/dev/null || need+=(wrk)
+command -v chromium >/dev/null || need+=(chromium)
+if [ "$(id -u)" -ne 0 ]; then
+    if ((${#need[@]})); then
+        echo "test-deps: not root: not installing the missing Debian packages: ${need[*]}"
+    fi
+    if [ -n "${CI:-}" ]; then  # tests/conftest.py: in CI a kernel test that cannot run fails
+        echo "test-deps: not root: the kernel and browser tests will fail (CI must run as root)"
+    else
+        echo "test-deps: not root: the kernel and browser tests will be skipped (they need root)"
+    fi
+    exit 0
+fi
+((${#need[@]})) || exit 0
+
+echo "test-deps: installing the Debian packages ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# auditd's package scripts would start the daemon, which would load Debian's rules (they
+# begin with -D: every rule on the node deleted) and hold the audit pid: forbid service
+# starts during the install. The tests start (and stop) their own auditd where they need
+# one. A policy-rc.d that was already there (Docker images ship one) is left as it is.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    trap 'exit 130' INT TERM HUP  # so that EXIT's trap runs on these too
+fi
+apt-get install -y -qq "${need[@]}" >/dev/null
