@@ -22,6 +22,7 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
 	$(BIN)/mypy app tests bench
 	$(BIN)/lint-imports
 

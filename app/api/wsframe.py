@@ -2,7 +2,7 @@
 
 aiohttp's writer makes the same bytes, but only through a coroutine: the journal pushes each
 event onto an idle client's transport synchronously, from the kernel reader's callback, and a
-coroutine there would cost the hop this saves (bench/death_latency.py). tests/test_wsframe.py
+coroutine there would cost the hop this saves (bench/death_latency.py). tests/unit/test_wsframe.py
 checks these frames byte for byte against aiohttp's writer.
 """
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,38 +21,8 @@ from pathlib import Path
 from app import procfs
 from app.core.life import Life, SourceSet
 from app.core.tracker import Tracker
+from app.netlink.pidfd import pidfd_exit_status
 from app.sources.observations import Exit, wait_status
-
-# include/uapi/linux/pidfd.h: struct pidfd_info, first published size (PIDFD_INFO_SIZE_VER0):
-# mask, cgroupid, then pid tgid ppid ruid rgid euid egid suid sgid fsuid fsgid, exit_code.
-PIDFD_INFO = struct.Struct("=QQ11Ii")
-PIDFD_INFO_EXIT = 1 << 3
-PIDFS_IOCTL_MAGIC = 0xFF
-# _IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info): the size is part of the request number.
-PIDFD_GET_INFO = (3 << 30) | (PIDFD_INFO.size << 16) | (PIDFS_IOCTL_MAGIC << 8) | 11
-
-
-def pidfd_exit_status(pidfd: int) -> int | None:
-    """The wait status of a reaped process, from its pidfd; None when the kernel cannot tell
-    (not reaped yet, or a kernel before 6.15: ENOTTY/EINVAL)."""
-    buf = bytearray(PIDFD_INFO.pack(PIDFD_INFO_EXIT, 0, *([0] * 11), 0))
-    try:
-        fcntl.ioctl(pidfd, PIDFD_GET_INFO, buf, True)
-    except OSError:
-        return None
-    fields = PIDFD_INFO.unpack(buf)
-    return fields[-1] if fields[0] & PIDFD_INFO_EXIT else None
-
-
-def parse_stat_exit(data: bytes) -> tuple[int, int] | None:
-    """(start ticks, exit_code) from a /proc/<pid>/stat line: fields 22 and 52."""
-    rest = data[data.rfind(b")") + 2 :].split()
-    if len(rest) < 50:
-        return None
-    try:
-        return int(rest[19]), int(rest[49])
-    except ValueError:
-        return None
 
 
 class FollowError(Exception):
@@ -191,13 +159,12 @@ class Follower:
         status = pidfd_exit_status(f.pidfd)
         if status is None:
             try:
-                with open(f"{self.proc}/{f.life.pid}/stat", "rb") as fh:
-                    got = parse_stat_exit(fh.read())
-            except OSError:
-                got = None
-            if got is not None and f.life.matches(got[0]):
+                st: procfs.Stat | None = procfs.read_stat(f.life.pid, self.proc)
+            except (OSError, procfs.StatError):
+                st = None
+            if st is not None and st.exit_code is not None and f.life.matches(st.start_ticks):
                 self.stats.status_from_stat += 1
-                return got[1]
+                return st.exit_code
             status = pidfd_exit_status(f.pidfd)
         if status is None:
             self.stats.status_unknown += 1

@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
-from app.procfs import PROC, read_boot_id
-from app.procfs import read_btime as read_btime  # re-exported: service.check_clock imports it
+from app.procfs import PROC, read_boot_id, read_btime
 
 
 class LifeIdError(ValueError):

@@ -12,7 +12,7 @@ from app.core.canary import Canary
 from app.core.config import KNOWN_SOURCES, Config
 from app.core.dating import Clocks
 from app.core.follow import Follower
-from app.core.identity import load_node_identity, read_btime
+from app.core.identity import load_node_identity
 from app.core.journal import Journal
 from app.core.registry import Registry
 from app.core.tracker import Tracker
@@ -109,7 +109,7 @@ class Service:
         Called when /v1/node is read and at every resync, not on a timer of its own.
         """
         try:
-            now = read_btime(self.proc)
+            now = procfs.read_btime(self.proc)
         except (OSError, RuntimeError):
             return None
         if now != self._seen_btime:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from app.core.follow import FollowError, parse_stat_exit, pidfd_exit_status
+from app.core.follow import FollowError
 from app.core.service import Service
+from app.netlink.pidfd import pidfd_exit_status
 from app.procfs import read_stat
 from tests.helpers import died, make_config, read_until
 
@@ -25,13 +26,6 @@ async def bare(tmp_path: Path) -> AsyncIterator[Service]:
     await s.start()
     yield s
     await s.stop()
-
-
-def test_stat_exit_field() -> None:
-    line = b"42 (a) b) Z 1 " + b" ".join(b"0" for _ in range(17)) + b" 777"
-    line += b" 0" * 29 + b" 2304"
-    assert parse_stat_exit(line) == (777, 2304)
-    assert parse_stat_exit(b"42 (x) R 1 2 3") is None
 
 
 def test_pidfd_gives_the_exit_status_of_a_reaped_process() -> None:
