@@ -5,7 +5,7 @@ Run (root): .venv/bin/python -m bench.death_latency [--n 500] [--sources proc]
 
 Starts `lifewatch serve` as its own process, connects to `GET /v1/stream?types=died`, then,
 one victim at a time, takes the death's moment on CLOCK_MONOTONIC and reads the clock again
-when the client receives that victim's `died` message. The two ways issue 4 allows:
+when the client receives that victim's `died` message. Two ways to take the moment of death:
 
   --death kill  the killer reads the clock just before `kill -9` of a sleeping child: the
                 figure includes the signal's delivery and the victim's wakeup.
