@@ -9,7 +9,7 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import NamedTuple
 
 from app.api.lifejson import LifeEncoder
-from app.core.identity import LifeId
+from app.core.identity import LifeId, life_text
 from app.core.life import UNKNOWN, LifeView
 from app.core.lookup import lookup
 from app.core.service import Service
@@ -48,7 +48,7 @@ class Answers:
         ticks = lid.ticks(clock)
         ans = lookup(service, lid.pid, ticks)
         life = None if ans.life is None else self._life_text(ans.life.snapshot())
-        ident = f"{lid.host}/{lid.pid}/{clock.date_of(ticks)}"
+        ident = life_text(lid.host, lid.pid, clock.date_of(ticks))
         return _envelope(ident, ans.state, ans.reason, life)
 
     def _encode(self, view: LifeView) -> LifeText:

@@ -71,6 +71,12 @@ class TickClock:
         return nearest
 
 
+def life_text(host: str, pid: int, start: str) -> str:
+    """A life's text form, `host/pid/start`: `start` is the UTC date at the tick's resolution
+    (TickClock.date_of); parse_life_id reads it back. The one place that writes it."""
+    return f"{host}/{pid}/{start}"
+
+
 @dataclass(frozen=True, slots=True)
 class NodeIdentity:
     hostname: str
@@ -79,7 +85,7 @@ class NodeIdentity:
     btime_pinned_from: str  # "kernel" or the state file it was read back from
 
     def life_id(self, pid: int, start_ticks: int) -> str:
-        return f"{self.hostname}/{pid}/{self.clock.date_of(start_ticks)}"
+        return life_text(self.hostname, pid, self.clock.date_of(start_ticks))
 
 
 def load_node_identity(state_dir: Path | None, proc: Path = PROC) -> NodeIdentity:

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, NamedTuple
 
-from app.core.identity import TickClock
+from app.core.identity import TickClock, life_text
 
 ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
 
@@ -184,7 +184,7 @@ class LifeView(NamedTuple):
         """The fields a death does not change (app/api/lifejson.py keeps them encoded)."""
         start = clock.date_of(self.start_ticks)
         return {
-            "id": f"{host}/{self.pid}/{start}",
+            "id": life_text(host, self.pid, start),
             "host": host,
             "boot_id": boot_id,
             "pid": self.pid,
@@ -194,7 +194,7 @@ class LifeView(NamedTuple):
             "ppid": self.ppid,
             "parent": None
             if self.parent_ticks is None
-            else f"{host}/{self.ppid}/{clock.date_of(self.parent_ticks)}",
+            else life_text(host, self.ppid, clock.date_of(self.parent_ticks)),
             "comm": self.comm,
             "exe": self.exe,
             "argv": list(self.argv),

@@ -22,6 +22,7 @@ from typing import Any
 import re2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.identity import life_text
 from app.core.journal import Event, Subscriber
 from app.core.life import LifeView, iso
 from app.core.registry import Registry
@@ -272,7 +273,7 @@ class WatchEngine:
         for v in sorted(watch.lives.values(), key=lambda v: v.start_ticks):
             start = clock.date_of(v.start_ticks)
             out.append(
-                {"id": f"{host}/{v.pid}/{start}", "pid": v.pid, "start": start,
+                {"id": life_text(host, v.pid, start), "pid": v.pid, "start": start,
                  "comm": v.comm, "exe": v.exe}
             )  # fmt: skip
         return out
