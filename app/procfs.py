@@ -132,6 +132,30 @@ def _read_all(fd: int) -> bytes:
     return b"".join(parts)
 
 
+def read_image(pid: int, proc: Path = PROC) -> tuple[Stat, str | None, tuple[str, ...]] | None:
+    """What a process runs after an exec: (stat, exe, argv), or None when it is gone.
+
+    Cheaper than `capture` (no pidfd, no uid): exe and argv are read first and `stat` last,
+    so a caller that finds the start ticks it expects in that stat knows the pid held its
+    life during the reads (a pid is not reused while its process lives). Every exec event of
+    the proc connector reads this (bench/storm.py, docs/performance.md).
+    """
+    base = f"{proc}/{pid}"
+    try:
+        exe: str | None = os.readlink(f"{base}/exe")
+    except OSError:
+        exe = None
+    try:
+        fd = os.open(f"{base}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            argv = parse_cmdline(_read_all(fd))
+        finally:
+            os.close(fd)
+        return read_stat(pid, proc), exe, argv
+    except (OSError, StatError):
+        return None
+
+
 def capture(pid: int, proc: Path = PROC) -> tuple[ProcInfo, int] | None:
     """Capture one life race-free: open a pidfd, read `stat`, then check that the pidfd's
     process has not been reaped. Returns the facts and the open pidfd (the caller owns it),

@@ -265,9 +265,9 @@ class Tracker:
 
     def _exec_fields(self, life: Life, o: Exec) -> None:
         if o.exe is None and o.argv is None:
-            info = procfs.capture_closed(o.pid, self.proc) if life.alive else None
-            if info is not None and life.matches(info.stat.start_ticks):
-                life.exe, life.argv, life.comm = info.exe, info.argv, info.stat.comm
+            image = procfs.read_image(o.pid, self.proc) if life.alive else None
+            if image is not None and life.matches(image[0].start_ticks):
+                life.exe, life.argv, life.comm = image[1], image[2], image[0].comm
         else:
             life.exe = o.exe if o.exe is not None else life.exe
             life.argv = o.argv if o.argv is not None else life.argv

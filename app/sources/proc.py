@@ -40,6 +40,7 @@ from app.sources.observations import Exec, Exit, Fork, Health, Loss, wait_status
 log = logging.getLogger(__name__)
 
 DEFERRED_MAX = 4096
+SOLO_MAX = 65536  # processes remembered as born under watch with no thread (~60 B each)
 READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
 ACK_TIMEOUT = 2.0
 
@@ -74,6 +75,9 @@ class ProcConnectorSource:
         self._listening = False
         self._last_seq: dict[int, int] = {}
         self._deferred: dict[int, None] = {}  # tgids whose leader exited before the group
+        # tgids whose FORK we read and that made no thread since: their leader's exit is the
+        # process's. Forgotten at any loss (a missed thread FORK would make it wrong).
+        self._solo: dict[int, bool] = {}
         self._last_at = 0.0
         self._health = SourceHealth()
         self.counters: dict[str, int] = dict.fromkeys(
@@ -183,6 +187,7 @@ class ProcConnectorSource:
         now = self._wall()
         self.counters["enobufs"] += 1
         self._last_seq.clear()
+        self._solo.clear()
         assert self._sink is not None
         self._sink.submit(
             Loss(self.name, "enobufs", now, "proc connector socket overrun", self._last_at)
@@ -213,8 +218,12 @@ class ProcConnectorSource:
             elif type(ev) is ForkEvent:
                 if ev.child_pid != ev.child_tgid:
                     c["threads"] += 1
+                    self._solo.pop(ev.child_tgid, None)
                 else:
                     c["forks"] += 1
+                    self._solo[ev.child_pid] = True
+                    if len(self._solo) > SOLO_MAX:
+                        del self._solo[next(iter(self._solo))]
                     sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
                                      mono_ns=ev.timestamp_ns))  # fmt: skip
             elif type(ev) is ExecEvent:
@@ -238,11 +247,15 @@ class ProcConnectorSource:
         """
         tgid = ev.process_tgid
         leader = ev.process_pid == tgid
-        if leader and ev.exit_code and tgid not in self._deferred:
-            return ev.exit_code  # the usual death: a leader killed or exiting non-zero
         if not leader and tgid not in self._deferred:
             self.counters["thread_exits"] += 1
             return None
+        # Born under watch and never gained a thread: no other task can outlive the leader,
+        # so its exit ends the process and /proc need not be asked (every 0 exit would read
+        # it: docs/performance.md).
+        solo = leader and self._solo.pop(tgid, False)
+        if leader and (ev.exit_code or solo) and tgid not in self._deferred:
+            return ev.exit_code  # the usual death: a leader killed, exiting, or alone
         if ev.exit_code == 0 or not leader:
             alive = procfs.process_running(tgid)
             if alive:
@@ -267,6 +280,7 @@ class ProcConnectorSource:
             return
         self.counters["seq_gaps"] += 1
         self.counters["seq_missing"] += missing
+        self._solo.clear()
         assert self._sink is not None
         detail = f"cpu {cpu}: {missing} proc event(s) missing"
         self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))

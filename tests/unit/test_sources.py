@@ -134,3 +134,58 @@ def test_audit_forks_stamped_before_a_resync_wait_for_evidence(tmp_path: Path) -
     src.event_complete(vfork(4243, stamp=100.5, serial=8))  # after the resync: a birth
     assert [(o.pid, o.ppid) for o in sink.got if isinstance(o, Fork)] == [(4243, 100)]
     assert len(sink.got) == 1
+
+
+class Events:
+    """Stands in for the connector decoder: each delivery yields the next scripted event."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.next: list[ForkEvent | ExitEvent] = []
+
+    def fork(self, pid: int, tgid: int) -> ForkEvent:
+        self.seq += 1
+        return ForkEvent(0, self.seq, 10**9, 1, 1, pid, tgid)
+
+    def exit(self, pid: int, tgid: int, status: int) -> ExitEvent:
+        self.seq += 1
+        return ExitEvent(0, self.seq, 2 * 10**9, pid, tgid, status, 17, 1, 1)
+
+    def decode(self, _: bytes) -> list[ForkEvent | ExitEvent]:
+        out, self.next = self.next, []
+        return out
+
+
+def test_a_zero_exit_needs_proc_only_for_processes_that_may_have_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader's exit 0 ends the process unless other threads live on (de_thread, a leader's
+    pthread_exit): /proc is asked, except for a process born under watch that made no thread,
+    which every short life of a fork storm is. A loss forgets what was known."""
+    events, asked = Events(), list[int]()
+    monkeypatch.setattr("app.sources.proc.decode", events.decode)
+
+    def running(pid: int) -> bool:
+        asked.append(pid)
+        return True
+
+    monkeypatch.setattr("app.sources.proc.procfs.process_running", running)
+    src = ProcConnectorSource(Config().proc_settings(), wall=Clock(1e6), mono=Clock(900.0))
+    sink = Collect()
+    src._sink = sink
+
+    def deliver(*evs: ForkEvent | ExitEvent) -> None:
+        for ev in evs:
+            events.next = [ev]
+            src._deliver(b"")
+
+    deliver(events.fork(100, 100), events.exit(100, 100, 0))  # alone: dead, /proc not asked
+    deliver(events.fork(200, 200), events.fork(201, 200), events.exit(200, 200, 0))
+    assert asked == [200]  # it made a thread: the leader's exit may not end it
+    deliver(events.exit(300, 300, 0))  # born before we listened: /proc decides
+    deliver(events.fork(400, 400))
+    src._overrun()  # a loss: a thread FORK of 400 may be among the missed events
+    deliver(events.exit(400, 400, 0))
+    assert asked == [200, 300, 400]
+    exits = [o.pid for o in sink.got if isinstance(o, Exit)]
+    assert exits == [100]  # the others still "run" (process_running said so)
