@@ -248,3 +248,30 @@ def snapshot(proc: Path = PROC) -> list[ProcInfo]:
         except (OSError, StatError):
             continue
     return out
+
+
+def netlink_queued(fd: int, proc: Path = PROC) -> int | None:
+    """Bytes waiting in the receive queue of our netlink socket `fd`: how far a kernel reader
+    is behind (read when health is asked for, never on the event path)."""
+    return netlink_queues(proc).get(os.fstat(fd).st_ino)
+
+
+def netlink_queues(proc: Path = PROC) -> dict[int, int]:
+    """Bytes waiting in each netlink socket's receive queue (`Rmem` of /proc/net/netlink),
+    by socket inode."""
+    try:
+        with open(f"{proc}/net/netlink", "rb") as f:
+            head, *rows = f.read().splitlines()
+    except OSError:
+        return {}
+    cols = head.split()
+    try:
+        rmem, inode = cols.index(b"Rmem"), cols.index(b"Inode")
+    except ValueError:
+        return {}
+    out: dict[int, int] = {}
+    for row in rows:
+        fields = row.split()
+        if len(fields) > max(rmem, inode):
+            out[int(fields[inode])] = int(fields[rmem])
+    return out

@@ -48,6 +48,10 @@ def node_json(service: Service) -> dict[str, Any]:
         "follow": {"max": service.follower.limit, **asdict(service.follower.stats)},
         "events": dict(journal.counts),
         "tracker": dict(service.tracker.counters),
+        "loop_lag": {
+            "last": round(service.loop_lag.last, 6),
+            "max_10s": round(service.loop_lag.recent_max, 6),
+        },
         "sources": sources,
     }
 

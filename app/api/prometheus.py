@@ -54,7 +54,7 @@ LATENCY_BUCKETS = (
 SOURCE_STATES = (OK, DEGRADED, FAILED, STOPPED)
 # Source "counters" that are levels, not counts: exported as gauges, not as *_total.
 # (The audit source's: app/sources/audit.py. A canary overlay's latencies are levels too.)
-LEVELS = frozenset({"backlog", "backlog_max"})
+LEVELS = frozenset({"backlog", "backlog_max", "pending_events", "socket_queue_bytes"})
 
 
 def is_level(name: str) -> bool:
@@ -226,6 +226,22 @@ class LifewatchCollector(Collector):
         yield from self._sources()
         yield from self._watches()
         yield from self._canary()
+        yield from self._loop()
+
+    def _loop(self) -> Iterator[Metric]:
+        """How late the event loop (kernel readers and API alike) runs its timers."""
+        lag = self.service.loop_lag
+        h = HistogramMetricFamily(
+            "lifewatch_event_loop_lag_seconds",
+            "How much later than due a timer on the daemon's event loop ran",
+        )
+        h.add_metric([], [(b, float(n)) for b, n in lag.cumulative()], lag.sum)
+        yield h
+        g = GaugeMetricFamily(
+            "lifewatch_event_loop_lag_max_seconds", "The largest event loop lag of the last 10 s"
+        )
+        g.add_metric([], lag.recent_max)
+        yield g
 
     def _node(self) -> Iterator[Metric]:
         s = self.service

@@ -14,6 +14,7 @@ from app.core.dating import Clocks
 from app.core.follow import Follower
 from app.core.identity import load_node_identity
 from app.core.journal import Journal
+from app.core.looplag import LoopLag
 from app.core.registry import Registry
 from app.core.tracker import Tracker
 from app.core.watches import WatchEngine
@@ -91,6 +92,7 @@ class Service:
         self.tracker.add_resync_listener(self._resynced)
         self.follower = Follower(self.tracker, config.max_follow, proc)
         self.canary: Canary | None = None
+        self.loop_lag = LoopLag()
         self.started_at = self.tracker.clocks.wall()
         self.started_mono = self._mono()
 
@@ -151,6 +153,7 @@ class Service:
         n = self.tracker.load_snapshot(procfs.snapshot(self.proc))
         log.info("snapshot: %d lives in %.3f s", n, self._mono() - t0)
         self.watches.start()
+        self.loop_lag.start()
         if self.config.canary_interval > 0 and any(s.name in KNOWN_SOURCES for s in self.sources):
             canary = Canary(
                 self.tracker, self.sources, self.config.canary_interval,
@@ -167,6 +170,7 @@ class Service:
     async def stop(self) -> None:
         if self.canary is not None:
             await self.canary.stop()
+        self.loop_lag.stop()
         await self.watches.stop()
         self.follower.close()
         self.tracker.close()

@@ -90,7 +90,7 @@ class AuditSource:
         self.lives = LifeEvents(self._emit, proc, clock=mono)
         self.counters: dict[str, int] = {
             "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
-            "backlog": 0, "backlog_max": 0, "losses": 0,
+            "backlog": 0, "backlog_max": 0, "losses": 0, "full_reads": 0,
         }  # fmt: skip
 
     # -- Source ------------------------------------------------------------------------------
@@ -197,6 +197,10 @@ class AuditSource:
             **self.counters, **self.asm.counters, **self.lives.counters,
             "pending_events": self.asm.pending,
         }  # fmt: skip
+        if self._sock is not None:
+            queued = procfs.netlink_queued(self._sock.fileno())
+            if queued is not None:
+                h.counters["socket_queue_bytes"] = queued
         return h
 
     # -- the record stream (hot path) ------------------------------------------------------
@@ -225,6 +229,8 @@ class AuditSource:
             for rec in parse_datagram(data):
                 push(rec)
         self.counters["datagrams"] += n
+        if n == BATCH:  # the budget ran out with datagrams left: the reader is behind
+            self.counters["full_reads"] += 1
         if n:
             self._last_datagram = self._wall()
         busy = self.asm.pending or self.lives.waiting or self.asm.holes

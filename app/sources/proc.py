@@ -82,7 +82,7 @@ class ProcConnectorSource:
         self._health = SourceHealth()
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
-             "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred"),
+             "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred", "full_reads"),
             0,
         )  # fmt: skip
 
@@ -152,6 +152,10 @@ class ProcConnectorSource:
 
     def health(self) -> SourceHealth:
         self._health.counters = dict(self.counters)
+        if self._sock is not None:
+            queued = procfs.netlink_queued(self._sock.fileno())
+            if queued is not None:
+                self._health.counters["socket_queue_bytes"] = queued
         return self._health
 
     def _set_health(self, state: str, reason: str) -> None:
@@ -180,6 +184,8 @@ class ProcConnectorSource:
                 asyncio.get_running_loop().remove_reader(sock.fileno())
                 return
             self._deliver(data)
+        # The budget ran out with datagrams left: the reader is behind the kernel.
+        self.counters["full_reads"] += 1
 
     def _overrun(self) -> None:
         """Our receive queue overflowed: some events are gone. Sequence holes after this are

@@ -168,3 +168,10 @@ async def test_a_leader_leaving_first_is_not_the_process_death(svc: Service) -> 
     finally:
         p.kill()
         p.wait()
+
+
+async def test_health_shows_how_much_waits_in_the_socket(svc: Service) -> None:
+    """The connector socket's receive queue (Rmem of /proc/net/netlink) is in the source's
+    health, so a reader that falls behind shows before it overruns."""
+    counters = svc.sources[0].health().counters
+    assert counters["socket_queue_bytes"] >= 0 and "full_reads" in counters
