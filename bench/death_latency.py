@@ -35,7 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import uvloop
@@ -238,18 +241,28 @@ class RawStream:
 
 
 def measure_raw(
-    port: int, n: int, gap: float, kind: type[Victim], stamps: bool = False
+    port: int, n: int, gap: float, kind: type[Victim], stamps: bool = False, by_life: bool = False
 ) -> tuple[list[float], Counter[int], int]:
+    """With `by_life`, each victim gets a client of its own, subscribed with `life=` (as a
+    middleware watching one partner does) once the victim runs; else one client takes
+    every death."""
     latencies: list[float] = []
     deaths: Counter[int] = Counter()
     victims: list[Victim] = []
-    ws = RawStream(port, "/v1/stream?types=died", stamps)
+    host = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/node").read())["host"]
+    ws = None if by_life else RawStream(port, "/v1/stream?types=died", stamps)
     clock = time.CLOCK_REALTIME if stamps else MONO  # the kernel stamps on CLOCK_REALTIME
     time.sleep(0.2)
     for _ in range(n):
         p = kind(clock)
         victims.append(p)
         time.sleep(gap)
+        if by_life:
+            if ws is not None:
+                ws.sock.close()
+            ws = RawStream(port, f"/v1/stream?types=died&life={host}/{p.pid}/"
+                                 f"{start_ticks(p.pid)}", stamps)  # fmt: skip
+        assert ws is not None
         p.die()
         deadline = time.monotonic() + 10.0
         with contextlib.suppress(TimeoutError):  # a miss is counted, not fatal
@@ -263,12 +276,54 @@ def measure_raw(
                     break
         p.reap()
     deadline = time.monotonic() + 1.0  # late duplicates would come now (not the load's end)
+    assert ws is not None
     with contextlib.suppress(TimeoutError):
         while True:
             deaths[json.loads(ws.text(deadline - time.monotonic()))["life"]["pid"]] += 1
     ws.sock.close()
     ours = Counter({p.pid: deaths[p.pid] for p in victims})
     return latencies, ours, sum(deaths.values())
+
+
+def start_ticks(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+
+
+# Clients that stream every death, as fast as they read, in a process of their own (they
+# compete for the cores as real clients do). They print how many deaths each received.
+STREAMERS = """
+import asyncio, sys, signal, aiohttp, uvloop
+async def one(url, counts, i):
+    async with aiohttp.ClientSession() as s, s.ws_connect(url, max_msg_size=0) as ws:
+        async for msg in ws:
+            counts[i] += 1
+async def main(url, n):
+    counts = [0] * n
+    tasks = [asyncio.create_task(one(url, counts, i)) for i in range(n)]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    print(min(counts), max(counts), sum(t.done() for t in tasks), flush=True)
+uvloop.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def start_load(kind: str, workers: int) -> list[subprocess.Popen[bytes]]:
+    """Fork storms: the compiled forker of bench/storm.py at full rate, or a Python loop."""
+    if kind == "c":
+        from bench.storm import FORKER, build_forker
+
+        build_forker()
+        return [subprocess.Popen([str(FORKER), "exit", "3600", "/dev/null"])
+                for _ in range(workers)]  # fmt: skip
+    code = "from bench.death_latency import fork_loop; fork_loop()"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(workers)]
+
+
+def node(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/node", timeout=30) as r:
+        got: dict[str, Any] = json.load(r)
+        return got
 
 
 def pct(xs: list[float], q: int) -> float:
@@ -282,6 +337,23 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=7879)
     ap.add_argument("--gap", type=float, default=0.01, help="s between victims (default 0.01)")
     ap.add_argument("--load-workers", type=int, default=0, help="fork+exit load processes")
+    ap.add_argument(
+        "--load",
+        choices=("c", "python"),
+        default="python",
+        help="the load: bench/forker.c at full rate, or a Python fork loop",
+    )
+    ap.add_argument(
+        "--streamers",
+        type=int,
+        default=0,
+        help="extra clients streaming every death meanwhile (another process)",
+    )
+    ap.add_argument(
+        "--by-life",
+        action="store_true",
+        help="each victim watched by its own client with life= (raw/stamp clients)",
+    )
     ap.add_argument("--client", choices=("aiohttp", "raw", "stamp"), default="aiohttp",
                     help="aiohttp on uvloop; a minimal blocking WebSocket reader; or that "
                          "reader's kernel receive stamp (SO_TIMESTAMPNS)")  # fmt: skip
@@ -295,24 +367,37 @@ def main() -> None:
          "--sources", args.sources, "--log-level", "WARNING"],
         env=env,
     )  # fmt: skip
-    load: list[int] = []
+    load: list[subprocess.Popen[bytes]] = []
+    streamers = None
     try:
         asyncio.run(wait_ready(url))
-        for _ in range(args.load_workers):
-            pid = os.fork()
-            if pid == 0:
-                fork_loop()
-            load.append(pid)
+        before = node(args.port)
+        if args.streamers:
+            ws_url = url.replace("http", "ws") + "/v1/stream?types=died"
+            streamers = subprocess.Popen([sys.executable, "-c", STREAMERS, ws_url,
+                                          str(args.streamers)], stdout=subprocess.PIPE)  # fmt: skip
+            time.sleep(1.0)
+        load = start_load(args.load, args.load_workers)
         kind: type[Victim] = Killed if args.death == "kill" else Exits
         if args.client in ("raw", "stamp"):
             stamps = args.client == "stamp"
-            lat, deaths, total = measure_raw(args.port, args.n, args.gap, kind, stamps)
+            lat, deaths, total = measure_raw(args.port, args.n, args.gap, kind, stamps,
+                                             args.by_life)  # fmt: skip
         else:
             lat, deaths, total = uvloop.run(measure(url, args.n, args.gap, kind))
+        for p in load:
+            p.kill()
+            p.wait()
+        after = node(args.port)
     finally:
-        for pid in load:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        for p in load:
+            p.kill()
+            p.wait()
+        if streamers is not None:
+            streamers.terminate()
+            got = streamers.communicate(timeout=30)[0].decode().split()
+            print(f"streamers: {args.streamers}, deaths received min {got[0]} max {got[1]}, "
+                  f"closed by the server {got[2]}")  # fmt: skip
         daemon.send_signal(signal.SIGTERM)
         try:
             daemon.wait(10)
@@ -328,6 +413,13 @@ def main() -> None:
     print(f"death -> WebSocket receipt (ms): p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  "
           f"p99 {pct(lat, 99):.3f}  max {max(lat):.3f}")  # fmt: skip
     print(f"victims missing: {missing}  reported twice: {twice}")
+    gaps = after["events"].get("gap", 0) - before["events"].get("gap", 0)
+    lost = {n: s["counters"].get("kernel_lost_since_start") for n, s in after["sources"].items()
+            if "kernel_lost_since_start" in s["counters"]}  # fmt: skip
+    print(
+        f"gap events: {gaps}  kernel lost since start: {lost}  "
+        f"loop lag max (last 10 s): {after['loop_lag']['max_10s']} s"
+    )
 
 
 if __name__ == "__main__":
