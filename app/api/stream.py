@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -102,7 +103,8 @@ async def _serve(
     jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close))]
     jobs.append(asyncio.create_task(_read(ws, live)))
     if transport is not None:
-        jobs.append(asyncio.create_task(keepalive(transport, live, cfg.slow_client_close)))
+        phase = random.uniform(0, cfg.heartbeat)  # spreads pings (heartbeat.keepalive)
+        jobs.append(asyncio.create_task(keepalive(transport, live, cfg.slow_client_close, phase)))
     closing: Closing | None = None
     try:
         done, _ = await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
