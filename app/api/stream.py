@@ -1,54 +1,60 @@
 """The WebSocket stream: journal events pushed as JSON, resumable from a cursor.
 
 Each client has its own bounded queue and its own writer (this handler): the tracker only
-appends to the journal, which offers each event to each subscriber without waiting. A slow
-client catches up from the journal or gets `gap` + `reset`; it never slows anyone else.
+appends to the journal, which offers each event to the subscribers whose filter could match
+(app/core/fanout.py) without waiting. A slow client is told `lagging` with the cursor to
+resume after and catches up from the journal, or gets `gap` + `reset`; it never slows anyone
+else. A client that does not read at all for `slow_client_close` s is closed with 1013 and
+that cursor; one that sends nothing for 3 heartbeats (app/api/heartbeat.py) with 1001. Every
+close is logged with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import random
+from dataclasses import dataclass
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from app.api.follow import follow_for_stream
+from app.api.heartbeat import Liveness, keepalive
 from app.api.keys import ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
+from app.core.fanout import Interest
 from app.core.identity import LifeId, parse_life_id
-from app.core.journal import Accept, Encoder, Event, Push
+from app.core.journal import Accept, Encoder, Event, Push, Subscriber
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 PUSH_LIMIT = 64 * 1024  # bytes waiting in a client's transport before events queue instead
+TRY_AGAIN_LATER = 1013  # RFC 6455 7.4.1 (IANA registry): "Try Again Later"
+
+
+def make_interest(q: StreamQuery, life: tuple[int, int] | None) -> Interest:
+    return Interest(
+        types=frozenset(q.types) if q.types else None,
+        pid=life[0] if life else q.pid,
+        ticks=life[1] if life else None,
+        comm=q.comm,
+        exe=q.exe,
+        canary=q.canary,
+    )
 
 
 def make_filter(q: StreamQuery, life: tuple[int, int] | None) -> Accept:
-    types = frozenset(q.types) if q.types else None
-    pid = life[0] if life else q.pid
-    comm, exe, canary = q.comm, q.exe, q.canary
-    if pid is None and comm is None and exe is None and canary is None:
+    return make_interest(q, life).matcher()
 
-        def by_type(ev: Event) -> bool:
-            return types is None or ev.type in types
 
-        return by_type
+@dataclass
+class Closing:
+    """Why the server ends a stream: a close code and reason for the client and the log."""
 
-    def accept(ev: Event) -> bool:
-        if types is not None and ev.type not in types:
-            return False
-        lv = ev.life
-        if lv is None:  # node events (gap, resync, source...) pass unless types exclude them
-            return True
-        return (
-            (pid is None or lv.pid == pid)
-            and (life is None or abs(lv.start_ticks - life[1]) <= max(lv.start_slack, 0))
-            and (comm is None or lv.comm == comm)
-            and (exe is None or lv.exe == exe)
-            and (canary is None or lv.canary == canary)
-        )
-
-    return accept
+    code: int
+    reason: str
 
 
 @routes.get("/v1/stream")
@@ -64,9 +70,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     followed = life is not None and follow_for_stream(service, *life)
     # Uncompressed: permessage-deflate of each ~0.6 kB event cost more time than the rest of
     # the send (bench/death_latency.py); events are small and mostly go to nearby clients.
-    ws = web.WebSocketResponse(
-        heartbeat=service.config.heartbeat, max_msg_size=64 * 1024, compress=False
-    )
+    # No aiohttp heartbeat and no autoping: app/api/heartbeat.py keeps the connection alive
+    # and sees every frame the client sends.
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
     try:
         await ws.prepare(request)
     except BaseException:
@@ -74,35 +80,98 @@ async def stream(request: web.Request) -> web.StreamResponse:
             service.follower.release(life[0])
         raise
     request.app[SOCKETS].add(ws)
-    enc = request.app[ENCODER]
-    push = make_push(ws, request.transport, enc)
-    sub = service.journal.subscribe(
-        make_filter(q, life), service.config.subscriber_queue, q.after, push
-    )
-    reader = asyncio.create_task(_drain_client(ws))
-    # The client going away closes the subscription, which ends `next_batch`. While the
-    # client keeps up, events are pushed onto its socket by the journal itself (make_push)
-    # and this loop only sends replays and what queued while the socket was full.
-    reader.add_done_callback(lambda _: sub.close())
     try:
-        while not ws.closed:
-            batch = await sub.next_batch()
-            if not batch:
-                break  # closed: the client went away
-            for ev in batch:
-                await ws.send_frame(ev.json(enc), WSMsgType.TEXT)
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+        await _serve(request, ws, make_interest(q, life), q.after)
     finally:
         if followed and life is not None:
             service.follower.release(life[0])
-        sub.close()
         request.app[SOCKETS].discard(ws)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        await ws.close()
     return ws
+
+
+async def _serve(
+    request: web.Request, ws: web.WebSocketResponse, interest: Interest, after: int | None
+) -> None:
+    """Run the client's three jobs (send, read, keepalive) until one ends; then close with a
+    code and reason, and log it."""
+    service, transport = request.app[SERVICE], request.transport
+    cfg = service.config
+    loop = asyncio.get_running_loop()
+    live = Liveness(cfg.heartbeat, loop.time())
+    push = make_push(ws, transport, request.app[ENCODER])
+    sub = service.journal.subscribe(interest, cfg.subscriber_queue, after, push)
+    jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close))]
+    jobs.append(asyncio.create_task(_read(ws, live)))
+    if transport is not None:
+        phase = random.uniform(0, cfg.heartbeat)  # spreads pings (heartbeat.keepalive)
+        jobs.append(asyncio.create_task(keepalive(transport, live, cfg.slow_client_close, phase)))
+    closing: Closing | None = None
+    try:
+        done, _ = await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
+        closing = _why(jobs, done)
+    finally:
+        sub.close()
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await _close(request, ws, sub, closing)
+
+
+def _why(
+    jobs: list[asyncio.Task[str | None]], done: set[asyncio.Task[str | None]]
+) -> Closing | None:
+    """The server's reason to close, if the job that ended gives one (None: the client left)."""
+    send, keep = jobs[0], jobs[2] if len(jobs) > 2 else None
+    for job in done:
+        if job.cancelled() or job.exception() is not None or job.result() is None:
+            continue
+        if job is send:
+            return Closing(TRY_AGAIN_LATER, str(job.result()))
+        if job is keep:
+            return Closing(WSCloseCode.GOING_AWAY, str(job.result()))
+    return None
+
+
+async def _close(
+    request: web.Request, ws: web.WebSocketResponse, sub: Subscriber, closing: Closing | None
+) -> None:
+    peer = request.remote
+    if closing is None:
+        log.info("stream client %s closed (code %s), last cursor %d", peer,
+                 ws.close_code, sub.delivered)  # fmt: skip
+        with contextlib.suppress(Exception):
+            await ws.close()
+        return
+    log.warning("closing stream client %s: %d %s", peer, closing.code, closing.reason)
+    # drain=False: a client that does not read would hold the close forever; the close frame
+    # goes behind what is already buffered, so the client gets everything up to it.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5.0):
+            await ws.close(code=closing.code, message=closing.reason.encode()[:120], drain=False)
+
+
+async def _send(
+    request: web.Request, ws: web.WebSocketResponse, sub: Subscriber, stall_limit: float
+) -> str | None:
+    """Send replays and what queued while the client's socket was full, each batch's frames
+    in one write. None when the subscription closes; a close reason when the client has not
+    drained its socket for `stall_limit` s."""
+    transport, enc = request.transport, request.app[ENCODER]
+    while not ws.closed:
+        batch = await sub.next_batch()
+        if not batch or transport is None or transport.is_closing():
+            return None
+        transport.write(b"".join([text_frame(ev.json(enc)) for ev in batch]))
+        if transport.get_write_buffer_size() > PUSH_LIMIT:
+            try:
+                async with asyncio.timeout(stall_limit):
+                    await request.writer.drain()
+            except TimeoutError:
+                return (
+                    f"try again later: lagging, resume after cursor {sub.delivered} "
+                    f"(not read for {stall_limit:.0f} s)"
+                )
+    return None
 
 
 def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, enc: Encoder) -> Push:
@@ -127,8 +196,14 @@ def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, en
     return push
 
 
-async def _drain_client(ws: web.WebSocketResponse) -> None:
-    """Read (and ignore) what the client sends, to see pongs and its close."""
-    async for msg in ws:
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
-            break
+async def _read(ws: web.WebSocketResponse, live: Liveness) -> None:
+    """Read what the client sends: any frame shows it alive; pings are answered (autoping is
+    off, so that pongs are seen here). Ends when the client closes."""
+    loop = asyncio.get_running_loop()
+    while True:
+        msg = await ws.receive()
+        live.seen(loop.time())
+        if msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return

@@ -50,7 +50,18 @@ class Config(BaseModel):
     )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     max_batch: int = Field(10_000, ge=1, description="most lives in one POST /v1/lives/check")
-    heartbeat: float = Field(15.0, gt=0, description="WebSocket ping interval, seconds")
+    heartbeat: float = Field(
+        15.0,
+        gt=0,
+        description="WebSocket ping interval, seconds; a client that sends nothing (no pong, "
+        "no data) for 3 intervals, not counting the daemon's own lateness, is closed (1001)",
+    )
+    slow_client_close: float = Field(
+        120.0,
+        gt=0,
+        description="seconds a stream client may leave its socket undrained (not reading) "
+        "before it is closed with 1013 naming the cursor to resume after",
+    )
     # -- audit source (app/sources/audit.py, docs/audit.md) --
     audit_mode: Literal["auto", "unicast", "multicast"] = Field(
         "auto",

@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from app.core.fanout import Accept as Accept
+from app.core.fanout import Interest, SubscriberIndex
 from app.core.life import LifeView, iso, source_names
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,6 @@ class Event:
         self._json = None
 
 
-Accept = Callable[[Event], bool]
 # Hands an event to an idle reader at once, without waiting; False when it cannot (the
 # reader's buffer is full, it is closing): the event then goes through the queue.
 Push = Callable[[Event], bool]
@@ -89,19 +90,23 @@ Push = Callable[[Event], bool]
 class Subscriber:
     """A live reader with a bounded queue. `offer` is called synchronously by the journal and
     never blocks; when the queue is full the subscriber is marked overflowed and, on its next
-    read, catches up from the journal window (no loss) or gets `gap` + `reset` if the window
-    has moved past it."""
+    read, is told `lagging` (the cursor it has been given everything up to) and then catches
+    up from the journal window (no loss), or gets `gap` + `reset` if the window has moved past
+    it."""
 
     def __init__(
         self,
         journal: Journal,
-        accept: Accept,
+        accept: Accept | Interest,
         maxsize: int,
         delivered: int,
         push: Push | None = None,
     ) -> None:
         self._journal = journal
-        self.accept = accept
+        # An Interest is indexed by the journal (only matching events are offered); a bare
+        # callable is offered every event.
+        self.interest = accept if isinstance(accept, Interest) else None
+        self.accept: Accept = accept.matcher() if isinstance(accept, Interest) else accept
         self.push = push
         # The reader holds a batch it has not finished sending: what comes meanwhile queues
         # behind it, so a push never overtakes an event taken earlier.
@@ -126,6 +131,7 @@ class Subscriber:
                 # Never into the kernel reader: this reader takes the queue from now on.
                 log.exception("push to a stream reader failed; it is served from its queue")
                 self.push = None
+                self._journal.demoted(self)
                 pushed = False
             if pushed:
                 self.delivered = ev.cursor
@@ -163,18 +169,19 @@ class Subscriber:
         return []
 
     def _catch_up(self) -> list[Event]:
+        """`lagging` naming the cursor to resume after, then what was missed from the window
+        (or `gap` + `reset` when the window no longer holds it)."""
         self.overflowed = False
         self.queue.clear()
-        missed = self._journal.since(self.delivered)
+        j = self._journal
+        lagging = j.lagging(self.delivered, self.maxsize)
+        missed = j.since(self.delivered)
         if missed is None:
-            last = self._journal.last_cursor
-            gap = self._journal.synthetic(
-                "gap", {"reason": "subscriber_overflow", "after": self.delivered}
-            )
-            reset = self._journal.synthetic("reset", {"reason": "subscriber_overflow"})
-            self.delivered = last
-            return [gap, reset]
-        return [e for e in missed if self.accept(e)]
+            gap = j.synthetic("gap", {"reason": "subscriber_overflow", "after": self.delivered})
+            reset = j.synthetic("reset", {"reason": "subscriber_overflow"})
+            self.delivered = j.last_cursor
+            return [lagging, gap, reset]
+        return [lagging, *(e for e in missed if self.accept(e))]
 
     def close(self) -> None:
         self.closed = True
@@ -190,8 +197,9 @@ class Journal:
         self.first_cursor = int(clock() * 1_000_000)  # this run's first cursor
         self._next = self.first_cursor
         # Stream clients (events pushed onto their sockets) are offered each event before
-        # the internal readers (metrics, watches), whose wakeups need not delay a client.
-        self._subs: dict[Subscriber, None] = {}
+        # the internal readers (metrics, watches), whose wakeups need not delay a client; and
+        # only the subscribers whose filter could match it (app/core/fanout.py).
+        self._subs: SubscriberIndex[Subscriber] = SubscriberIndex()
         self.overflows = 0
         self.counts: dict[str, int] = {}
 
@@ -216,13 +224,24 @@ class Journal:
         self._next += 1
         self._events.append(ev)
         self.counts[type] = self.counts.get(type, 0) + 1
-        for sub in self._subs:  # an idle client is sent it now (Subscriber.push)
+        for sub in self._subs.candidates(ev):  # an idle client is sent it now (push)
             sub.offer(ev)
         return ev
 
     def synthetic(self, type: str, fields: dict[str, Any]) -> Event:
         """An event for one reader only (reset, overflow gap): carries the current cursor."""
         return Event(self.last_cursor, type, self._clock(), None, fields, 0)
+
+    def lagging(self, delivered: int, limit: int) -> Event:
+        """For one reader that fell behind: it has everything up to `delivered` (the event's
+        cursor) and resumes after it; `behind` counts the journal's events since."""
+        fields = {
+            "resume_after": delivered,
+            "reason": "queue_full",
+            "behind": self.last_cursor - delivered,
+            "queue_limit": limit,
+        }
+        return Event(delivered, "lagging", self._clock(), None, fields, 0)
 
     def since(self, after: int) -> list[Event] | None:
         """Events after `after`, or None when they cannot all be given (reset needed).
@@ -243,7 +262,7 @@ class Journal:
 
     def subscribe(
         self,
-        accept: Accept,
+        accept: Accept | Interest,
         maxsize: int,
         after: int | None = None,
         push: Push | None = None,
@@ -257,20 +276,22 @@ class Journal:
             if missed is None:
                 sub.pending = [self.synthetic("reset", {"reason": self.reset_reason(after)})]
             else:
-                sub.pending = [e for e in missed if accept(e)]
-        if push is not None:
-            self._subs = {sub: None, **self._subs}  # first in line
-        else:
-            self._subs[sub] = None
+                sub.pending = [e for e in missed if sub.accept(e)]
+        self._subs.add(sub, client=push is not None)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        self._subs.pop(sub, None)
+        self._subs.remove(sub)
+
+    def demoted(self, sub: Subscriber) -> None:
+        """`sub`'s push failed: it no longer counts as a stream client."""
+        self._subs.demote(sub)
 
     @property
     def pushers(self) -> int:
-        """Subscribers that take events pushed onto a socket: stream clients."""
-        return sum(1 for sub in self._subs if sub.push is not None)
+        """Subscribers that take events pushed onto a socket: stream clients. O(1): the
+        registry asks on every birth."""
+        return self._subs.clients
 
     @property
     def subscribers(self) -> int:

@@ -83,7 +83,9 @@ async def test_slow_subscriber_catches_up_from_the_window_without_loss() -> None
     assert slow.overflowed and slow.overflows == 1
     assert j.overflows == 1
     got = await slow.next_batch()
-    assert [e.fields["n"] for e in got if e.fields] == list(range(50))
+    lagging, *rest = got  # told first, with the cursor it resumes after: nothing yet
+    assert lagging.type == "lagging" and lagging.cursor == j.first_cursor - 1
+    assert [e.fields["n"] for e in rest if e.fields] == list(range(50))
     assert len(await fast.next_batch()) == 50  # the other subscriber never noticed
 
 
@@ -93,8 +95,8 @@ async def test_overflow_past_the_window_gives_gap_and_reset() -> None:
     for _ in range(20):
         j.append("born")
     got = await slow.next_batch()
-    assert [e.type for e in got] == ["gap", "reset"]
-    assert got[0].fields is not None and got[0].fields["reason"] == "subscriber_overflow"
+    assert [e.type for e in got] == ["lagging", "gap", "reset"]
+    assert got[1].fields is not None and got[1].fields["reason"] == "subscriber_overflow"
     j.append("died")
     assert [e.type for e in await slow.next_batch()] == ["died"]  # live again after reset
 
@@ -157,7 +159,8 @@ async def test_a_declined_push_past_the_queue_still_catches_up_without_loss() ->
     sub = j.subscribe(accept_all, maxsize=4, push=lambda ev: False)
     cursors = [j.append("born").cursor for _ in range(20)]
     assert sub.overflowed
-    assert [e.cursor for e in await sub.next_batch()] == cursors
+    lagging, *rest = await sub.next_batch()
+    assert lagging.type == "lagging" and [e.cursor for e in rest] == cursors
 
 
 async def test_a_failing_push_falls_back_to_the_queue_and_loses_nothing() -> None:
