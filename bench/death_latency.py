@@ -37,6 +37,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +133,40 @@ async def wait_ready(url: str, timeout: float = 20.0) -> None:
     raise SystemExit("lifewatch did not come up")
 
 
+@contextlib.asynccontextmanager
+async def died_stream(url: str, client: str) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """`/v1/stream?types=died` as a Python client sees it: aiohttp, or the `websockets`
+    library (an independent implementation); yields a function giving the next message."""
+    path = url.replace("http", "ws", 1) + "/v1/stream?types=died"
+    if client == "websockets":
+        from websockets.asyncio.client import connect
+
+        async with connect(path, compression=None, max_size=None) as ws:
+
+            async def text() -> str:
+                msg = await ws.recv()
+                return msg if isinstance(msg, str) else msg.decode()
+
+            yield text
+        return
+    async with aiohttp.ClientSession() as s, s.ws_connect(path) as aws:
+
+        async def atext() -> str:
+            msg = await aws.receive()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise SystemExit(f"stream ended: {msg.type}")
+            return str(msg.data)
+
+        yield atext
+
+
 async def measure(
-    url: str, n: int, gap: float, kind: type[Victim]
+    url: str, n: int, gap: float, kind: type[Victim], client: str = "aiohttp"
 ) -> tuple[list[float], Counter[int], int]:
     latencies: list[float] = []
     deaths: Counter[int] = Counter()
     victims: list[Victim] = []
-    async with aiohttp.ClientSession() as s, s.ws_connect(f"{url}/v1/stream?types=died") as ws:
+    async with died_stream(url, client) as text:
         await asyncio.sleep(0.2)
         for _ in range(n):
             p = kind()
@@ -148,24 +176,19 @@ async def measure(
             with contextlib.suppress(TimeoutError):  # a miss is counted, not fatal
                 async with asyncio.timeout(10.0):
                     while True:
-                        msg = await ws.receive()
+                        data = await text()
                         t1 = now_ns()
-                        if msg.type != aiohttp.WSMsgType.TEXT:
-                            raise SystemExit(f"stream ended: {msg.type}")
-                        pid = json.loads(msg.data)["life"]["pid"]
+                        pid = json.loads(data)["life"]["pid"]
                         deaths[pid] += 1
                         if pid == p.pid:
                             latencies.append((t1 - p.death()) / 1e6)
                             break
             p.reap()
         # Late duplicates would come now.
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(TimeoutError, SystemExit):
             async with asyncio.timeout(1.0):
                 while True:
-                    msg = await ws.receive()
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    deaths[json.loads(msg.data)["life"]["pid"]] += 1
+                    deaths[json.loads(await text())["life"]["pid"]] += 1
     ours = Counter({p.pid: deaths[p.pid] for p in victims})
     return latencies, ours, sum(deaths.values())
 
@@ -354,9 +377,11 @@ def main() -> None:
         action="store_true",
         help="each victim watched by its own client with life= (raw/stamp clients)",
     )
-    ap.add_argument("--client", choices=("aiohttp", "raw", "stamp"), default="aiohttp",
-                    help="aiohttp on uvloop; a minimal blocking WebSocket reader; or that "
-                         "reader's kernel receive stamp (SO_TIMESTAMPNS)")  # fmt: skip
+    ap.add_argument("--client", choices=("aiohttp", "websockets", "raw", "stamp"),
+                    default="aiohttp",
+                    help="aiohttp or the websockets library, on uvloop; a minimal blocking "
+                         "WebSocket reader; or that reader's kernel receive stamp "
+                         "(SO_TIMESTAMPNS)")  # fmt: skip
     ap.add_argument("--death", choices=("kill", "exit"), default="kill",
                     help="kill -9 by the bench, or _exit by the victim (see above)")  # fmt: skip
     args = ap.parse_args()
@@ -384,7 +409,7 @@ def main() -> None:
             lat, deaths, total = measure_raw(args.port, args.n, args.gap, kind, stamps,
                                              args.by_life)  # fmt: skip
         else:
-            lat, deaths, total = uvloop.run(measure(url, args.n, args.gap, kind))
+            lat, deaths, total = uvloop.run(measure(url, args.n, args.gap, kind, args.client))
         for p in load:
             p.kill()
             p.wait()
