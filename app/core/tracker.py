@@ -40,6 +40,11 @@ RESYNC_SPACING = 0.5  # s between two repairs from /proc, however many gaps come
 SAME_MOMENT = 0.02  # s: audit stamps are coarse wall clock, up to a tick or two early
 EXEC_BITS = 16  # bits per source in Life.execs; a count stops at its maximum
 EXEC_MAX = (1 << EXEC_BITS) - 1
+# Where each source's count sits in Life.execs. The proc connector's at 0: a life exec'd
+# once, told by it alone, then holds 1, an int CPython shares (ints up to 256 are cached).
+_EXEC_ORDER = (SourceSet.PROC, SourceSet.AUDIT, SourceSet.SNAPSHOT, SourceSet.PIDFD,
+               SourceSet.LOOKUP, SourceSet.RESYNC, SourceSet.SCRIPT)  # fmt: skip
+EXEC_SHIFT = {bit: EXEC_BITS * i for i, bit in enumerate(_EXEC_ORDER)}
 
 
 @dataclass(slots=True)
@@ -181,7 +186,9 @@ class Tracker:
         ticks, slack, comm = start
         parent = self.registry.alive.get(o.ppid)
         life = Life(
-            o.pid, ticks, o.ppid, comm or (parent.comm if parent else None), bit,
+            # ppid: the parent's own int object, one int less per life (~28 B).
+            o.pid, ticks, parent.pid if parent else o.ppid,
+            comm or (parent.comm if parent else None), bit,
             exe=parent.exe if parent else None,
             argv=parent.argv if parent else (),
             uid=o.uid if o.uid is not None else (parent.uid if parent else None),
@@ -256,7 +263,7 @@ class Tracker:
         life.sources |= bit
         counts = life.execs
         before = _most_execs(counts)
-        shift = (bit.bit_length() - 1) * EXEC_BITS
+        shift = EXEC_SHIFT[bit]
         n = (counts >> shift & EXEC_MAX) + 1
         if n <= EXEC_MAX:
             life.execs = counts + (1 << shift)
