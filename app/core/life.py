@@ -107,8 +107,8 @@ def exit_of(code: int | None, signal: int | None, core_dumped: bool = False) -> 
 
 
 class Life:
-    """One life, `pid` + `start_ticks`. Slots keep 100,000 of them well under 500 B each
-    (measured by bench/memory_lives.py)."""
+    """One life, `pid` + `start_ticks`. Slots, shared strings and argv keep a live process
+    at ~340 B of the daemon's RSS (bench/memory_lives.py --fill, bench/RESULTS.md)."""
 
     __slots__ = (
         "argv",
