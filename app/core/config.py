@@ -30,6 +30,21 @@ class Config(BaseModel):
     )
     journal_size: int = Field(50_000, ge=16, description="events kept for replay (resume window)")
     history: int = Field(100_000, ge=0, description="dead lives kept for lookups")
+    history_bytes: int = Field(
+        64 << 20, ge=0,
+        description="estimated bytes of dead lives kept for lookups (argv, exe, comm and a "
+        "fixed ~640 B each); the oldest are forgotten past it, as past `history`",
+    )  # fmt: skip
+    argv_max: int = Field(
+        4096, ge=0, le=1 << 20,
+        description="bytes of argv kept per life, one NUL per argument counted as in "
+        "/proc/<pid>/cmdline; longer argv is cut and the life says argv_truncated",
+    )  # fmt: skip
+    page_bytes: int = Field(
+        4 << 20, ge=64 << 10,
+        description="most bytes of events or lives in one GET /v1/events or /v1/lives "
+        "answer (as well as `limit`); `next` continues where it stopped",
+    )  # fmt: skip
     subscriber_queue: int = Field(
         4096, ge=1, description="events queued per WebSocket client before it must catch up"
     )
@@ -117,6 +132,7 @@ class Config(BaseModel):
             rcvbuf=self.audit_rcvbuf,
             status_interval=self.audit_status_interval,
             key=self.audit_key,
+            argv_max=self.argv_max,
         )
 
     def proc_settings(self) -> ProcSettings:

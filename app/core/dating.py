@@ -64,7 +64,8 @@ def start_of(
         if st is not None and same_parent and abs(st.start_ticks - est[0]) <= est[1] + 1:
             return st.start_ticks, 0, st.comm
         return est[0], est[1], None
-    got = procfs.capture(o.pid, proc) if o.pid else None
+    # Only `stat` is wanted: argv_max=0 reads one byte of cmdline, not all of it.
+    got = procfs.capture(o.pid, proc, argv_max=0) if o.pid else None
     if got is None:
         return None
     info, pidfd = got

@@ -93,7 +93,7 @@ class Follower:
                 f"already following {len(self._by_pid)} lives; the limit is {self.limit} "
                 "(max_follow)",
             )
-        got = procfs.capture(pid, self.proc)
+        got = procfs.capture(pid, self.proc, self.tracker.argv_max)
         if got is None:
             self._refuse("not_found")
             raise FollowError("not_found", f"no process {pid} is running now")

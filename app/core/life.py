@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, NamedTuple
 
+from app.argv import is_cut
 from app.core.identity import TickClock, life_text
 
 ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
@@ -44,7 +45,47 @@ def source_bit(name: str) -> int:
 
 def intern(text: str | None) -> str | None:
     # comm and exe repeat across thousands of lives: one copy each keeps a life small.
+    # sys.intern's table does not keep a string alive once no life holds it.
     return None if text is None else sys.intern(text)
+
+
+ARGVS = 4096  # distinct argv tuples shared at once (see intern_argv)
+ARGV_SHARED_MAX = 64  # arguments: a longer argv is rarely repeated, and costs to hash
+_argvs: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def intern_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """One copy of each argv that repeats: 10,000 `sleep 600` share one tuple (~160 B each
+    otherwise, bench/memory_lives.py). The table is bounded: when it holds ARGVS tuples it
+    starts again, so argv that never repeats (hostile or not) cannot grow it; lives keep
+    the tuples they hold. A cut argv is not shared (it is rare, and must stay a CutArgv)."""
+    if not argv or len(argv) > ARGV_SHARED_MAX or is_cut(argv):
+        return argv
+    got = _argvs.get(argv)
+    if got is None:
+        if len(_argvs) >= ARGVS:
+            _argvs.clear()
+        got = _argvs[argv] = argv
+    return got
+
+
+# A life's size for `history_bytes`: the Life and its slots' own values, its key in the
+# registry's dict and order, and its `died` view (measured with sys.getsizeof, 64-bit
+# CPython 3.11); argv strings cost their text plus a str header and a tuple slot each.
+LIFE_BYTES = 640
+ARG_BYTES = 57
+
+
+def retained_bytes(life: Life) -> int:
+    """An estimate of what keeping `life` costs, for the registry's `history_bytes`. It
+    counts exe, comm and argv as if not shared with other lives: an upper bound."""
+    argv = life.argv
+    size = LIFE_BYTES + ARG_BYTES * len(argv) + sum(map(len, argv))
+    if life.exe is not None:
+        size += len(life.exe)
+    if life.comm is not None:
+        size += len(life.comm)
+    return size
 
 
 class Exit(NamedTuple):
@@ -66,8 +107,8 @@ def exit_of(code: int | None, signal: int | None, core_dumped: bool = False) -> 
 
 
 class Life:
-    """One life, `pid` + `start_ticks`. Slots keep 100,000 of them well under 500 B each
-    (measured by bench/memory_lives.py)."""
+    """One life, `pid` + `start_ticks`. Slots, shared strings and argv keep a live process
+    at ~340 B of the daemon's RSS (bench/memory_lives.py --fill, bench/RESULTS.md)."""
 
     __slots__ = (
         "argv",
@@ -77,6 +118,7 @@ class Life:
         "comm",
         "died_at",
         "exe",
+        "execs",
         "exit",
         "parent_ticks",
         "pid",
@@ -110,7 +152,7 @@ class Life:
         self.parent_ticks: int | None = None
         self.comm = intern(comm)
         self.exe = intern(exe)
-        self.argv = argv
+        self.argv = intern_argv(argv)
         self.uid = uid
         self.born_at = born_at
         self.died_at: float | None = None
@@ -119,6 +161,15 @@ class Life:
         self.sources = sources
         self.pidfd_ino: int | None = None
         self.canary = False
+        # The tracker's count of this life's execs per source, 16 bits per source bit
+        # (app/core/tracker.py, _exec): a field, not a dict per life (~300 B less each).
+        self.execs = 0
+
+    def set_program(self, comm: str | None, exe: str | None, argv: tuple[str, ...]) -> None:
+        """What an exec changed, shared with other lives running the same program."""
+        self.comm = intern(comm)
+        self.exe = intern(exe)
+        self.argv = intern_argv(argv)
 
     @property
     def alive(self) -> bool:
@@ -198,6 +249,7 @@ class LifeView(NamedTuple):
             "comm": self.comm,
             "exe": self.exe,
             "argv": list(self.argv),
+            "argv_truncated": is_cut(self.argv),
             "uid": self.uid,
             "born_at": iso(self.born_at),
             "pidfd_ino": self.pidfd_ino,

@@ -44,7 +44,7 @@ def lookup(service: Service, pid: int, ticks: int) -> Answer:
         tracker.vanished(ans.life, tracker.clocks.wall(), SourceSet.LOOKUP)
         return Answer(DEAD, ans.life, "pid vanished from /proc")
     if stat is not None and stat.start_ticks == ticks:
-        info = procfs.capture_closed(pid, service.proc)
+        info = procfs.capture_closed(pid, service.proc, tracker.argv_max)
         if info is not None and info.stat.start_ticks == ticks:
             return Answer(ALIVE, tracker.found(info, SourceSet.LOOKUP), "found in /proc")
     return ans

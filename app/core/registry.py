@@ -15,13 +15,19 @@ from typing import Any
 
 from app.core.identity import NodeIdentity
 from app.core.journal import Encoder, Event, Journal
-from app.core.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView
+from app.core.life import ALIVE, DEAD, UNKNOWN, Exit, Life, LifeView, retained_bytes
 from app.procfs import ProcInfo
 
 
 def life_key(pid: int, start_ticks: int) -> int:
     """One int for (pid, start): pids fit in 23 bits (PID_MAX_LIMIT = 2**22)."""
     return start_ticks << 23 | pid
+
+
+# Each entry of the dead lives' order is the life's key and its size estimate in one int:
+# no second object per dead life. A size is at most SIZE_MASK (argv is capped far below).
+SIZE_BITS = 24
+SIZE_MASK = (1 << SIZE_BITS) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,7 @@ class Registry:
         node: NodeIdentity,
         journal: Journal,
         history: int = 100_000,
+        history_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
@@ -47,10 +54,14 @@ class Registry:
         self.encoder: Encoder | None = None
         self.journal = journal
         self.history = history
+        # Dead lives are also evicted, oldest first, while their estimated size
+        # (life.retained_bytes) passes this: argv is the user's to choose (design.md fact 14).
+        self.history_bytes = history_bytes
+        self.dead_bytes = 0
         self._clock = clock
         self.alive: dict[int, Life] = {}
-        # Dead lives by life_key, oldest first in _dead_order. An int key and a deque of
-        # keys cost ~60 B per life less than an OrderedDict of tuples (bench/memory_lives.py).
+        # Dead lives by life_key, oldest first in _dead_order (key << SIZE_BITS | size). An
+        # int key and a deque of ints cost ~60 B per life less than an OrderedDict of tuples.
         self.dead: dict[int, Life] = {}
         self._dead_order: deque[int] = deque()
         self.evicted = 0
@@ -154,11 +165,22 @@ class Registry:
             del self.alive[life.pid]
         key = life_key(life.pid, life.start_ticks)
         self.dead[key] = life
-        self._dead_order.append(key)
-        while len(self._dead_order) > self.history:
-            if self.dead.pop(self._dead_order.popleft(), None) is not None:
-                self.evicted += 1
+        size = min(retained_bytes(life), SIZE_MASK)
+        self._dead_order.append(key << SIZE_BITS | size)
+        self.dead_bytes += size
+        if len(self._dead_order) > self.history or self.dead_bytes > self.history_bytes:
+            self._evict()
         return self.journal.append("died", life.snapshot(), None, sources, at)
+
+    def _evict(self) -> None:
+        """Forget the oldest dead lives until both bounds hold (lookups of them then answer
+        `unknown`, as before the history began)."""
+        order = self._dead_order
+        while order and (len(order) > self.history or self.dead_bytes > self.history_bytes):
+            entry = order.popleft()
+            self.dead_bytes -= entry & SIZE_MASK
+            if self.dead.pop(entry >> SIZE_BITS, None) is not None:
+                self.evicted += 1
 
     def completed(self, died: Event, life: Life, sources: int) -> None:
         """`life`'s death, journaled as `died`, is now known better (its exit report came)."""

@@ -80,8 +80,8 @@ class Service:
         self.proc = proc
         self.node = load_node_identity(config.state_dir, proc)
         self.journal = Journal(config.journal_size)
-        self.registry = Registry(self.node, self.journal, config.history)
-        self.tracker = Tracker(self.registry, clocks, proc)
+        self.registry = Registry(self.node, self.journal, config.history, config.history_bytes)
+        self.tracker = Tracker(self.registry, clocks, proc, config.argv_max)
         self._mono = self.tracker.clocks.mono
         state = config.state_dir
         self.watch_store = WatchStore(state / "watches.json" if state else None, config.watches)
@@ -150,7 +150,7 @@ class Service:
                     "source", {"source": source.name, "state": FAILED, "reason": str(e)}
                 )
         t0 = self._mono()
-        n = self.tracker.load_snapshot(procfs.snapshot(self.proc))
+        n = self.tracker.load_snapshot(procfs.snapshot(self.proc, self.config.argv_max))
         log.info("snapshot: %d lives in %.3f s", n, self._mono() - t0)
         self.watches.start()
         self.loop_lag.start()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app import procfs
+from app.argv import ARGV_MAX
 from app.core.dating import Clocks, estimate, start_of
 from app.core.life import Exit as ExitInfo
 from app.core.life import Life, SourceSet, exit_of, iso, source_bit
@@ -37,6 +38,13 @@ PENDING = 4096  # pids with reports that came before the birth they belong to
 PENDING_TTL = 10.0  # seconds such a report waits for its birth before it is dropped
 RESYNC_SPACING = 0.5  # s between two repairs from /proc, however many gaps come
 SAME_MOMENT = 0.02  # s: audit stamps are coarse wall clock, up to a tick or two early
+EXEC_BITS = 16  # bits per source in Life.execs; a count stops at its maximum
+EXEC_MAX = (1 << EXEC_BITS) - 1
+# Where each source's count sits in Life.execs. The proc connector's at 0: a life exec'd
+# once, told by it alone, then holds 1, an int CPython shares (ints up to 256 are cached).
+_EXEC_ORDER = (SourceSet.PROC, SourceSet.AUDIT, SourceSet.SNAPSHOT, SourceSet.PIDFD,
+               SourceSet.LOOKUP, SourceSet.RESYNC, SourceSet.SCRIPT)  # fmt: skip
+EXEC_SHIFT = {bit: EXEC_BITS * i for i, bit in enumerate(_EXEC_ORDER)}
 
 
 @dataclass(slots=True)
@@ -68,16 +76,19 @@ ResyncListener = Callable[[float], None]  # called with the wall time of each re
 
 class Tracker:
     def __init__(
-        self, registry: Registry, clocks: Clocks | None = None, proc: Path = procfs.PROC
+        self,
+        registry: Registry,
+        clocks: Clocks | None = None,
+        proc: Path = procfs.PROC,
+        argv_max: int = ARGV_MAX,
     ) -> None:
         self.registry = registry
         self.clocks = clocks or Clocks()
         self.proc = proc
+        self.argv_max = argv_max  # bytes of argv kept per life (Config.argv_max, app/argv.py)
         self.hz = registry.node.clock.hz
         self._recent_dead: OrderedDict[int, Life] = OrderedDict()
         self._early: OrderedDict[int, _Early] = OrderedDict()
-        # pid -> [life, {source bit: execs that source reported for this life}]
-        self._execs: dict[int, tuple[Life, dict[int, int]]] = {}
         self._resync_pending = False
         self._last_resync = float("-inf")
         self._vanished = Vanishings(self.clocks.mono)
@@ -175,7 +186,9 @@ class Tracker:
         ticks, slack, comm = start
         parent = self.registry.alive.get(o.ppid)
         life = Life(
-            o.pid, ticks, o.ppid, comm or (parent.comm if parent else None), bit,
+            # ppid: the parent's own int object, one int less per life (~28 B).
+            o.pid, ticks, parent.pid if parent else o.ppid,
+            comm or (parent.comm if parent else None), bit,
             exe=parent.exe if parent else None,
             argv=parent.argv if parent else (),
             uid=o.uid if o.uid is not None else (parent.uid if parent else None),
@@ -204,7 +217,7 @@ class Tracker:
         life = self.registry.alive.get(pid)
         if life is not None and (start_ticks is None or life.matches(start_ticks)):
             return life
-        info = procfs.capture_closed(pid, self.proc)
+        info = procfs.capture_closed(pid, self.proc, self.argv_max)
         if info is None or (start_ticks is not None and info.stat.start_ticks != start_ticks):
             return None
         st = info.stat
@@ -248,12 +261,14 @@ class Tracker:
             self._stash(o.pid).execs.append(o)
             return
         life.sources |= bit
-        tally = self._execs.get(o.pid)
-        if tally is None or tally[0] is not life:
-            tally = self._execs[o.pid] = (life, {})
-        counts = tally[1]
-        before = max(counts.values(), default=0)
-        n = counts[bit] = counts.get(bit, 0) + 1
+        counts = life.execs
+        before = _most_execs(counts)
+        shift = EXEC_SHIFT[bit]
+        n = (counts >> shift & EXEC_MAX) + 1
+        if n <= EXEC_MAX:
+            life.execs = counts + (1 << shift)
+        else:
+            n = EXEC_MAX
         if n < before:
             self.counters["duplicates"] += 1  # an earlier exec, already told and superseded
             return
@@ -265,13 +280,17 @@ class Tracker:
 
     def _exec_fields(self, life: Life, o: Exec) -> None:
         if o.exe is None and o.argv is None:
-            image = procfs.read_image(o.pid, self.proc) if life.alive else None
+            image = None
+            if life.alive:
+                image = procfs.read_image(o.pid, self.proc, self.argv_max)
             if image is not None and life.matches(image[0].start_ticks):
-                life.exe, life.argv, life.comm = image[1], image[2], image[0].comm
+                life.set_program(image[0].comm, image[1], image[2])
         else:
-            life.exe = o.exe if o.exe is not None else life.exe
-            life.argv = o.argv if o.argv is not None else life.argv
-            life.comm = o.comm if o.comm is not None else life.comm
+            life.set_program(
+                o.comm if o.comm is not None else life.comm,
+                o.exe if o.exe is not None else life.exe,
+                o.argv if o.argv is not None else life.argv,
+            )
         if o.uid is not None:
             life.uid = o.uid
 
@@ -333,10 +352,7 @@ class Tracker:
         self._recent_dead[life.pid] = life
         self._recent_dead.move_to_end(life.pid)
         if len(self._recent_dead) > RECENT_DEAD:
-            pid, _ = self._recent_dead.popitem(last=False)
-            tally = self._execs.get(pid)
-            if tally is not None and not tally[0].alive:
-                del self._execs[pid]
+            self._recent_dead.popitem(last=False)
 
     # -- loss and repair -------------------------------------------------------------------
     def _loss(self, o: Loss) -> None:
@@ -377,10 +393,11 @@ class Tracker:
         self._resync_pending = False
         self._last_resync = self.clocks.mono()
         # After a gap the sources' exec counts no longer line up: start them again.
-        self._execs = {pid: t for pid, t in self._execs.items() if not t[0].alive}
-        started = self.clocks.wall()
-        seen = {i.stat.pid: i for i in procfs.snapshot(self.proc)}
         reg = self.registry
+        for life in reg.alive.values():
+            life.execs = 0
+        started = self.clocks.wall()
+        seen = {i.stat.pid: i for i in procfs.snapshot(self.proc, self.argv_max)}
         gone = 0
         for pid, life in list(reg.alive.items()):
             info = seen.get(pid)
@@ -451,6 +468,15 @@ class Tracker:
         if self._settle is not None:
             self._settle.cancel()
             self._settle = None
+
+
+def _most_execs(counts: int) -> int:
+    """The highest of the per-source exec counts packed in `counts` (Life.execs)."""
+    most = 0
+    while counts:
+        most = max(most, counts & EXEC_MAX)
+        counts >>= EXEC_BITS
+    return most
 
 
 def _close(life: Life, ticks: int, slack: int) -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
+from app.argv import ARGV_MAX, cap_argv, split_cmdline
 from app.netlink.socket import NLMSG_HDRLEN, NLMSGHDR, nlmsg_align
 
 
@@ -180,12 +182,13 @@ def _untrusted_bytes(raw: bytes) -> bytes:
         return raw  # not hex after all: keep what the kernel wrote
 
 
-def execve_argv(bodies: list[bytes]) -> tuple[str, ...] | None:
-    """argv from the EXECVE records of one event (kernel/auditsc.c audit_log_execve_info).
+def execve_argv(bodies: list[bytes], argv_max: int = ARGV_MAX) -> tuple[str, ...] | None:
+    """argv from the EXECVE records of one event (kernel/auditsc.c audit_log_execve_info),
+    cut at `argv_max` bytes (app/argv.py).
 
     `argc=N a0=.. a1=..`; an argument too long for one record is logged as `aI_len=L`
     followed by chunks `aI[0]=.. aI[1]=..`, possibly spread over several EXECVE records.
-    Returns None when the records do not hold every argument (a record was lost).
+    Returns None when the records do not hold every argument kept (a record was lost).
     """
     f: dict[bytes, bytes] = {}
     for body in bodies:
@@ -194,11 +197,22 @@ def execve_argv(bodies: list[bytes]) -> tuple[str, ...] | None:
         argc = int(f[b"argc"])
     except (KeyError, ValueError):
         return None
-    argv: list[str] = []
+    try:
+        return cap_argv(_execve_args(f, argc), argv_max)
+    except _MissingArg:
+        return None
+
+
+class _MissingArg(Exception):
+    pass
+
+
+def _execve_args(f: dict[bytes, bytes], argc: int) -> Iterator[bytes]:
+    """Each argument's bytes, in order; read only as far as the cap wants them."""
     for i in range(argc):
         raw = f.get(b"a%d" % i)
         if raw is not None:
-            argv.append(_untrusted_bytes(raw).decode("utf-8", "surrogateescape"))
+            yield _untrusted_bytes(raw)
             continue
         chunks: list[bytes] = []
         k = 0
@@ -206,17 +220,16 @@ def execve_argv(bodies: list[bytes]) -> tuple[str, ...] | None:
             chunks.append(_untrusted_bytes(chunk))
             k += 1
         if not chunks:
-            return None
-        argv.append(b"".join(chunks).decode("utf-8", "surrogateescape"))
-    return tuple(argv)
+            raise _MissingArg(i)
+        yield b"".join(chunks)
 
 
-def proctitle_argv(raw: bytes | str | None) -> tuple[str, ...] | None:
+def proctitle_argv(raw: bytes | str | None, argv_max: int = ARGV_MAX) -> tuple[str, ...] | None:
     """argv from a PROCTITLE value: the process's argument area, NUL-separated, cut at
-    128 bytes by the kernel (so the last argument may be truncated)."""
+    128 bytes by the kernel (so the last argument may be truncated), and at `argv_max`."""
     if raw is None:
         return None
     data = _untrusted_bytes(raw.encode() if isinstance(raw, str) else raw)
     if not data:
         return None
-    return tuple(a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0"))
+    return split_cmdline(data.rstrip(b"\0") + b"\0", argv_max)

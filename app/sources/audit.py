@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from app import procfs
+from app.argv import ARGV_MAX
 from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import ARCH_NAMES, AuditStatus
 from app.netlink.audit_reader import RecordSocket
@@ -55,6 +56,7 @@ class AuditSettings:
     rcvbuf: int  # record socket receive buffer, bytes
     status_interval: float  # seconds between AUDIT_GETs (lost counter, backlog)
     key: str  # rules are tagged `<key>:<pid>`
+    argv_max: int = ARGV_MAX  # bytes of argv kept per exec (app/argv.py)
 
 
 class AuditSource:
@@ -87,7 +89,7 @@ class AuditSource:
         # A raw-bytes tap (every datagram as read): used to record kernel output for tests.
         self.tap: Callable[[bytes], None] | None = None
         self.asm = Assembler(self, clock=mono)
-        self.lives = LifeEvents(self._emit, proc, clock=mono)
+        self.lives = LifeEvents(self._emit, proc, clock=mono, argv_max=settings.argv_max)
         self.counters: dict[str, int] = {
             "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
             "backlog": 0, "backlog_max": 0, "losses": 0, "full_reads": 0,

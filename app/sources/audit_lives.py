@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from app import procfs
+from app.argv import ARGV_MAX
 from app.netlink.audit_proto import (
     ARCH_SYSCALLS,
     AUDIT_CWD,
@@ -49,6 +50,10 @@ from app.sources.observations import Exec, Exit, Fork, Observation
 SOURCE = "audit"
 KNOWN_PIDS = 65536  # pids remembered as born-under-watch, to let their records pass at once
 FORKS = {"clone", "fork", "vfork", "clone3"}
+# The kernel writes at most PATH_MAX of a path and TASK_COMM_LEN - 1 of a comm; longer
+# values can only come from a record that is not the kernel's: cut, not kept whole.
+PATH_MAX = 4096
+COMM_MAX = 64
 
 
 class LifeEvents:
@@ -61,8 +66,10 @@ class LifeEvents:
         clock: Callable[[], float] = time.monotonic,
         hold: float = 0.25,
         known: Iterable[int] = (),
+        argv_max: int = ARGV_MAX,
     ) -> None:
         self.emit = emit
+        self.argv_max = argv_max  # bytes of argv kept per exec (app/argv.py)
         self.proc = proc
         self.clock = clock
         self.hold = hold
@@ -170,16 +177,16 @@ class LifeEvents:
         if pid is None:
             return
         execve = [r.body for r in records if r.type == AUDIT_EXECVE]
-        argv = execve_argv(execve) if execve else None
+        argv = execve_argv(execve, self.argv_max) if execve else None
         cwd = None
         for r in records:
             if r.type == AUDIT_CWD:
                 cwd = untrusted(raw_fields(r.body).get(b"cwd"))
             elif argv is None and r.type == AUDIT_PROCTITLE:
-                argv = proctitle_argv(raw_fields(r.body).get(b"proctitle"))
+                argv = proctitle_argv(raw_fields(r.body).get(b"proctitle"), self.argv_max)
         obs = Exec(
-            SOURCE, pid, stamp, exe=untrusted(f.exe), argv=argv,
-            comm=untrusted(f.comm), uid=_int(f.uid), cwd=cwd, ppid=_int(f.ppid),
+            SOURCE, pid, stamp, exe=_cut(untrusted(f.exe), PATH_MAX), argv=argv,
+            comm=_cut(untrusted(f.comm), COMM_MAX), uid=_int(f.uid), cwd=cwd, ppid=_int(f.ppid),
         )  # fmt: skip
         self.counters["execs"] += 1
         self._deliver(pid, obs)
@@ -247,6 +254,10 @@ class LifeEvents:
 def _exit_obs(f: Syscall, stamp: float) -> Exit:
     code = _int(f.a0, 16)
     return Exit(SOURCE, _int(f.pid) or 0, stamp, code=None if code is None else code & 0xFF)
+
+
+def _cut(text: str | None, size: int) -> str | None:
+    return text if text is None or len(text) <= size else text[:size]
 
 
 def _int(text: bytes | None, base: int = 10) -> int | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from app.argv import ARGV_MAX, cap_argv, is_cut
 from app.netlink.audit_proto import AUDIT_CONFIG_CHANGE, AUDIT_EOE, AUDIT_SYSCALL
 from app.netlink.audit_records import (
     Record,
@@ -131,14 +132,18 @@ def test_execve_argv_from_recorded_records(unicast: list[bytes], truth: dict[str
         for r in parse_datagram(d):
             if r.type == 1309:
                 by_serial.setdefault(r.serial, []).append(r.body)
-    argvs = {execve_argv(b) for b in by_serial.values()}
+    argvs = {execve_argv(b, 1 << 20) for b in by_serial.values()}  # above the 9000 B argument
     for life in truth["lives"]:
         if life["kind"] in ("fork+exec", "vfork+exec", "pipeline", "long-arg"):
             assert tuple(life["argv"]) in argvs, life["kind"]
     # the 9000-byte argument was split into chunks over several EXECVE records
     long = next(x for x in truth["lives"] if x["kind"] == "long-arg")
     chunked = [b for b in by_serial.values() if len(b) > 1]
-    assert any(execve_argv(b) == tuple(long["argv"]) for b in chunked)
+    assert any(execve_argv(b, 1 << 20) == tuple(long["argv"]) for b in chunked)
+    # at the default cap (4096 B) the 9000-byte argument is cut, and says so
+    cut = next(a for a in map(execve_argv, chunked) if a is not None and a[0] == "/bin/true")
+    assert is_cut(cut) and cut == cap_argv([b"/bin/true", b"x" * 9000], ARGV_MAX)
+    assert sum(len(a) + 1 for a in cut) == ARGV_MAX
 
 
 def test_execve_argv_missing_argument_is_none() -> None:
@@ -288,7 +293,8 @@ def test_recorded_workload_gives_its_lives(
         assert [e.code for e in exits] == [life["code"]], life["kind"]
         execs = [o for o in obs if isinstance(o, Exec) and o.pid == life["pid"]]
         if life["argv"] is not None:
-            assert execs[-1].argv == tuple(life["argv"])
+            whole = cap_argv([a.encode() for a in life["argv"]], ARGV_MAX)
+            assert execs[-1].argv == whole  # the 9000-byte argument is cut at the cap
             assert execs[-1].exe == life["exe"]
         # the Fork comes before the life's exec and exit, whatever order the records had
         first = obs.index(fork)
