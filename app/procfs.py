@@ -206,16 +206,20 @@ def list_pids(proc: Path = PROC) -> Iterator[int]:
             yield int(entry.name)
 
 
-def process_running(pid: int, proc: Path = PROC) -> bool:
-    """Is process `pid` still running (see `is_running`)? False once /proc no longer has it.
+def process_running(pid: int, proc: Path = PROC, born_by: int | None = None) -> bool:
+    """Is process `pid` still running (see `is_running`)? False once /proc no longer has it,
+    and False when the pid is held by a process that started after tick `born_by`.
 
     The one liveness check of the sources: an audit `exit` record or a connector EXIT of a
-    leader ends one thread, not necessarily the process.
+    leader ends one thread, not necessarily the process. A reader that is seconds behind
+    (a fork storm) may ask after the pid was reused: a holder younger than the exit is not
+    the process that exited (a pid is not reused within one tick).
     """
     try:
-        return is_running(read_stat(pid, proc))
+        stat = read_stat(pid, proc)
     except (OSError, StatError):
         return False
+    return is_running(stat) and (born_by is None or stat.start_ticks <= born_by)
 
 
 def thread_group_of(pid: int, proc: Path = PROC) -> int | None:

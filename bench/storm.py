@@ -96,6 +96,7 @@ class Daemon:
                                      env=env, stderr=subprocess.DEVNULL)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        self.odd: list[dict[str, Any]] = []  # missed or wrong lives: truth and answers
 
     async def node(self) -> dict[str, Any]:
         async with self.http.get(f"{self.url}/v1/node") as r:
@@ -133,11 +134,17 @@ class Daemon:
             body = {"lives": [f"{host}/{pid}/{ticks}" for pid, ticks, _ in part]}
             async with self.http.post(f"{self.url}/v1/lives/check", json=body) as r:
                 results = (await r.json())["results"]
-            for (_, _, code), got in zip(part, results, strict=True):
+            for (pid, ticks, code), got in zip(part, results, strict=True):
                 if got["state"] != "dead":
                     missed += 1
                 elif (got.get("exit") or {}).get("code") != code:
                     wrong += 1
+                else:
+                    continue
+                if len(self.odd) < 5:  # what lifewatch says of the first few, for the record
+                    async with self.http.get(f"{self.url}/v1/lives/{pid}") as r:
+                        now = await r.json()
+                    self.odd.append({"truth": [pid, ticks, code], "answer": got, "pid_now": now})
         return {"missed": missed, "wrong_exit": wrong}
 
     async def stop(self) -> None:
@@ -179,6 +186,8 @@ async def run_lifewatch(name: str, mode: str, seconds: float, tmp: Path,
                **await d.check(node0["host"], lives)}  # fmt: skip
         if clients:
             out["client_deaths_min"] = min(counts)
+        for odd in d.odd:
+            print("odd life:", json.dumps(odd), file=sys.stderr, flush=True)
         return out
     finally:
         for t in readers:

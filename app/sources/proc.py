@@ -40,6 +40,14 @@ from app.sources.observations import Exec, Exit, Fork, Health, Loss, wait_status
 log = logging.getLogger(__name__)
 
 DEFERRED_MAX = 4096
+HZ = os.sysconf("SC_CLK_TCK")  # the unit of /proc's start ticks
+
+
+def boot_minus_mono_ns() -> int:
+    """CLOCK_BOOTTIME - CLOCK_MONOTONIC now: the time the machine spent suspended."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
 SOLO_MAX = 65536  # processes remembered as born under watch with no thread (~60 B each)
 READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
 ACK_TIMEOUT = 2.0
@@ -65,10 +73,12 @@ class ProcConnectorSource:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         tap: Callable[[bytes], None] | None = None,
+        boot_offset_ns: Callable[[], int] = boot_minus_mono_ns,
     ) -> None:
         self.rcvbuf = settings.rcvbuf
         # `mono` must read CLOCK_MONOTONIC: the connector's timestamps do (design.md fact 8).
         self._wall, self._mono = wall, mono
+        self._boot_minus_mono_ns = boot_offset_ns
         self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
         self._sock: socket.socket | None = None
         self._sink: Sink | None = None
@@ -263,7 +273,7 @@ class ProcConnectorSource:
         if leader and (ev.exit_code or solo) and tgid not in self._deferred:
             return ev.exit_code  # the usual death: a leader killed, exiting, or alone
         if ev.exit_code == 0 or not leader:
-            alive = procfs.process_running(tgid)
+            alive = procfs.process_running(tgid, born_by=self._ticks_at(ev.timestamp_ns))
             if alive:
                 self._deferred[tgid] = None
                 while len(self._deferred) > DEFERRED_MAX:
@@ -273,6 +283,12 @@ class ProcConnectorSource:
         self._deferred.pop(tgid, None)
         # The last thread's exit_code is the group's when it ended the group (exit_group).
         return ev.exit_code
+
+    def _ticks_at(self, mono_ns: int) -> int:
+        """Clock ticks since boot at a kernel CLOCK_MONOTONIC stamp (as /proc's start ticks
+        count them: CLOCK_BOOTTIME). Off the hot path: only 0 exits of possibly threaded
+        processes ask."""
+        return (mono_ns + self._boot_minus_mono_ns()) * HZ // 1_000_000_000
 
     def _check_seq(self, cpu: int, seq: int) -> None:
         """Each CPU numbers its proc events (cn_proc.c send_msg: a per-CPU counter) and, with no

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app import procfs
 from app.core.config import Config
 from app.netlink.audit_proto import AUDIT_SYSCALL, AuditStatus
 from app.netlink.audit_records import Record
@@ -14,7 +15,7 @@ from app.netlink.cn_proc import ExitEvent, ForkEvent, decode
 from app.sources.audit import RECOVER_AFTER, AuditSource
 from app.sources.base import DEGRADED, OK
 from app.sources.observations import Exit, Fork, Health, Loss, Observation
-from app.sources.proc import ProcConnectorSource
+from app.sources.proc import HZ, ProcConnectorSource
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -165,12 +166,15 @@ def test_a_zero_exit_needs_proc_only_for_processes_that_may_have_threads(
     events, asked = Events(), list[int]()
     monkeypatch.setattr("app.sources.proc.decode", events.decode)
 
-    def running(pid: int) -> bool:
+    def running(pid: int, born_by: int | None = None) -> bool:
         asked.append(pid)
+        assert born_by == 2 * HZ  # the exit's own moment, in ticks since boot
         return True
 
     monkeypatch.setattr("app.sources.proc.procfs.process_running", running)
-    src = ProcConnectorSource(Config().proc_settings(), wall=Clock(1e6), mono=Clock(900.0))
+    src = ProcConnectorSource(
+        Config().proc_settings(), wall=Clock(1e6), mono=Clock(900.0), boot_offset_ns=lambda: 0
+    )
     sink = Collect()
     src._sink = sink
 
@@ -189,3 +193,14 @@ def test_a_zero_exit_needs_proc_only_for_processes_that_may_have_threads(
     assert asked == [200, 300, 400]
     exits = [o.pid for o in sink.got if isinstance(o, Exit)]
     assert exits == [100]  # the others still "run" (process_running said so)
+
+
+def test_a_pid_reused_since_the_exit_is_not_the_process_still_running(tmp_path: Path) -> None:
+    """A reader seconds behind asks /proc about a pid that a younger process holds by now:
+    that holder started after the exit, so the exited process is not "still running"."""
+    (tmp_path / "42").mkdir()
+    fields = ["S", "1"] + ["0"] * 15 + ["1"] + ["0"] * 1 + ["500"] + ["0"] * 30
+    (tmp_path / "42" / "stat").write_bytes(b"42 (sleep) " + " ".join(fields).encode())
+    assert procfs.process_running(42, tmp_path)
+    assert procfs.process_running(42, tmp_path, born_by=500)  # same tick: the same process
+    assert not procfs.process_running(42, tmp_path, born_by=499)  # younger than the exit
