@@ -33,6 +33,15 @@ class SourceSet:
 _BITS: dict[str, int] = {k.lower(): v for k, v in vars(SourceSet).items() if k.isupper()}
 
 
+EXEC_BITS = 16  # bits per source in Life.execs; a count stops at its maximum
+EXEC_MAX = (1 << EXEC_BITS) - 1
+# Where each source's count sits in Life.execs. The proc connector's at 0: a life exec'd
+# once, told by it alone, then holds 1, an int CPython shares (ints up to 256 are cached).
+_EXEC_ORDER = (SourceSet.PROC, SourceSet.AUDIT, SourceSet.SNAPSHOT, SourceSet.PIDFD,
+               SourceSet.LOOKUP, SourceSet.RESYNC, SourceSet.SCRIPT)  # fmt: skip
+EXEC_SHIFT = {bit: EXEC_BITS * i for i, bit in enumerate(_EXEC_ORDER)}
+
+
 @functools.cache
 def source_names(bits: int) -> list[str]:
     # Cached: callers only read it (JSON encoding); there are at most 128 combinations.
@@ -161,8 +170,8 @@ class Life:
         self.sources = sources
         self.pidfd_ino: int | None = None
         self.canary = False
-        # The tracker's count of this life's execs per source, 16 bits per source bit
-        # (app/core/tracker.py, _exec): a field, not a dict per life (~300 B less each).
+        # This life's execs as each source reported them, EXEC_BITS per source (count_exec):
+        # an int field, not a dict per life (~300 B less each).
         self.execs = 0
 
     def set_program(self, comm: str | None, exe: str | None, argv: tuple[str, ...]) -> None:
@@ -178,6 +187,23 @@ class Life:
     @property
     def state(self) -> str:
         return ALIVE if self.died_at is None else DEAD
+
+    def count_exec(self, source: int) -> tuple[int, int]:
+        """Count one exec reported by `source` (a SourceSet bit). Returns its count for that
+        source now and the highest count of any source before it (the tracker's exec
+        dedupe: app/core/tracker.py, _exec)."""
+        counts = self.execs
+        before, rest = 0, counts
+        while rest:
+            before = max(before, rest & EXEC_MAX)
+            rest >>= EXEC_BITS
+        shift = EXEC_SHIFT[source]
+        n = (counts >> shift & EXEC_MAX) + 1
+        if n <= EXEC_MAX:
+            self.execs = counts + (1 << shift)
+        else:
+            n = EXEC_MAX
+        return n, before
 
     def matches(self, start_ticks: int) -> bool:
         return abs(start_ticks - self.start_ticks) <= self.start_slack

@@ -38,13 +38,6 @@ PENDING = 4096  # pids with reports that came before the birth they belong to
 PENDING_TTL = 10.0  # seconds such a report waits for its birth before it is dropped
 RESYNC_SPACING = 0.5  # s between two repairs from /proc, however many gaps come
 SAME_MOMENT = 0.02  # s: audit stamps are coarse wall clock, up to a tick or two early
-EXEC_BITS = 16  # bits per source in Life.execs; a count stops at its maximum
-EXEC_MAX = (1 << EXEC_BITS) - 1
-# Where each source's count sits in Life.execs. The proc connector's at 0: a life exec'd
-# once, told by it alone, then holds 1, an int CPython shares (ints up to 256 are cached).
-_EXEC_ORDER = (SourceSet.PROC, SourceSet.AUDIT, SourceSet.SNAPSHOT, SourceSet.PIDFD,
-               SourceSet.LOOKUP, SourceSet.RESYNC, SourceSet.SCRIPT)  # fmt: skip
-EXEC_SHIFT = {bit: EXEC_BITS * i for i, bit in enumerate(_EXEC_ORDER)}
 
 
 @dataclass(slots=True)
@@ -261,14 +254,7 @@ class Tracker:
             self._stash(o.pid).execs.append(o)
             return
         life.sources |= bit
-        counts = life.execs
-        before = _most_execs(counts)
-        shift = EXEC_SHIFT[bit]
-        n = (counts >> shift & EXEC_MAX) + 1
-        if n <= EXEC_MAX:
-            life.execs = counts + (1 << shift)
-        else:
-            n = EXEC_MAX
+        n, before = life.count_exec(bit)
         if n < before:
             self.counters["duplicates"] += 1  # an earlier exec, already told and superseded
             return
@@ -468,15 +454,6 @@ class Tracker:
         if self._settle is not None:
             self._settle.cancel()
             self._settle = None
-
-
-def _most_execs(counts: int) -> int:
-    """The highest of the per-source exec counts packed in `counts` (Life.execs)."""
-    most = 0
-    while counts:
-        most = max(most, counts & EXEC_MAX)
-        counts >>= EXEC_BITS
-    return most
 
 
 def _close(life: Life, ticks: int, slack: int) -> bool:
