@@ -102,18 +102,7 @@ def read_proc(
     base = f"{proc}/{pid}"
     if stat is None:
         stat = read_stat(pid, proc)
-    try:
-        exe: str | None = os.readlink(f"{base}/exe")
-    except OSError:
-        exe = None
-    try:
-        fd = os.open(f"{base}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            argv = parse_cmdline(read_upto(fd, argv_max + 1), argv_max)
-        finally:
-            os.close(fd)
-    except OSError:
-        argv = ()
+    exe, argv = _program(base, argv_max)
     try:
         # The owner of /proc/<pid> is the process's effective uid (root for a process that
         # made itself non-dumpable, as setuid programs do): proc(5).
@@ -151,7 +140,15 @@ def read_image(
     life during the reads (a pid is not reused while its process lives). Every exec event of
     the proc connector reads this (bench/storm.py, docs/performance.md).
     """
-    base = f"{proc}/{pid}"
+    exe, argv = _program(f"{proc}/{pid}", argv_max)
+    try:
+        return read_stat(pid, proc), exe, argv
+    except (OSError, StatError):
+        return None
+
+
+def _program(base: str, argv_max: int) -> tuple[str | None, tuple[str, ...]]:
+    """exe and argv of the process at /proc path `base` (None and () when unreadable)."""
     try:
         exe: str | None = os.readlink(f"{base}/exe")
     except OSError:
@@ -159,12 +156,11 @@ def read_image(
     try:
         fd = os.open(f"{base}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            argv = parse_cmdline(read_upto(fd, argv_max + 1), argv_max)
+            return exe, parse_cmdline(read_upto(fd, argv_max + 1), argv_max)
         finally:
             os.close(fd)
-        return read_stat(pid, proc), exe, argv
-    except (OSError, StatError):
-        return None
+    except OSError:
+        return exe, ()
 
 
 def capture(pid: int, proc: Path = PROC, argv_max: int = ARGV_MAX) -> tuple[ProcInfo, int] | None:
