@@ -308,6 +308,16 @@ def measure_raw(
     return latencies, ours, sum(deaths.values())
 
 
+def stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (lifewatch removes its audit rules and releases the audit pid), then kill."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(10)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
 def start_ticks(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
 
@@ -423,12 +433,7 @@ def main() -> None:
             got = streamers.communicate(timeout=30)[0].decode().split()
             print(f"streamers: {args.streamers}, deaths received min {got[0]} max {got[1]}, "
                   f"closed by the server {got[2]}")  # fmt: skip
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        stop_daemon(daemon)
     missing = sum(1 for c in deaths.values() if c == 0)
     twice = sum(1 for c in deaths.values() if c > 1)
     print(f"death={args.death} client={args.client} sources={args.sources} "

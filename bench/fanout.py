@@ -34,7 +34,7 @@ import aiohttp
 import uvloop
 
 from bench.audit_forks import status
-from bench.death_latency import now_ns, pct, wait_ready
+from bench.death_latency import now_ns, pct, stop_daemon, wait_ready
 
 NOFILE = 16_384
 # A forker that stays small: python -S, fork + _exit at a steady rate (no busy loop).
@@ -191,12 +191,7 @@ def main() -> None:
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             p.wait()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        stop_daemon(daemon)
     report(args, run, killed, lost)
 
 

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import time
 
 import aiohttp
 
-from bench.death_latency import wait_ready
+from bench.death_latency import stop_daemon, wait_ready
 
 # The helper: forks N children that exec `sleep 600`, prints "ready", then waits for its
 # stdin to close and kills and reaps them all.
@@ -198,12 +197,7 @@ def one_run(n: int, port: int, fill: bool) -> float:
         asyncio.run(wait_ready(url))
         before, after, took = asyncio.run(grow(url, daemon.pid, n, fill))
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        stop_daemon(daemon)
     per = (after - before) / n
     print(f"rss {before / 1e6:.1f} -> {after / 1e6:.1f} MB with {n} more live processes "
           f"(seen in {took:.1f} s): {per:.0f} B per live process", flush=True)  # fmt: skip

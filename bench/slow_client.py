@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 import urllib.request
 from typing import Any
 
-from bench.death_latency import RawStream, wait_ready
+from bench.death_latency import RawStream, stop_daemon, wait_ready
 from bench.fanout import FORKER
 
 
@@ -83,8 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if forker is not None:
             forker.kill()
             forker.wait()
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(20)
+        stop_daemon(daemon)
 
 
 def read_for(
