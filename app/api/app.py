@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from app.api import dashboard, events, follow, lives, metrics, node, stream, watches
+from app.api import browsers, dashboard, events, follow, lives, metrics, node, stream, watches
 from app.api.errors import json_errors
 from app.api.keys import ANSWERS, ENCODER, SERVICE, SOCKETS
 from app.api.lifejson import LifeEncoder
@@ -17,7 +17,9 @@ from app.core.service import Service
 def make_app(service: Service, manage: bool = True) -> web.Application:
     """The API for `service`; with `manage`, the app starts and stops the service."""
     app = web.Application(
-        middlewares=[json_errors], client_max_size=service.config.max_request_bytes
+        # Errors outermost, so the browser rules' refusals leave as JSON too.
+        middlewares=[json_errors, browsers.keep_out(service.config)],
+        client_max_size=service.config.max_request_bytes,
     )
     app[SERVICE] = service
     app[SOCKETS] = set()

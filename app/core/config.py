@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
     from app.sources.proc import ProcSettings
 
 KNOWN_SOURCES = ("audit", "proc")
+# What a Host header can name: a DNS name or IPv4 address, or a bracketed IPv6 address, and
+# an optional port.
+HOST_NAME = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{1,5})?")
 
 
 class Config(BaseModel):
@@ -25,6 +29,12 @@ class Config(BaseModel):
 
     host: str = Field("127.0.0.1", description="address the API listens on")
     port: int = Field(7878, ge=0, le=65535, description="port the API listens on")
+    allowed_hosts: tuple[str, ...] = Field(
+        (),
+        description="names (name or name:port) the API answers to besides the loopback "
+        "names and `host`; a request naming any other Host is refused (421) so that DNS "
+        "rebinding cannot reach it (LIFEWATCH_ALLOWED_HOSTS: comma list or JSON)",
+    )
     sources: tuple[str, ...] = Field(
         KNOWN_SOURCES, description="kernel event sources to run: audit, proc"
     )
@@ -150,6 +160,23 @@ class Config(BaseModel):
     def _split(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = tuple(s.strip() for s in v.split(",") if s.strip())
+        return v
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = json.loads(v) if v.lstrip().startswith("[") else v.split(",")
+        if isinstance(v, list | tuple):
+            v = tuple(s.strip().lower() for s in v if isinstance(s, str) and s.strip())
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [h for h in v if not HOST_NAME.fullmatch(h)]
+        if bad:
+            raise ValueError(f"not a name, address or name:port: {', '.join(bad)}")
         return v
 
     @field_validator("watches", mode="before")

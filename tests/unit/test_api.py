@@ -22,6 +22,7 @@ from tests.helpers import make_config
 from tests.spec import SPEC_PATH, call
 
 Client = TestClient[Any, Any]
+JSON = {"Content-Type": "application/json"}
 
 
 def test_every_route_is_in_the_spec_and_back() -> None:
@@ -141,7 +142,7 @@ async def test_bad_batches(client: Client, body: bytes, error: str) -> None:
 
 async def test_oversize_request_is_413(client: Client) -> None:
     big = json.dumps({"lives": ["h/1/1"] * 200_000}).encode()
-    resp = await client.post("/v1/lives/check", data=big)
+    resp = await client.post("/v1/lives/check", data=big, headers=JSON)
     assert resp.status == 413
     assert (await resp.json())["error"] == "request_entity_too_large"
 

@@ -4,7 +4,6 @@ checks in slices (issue 9, Must have 5)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -212,7 +211,7 @@ async def test_a_big_batch_check_lets_the_loop_run_between_slices(service: Servi
         try:
             n = 10 * CHECK_SLICE
             lives = [f"{service.node.hostname}/{P}/{i + 1}" for i in range(n)]
-            resp = await client.post("/v1/lives/check", data=json.dumps({"lives": lives}))
+            resp = await client.post("/v1/lives/check", json={"lives": lives})
             body = await resp.json()
         finally:
             tick.cancel()

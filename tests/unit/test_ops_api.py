@@ -25,6 +25,7 @@ from tests.spec import SPEC
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json"}
 FAKE = 4_000_000
 
 Client = TestClient[Any, Any]
@@ -121,7 +122,7 @@ async def test_watch_crud_and_validation(api: Any) -> None:
     assert r.status == 400 and "bogus" in (await r.json())["detail"]
     r = await c.put("/v1/watches/web", json={"min": 2}, headers=AUTH)
     assert r.status == 400 and "at least one" in (await r.json())["detail"]
-    r = await c.put("/v1/watches/web", data=b"{", headers=AUTH)
+    r = await c.put("/v1/watches/web", data=b"{", headers=AUTH | JSON)
     assert r.status == 400
     r = await c.put("/v1/watches/bad%20name", json={"comm": "x"}, headers=AUTH)
     assert r.status == 400 and (await r.json())["error"] == "bad_name"
