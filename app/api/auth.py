@@ -27,5 +27,8 @@ def require_token(request: web.Request) -> None:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise ApiError(401, "unauthorized", "send `Authorization: Bearer <token>`")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    # Only HTTP's own blanks are trimmed (str.strip would take NBSP too); header bytes that
+    # are not UTF-8 arrive as lone surrogates, kept as bytes for the comparison (issue 10).
+    sent = given.strip(" \t").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(sent, token.encode()):
         raise ApiError(403, "forbidden", "the bearer token is not the configured one")

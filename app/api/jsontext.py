@@ -12,11 +12,14 @@ from typing import Any
 
 import orjson
 
+from app.api.bytetext import scrub
+
 
 def dumps(obj: Any) -> bytes:
     try:
         return orjson.dumps(obj)
     except orjson.JSONEncodeError:
-        # A comm or argv that is not UTF-8 holds lone surrogates (read with surrogateescape):
-        # orjson refuses them, the standard encoder writes them as \udcXX escapes.
-        return json.dumps(obj, separators=(",", ":")).encode()
+        # What orjson refuses: an int beyond 64 bits, or a string that is not UTF-8 (lives
+        # come here escaped by bytetext.escape_life; this is the last resort for any other
+        # string). Never `\udcXX` escapes: strict parsers refuse lone surrogates (issue 10).
+        return json.dumps(scrub(obj), separators=(",", ":")).encode()

@@ -5,7 +5,7 @@ idle every Python step on the way costs ten times its warm time (bench/RESULTS.m
 latency"). Most of a life's JSON cannot change at its death, so that part (the head) is
 encoded while the life is born or execs, when a stream is listening, and kept for the most
 recent lives; at the death only the state, the exit and the sources are added. The bytes are
-exactly those of encoding `LifeView.to_json` whole (tests/unit/test_lifejson.py). The registry
+exactly those of encoding `life_json` whole (tests/unit/test_lifejson.py). The registry
 calls `head` through the core's `Encoder` protocol (app/core/journal.py), set by make_app.
 """
 
@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from app.api.bytetext import escape_life
 from app.api.jsontext import dumps
 from app.core.identity import NodeIdentity, TickClock
 from app.core.life import LifeView, iso, source_names
@@ -42,7 +45,8 @@ class LifeEncoder:
         return cls(node.hostname, node.boot_id, node.clock)
 
     def life_json(self, view: LifeView) -> dict[str, Any]:
-        return view.to_json(self.host, self.boot_id, self.clock)
+        """The API's life object, argv/comm/exe escaped if not UTF-8 (app/api/bytetext.py)."""
+        return escape_life(view.head_json(self.host, self.boot_id, self.clock)) | view.tail_json()
 
     def head(self, view: LifeView) -> bytes:
         """The encoded head of `view`, from the cache when the life has not changed."""
@@ -51,7 +55,13 @@ class LifeEncoder:
         hit = self._heads.get(where)
         if hit is not None and hit[0] == key:
             return hit[1]
-        head = dumps(view.head_json(self.host, self.boot_id, self.clock))[:-1]
+        obj = view.head_json(self.host, self.boot_id, self.clock)
+        try:
+            head = orjson.dumps(obj)[:-1]
+        except orjson.JSONEncodeError:
+            # Bytes that are not UTF-8 in argv, comm or exe (lone surrogates): escaped only on
+            # this path, so valid UTF-8 pays nothing for it.
+            head = dumps(escape_life(obj))[:-1]
         if len(head) <= HEAD_MAX and view.died_at is None:
             self._heads[where] = (key, head)
             self._heads.move_to_end(where)

@@ -31,6 +31,9 @@ def _fraction_digits(hz: int) -> int:
     return 9  # a HZ with factors other than 2 and 5: nanoseconds, rounded
 
 
+LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: datetime's last second (MAXYEAR)
+
+
 @functools.lru_cache(maxsize=1 << 16)  # lookups and events format the same starts often
 def _date_of(btime: int, hz: int, ticks: int) -> str:
     whole, part = divmod(ticks, hz)
@@ -52,6 +55,13 @@ class TickClock:
     def date_of(self, ticks: int) -> str:
         """`start` as ISO 8601 UTC at the tick's resolution; the same text every time."""
         return _date_of(self.btime, self.hz, ticks)
+
+    def check_ticks(self, ticks: int) -> int:
+        """`ticks`, if they name a date (up to year 9999); a client may send any 19 digits,
+        and datetime raises OverflowError or OSError beyond that (issue 10: a 500)."""
+        if (ticks // self.hz) > LAST_SECOND - self.btime:
+            raise LifeIdError("start is beyond any date (after year 9999)")
+        return ticks
 
     def ticks_of(self, epoch: Fraction) -> int:
         """The tick that a date names; refuses a date between two ticks."""
@@ -124,7 +134,8 @@ class LifeId:
     start: int | Fraction
 
     def ticks(self, clock: TickClock) -> int:
-        return self.start if isinstance(self.start, int) else clock.ticks_of(self.start)
+        start = self.start
+        return clock.check_ticks(start if isinstance(start, int) else clock.ticks_of(start))
 
 
 _HOST = re.compile(r"^[A-Za-z0-9_.:-]{1,253}$")

@@ -87,11 +87,14 @@ def test_heads_are_bounded() -> None:
 
 
 def test_bytes_that_are_not_utf8_still_give_valid_json() -> None:
-    # /proc and audit decode argv with surrogateescape; orjson refuses lone surrogates.
+    # /proc and audit decode argv with surrogateescape; lone surrogates are escaped, never
+    # written as \udcXX (docs/security.md, "Bytes that are not UTF-8"; tests/unit/test_bytetext.py).
     raw = b"caf\xe9".decode("utf-8", "surrogateescape")
     v = view(comm=raw, argv=(raw,), died_at=1795660640.5, exit=exit_of(1, None))
-    out = json.loads(life_bytes(LifeEncoder(HOST, BOOT, CLOCK), v))
-    assert out == v.to_json(HOST, BOOT, CLOCK) and out["comm"] == raw
+    enc = LifeEncoder(HOST, BOOT, CLOCK)
+    out = orjson.loads(life_bytes(enc, v))
+    assert out == enc.life_json(v) and out["comm"] == "caf\\xe9"
+    assert out["bytes_escaped"] == ["comm", "argv"]
 
 
 @pytest.mark.parametrize(
