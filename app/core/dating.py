@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import procfs
-from app.sources.observations import Fork
+from app.sources.observations import Fork, boot_minus_mono_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +20,7 @@ class Clocks:
 
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
-    boot_minus_mono_ns: Callable[[], int] = lambda: (
-        time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    )
+    boot_minus_mono_ns: Callable[[], int] = boot_minus_mono_ns
     real_minus_boot: Callable[[], float] = lambda: (
         time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_BOOTTIME)
     )

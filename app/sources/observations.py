@@ -11,7 +11,14 @@ the clients (bench/death_latency.py). Nothing writes to an observation after it 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+
+def boot_minus_mono_ns() -> int:
+    """CLOCK_BOOTTIME - CLOCK_MONOTONIC now (the time the machine spent suspended): turns a
+    kernel `mono_ns` into time since boot, the clock /proc's start ticks count."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 @dataclass(slots=True)

@@ -35,19 +35,20 @@ from app.netlink.cn_proc import (
 )
 from app.netlink.socket import open_netlink, rcvbuf_of
 from app.sources.base import FAILED, OK, STOPPED, Sink, SourceHealth
-from app.sources.observations import Exec, Exit, Fork, Health, Loss, wait_status
+from app.sources.observations import (
+    Exec,
+    Exit,
+    Fork,
+    Health,
+    Loss,
+    boot_minus_mono_ns,
+    wait_status,
+)
 
 log = logging.getLogger(__name__)
 
 DEFERRED_MAX = 4096
 HZ = os.sysconf("SC_CLK_TCK")  # the unit of /proc's start ticks
-
-
-def boot_minus_mono_ns() -> int:
-    """CLOCK_BOOTTIME - CLOCK_MONOTONIC now: the time the machine spent suspended."""
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
 SOLO_MAX = 65536  # processes remembered as born under watch with no thread (~60 B each)
 READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
 ACK_TIMEOUT = 2.0
