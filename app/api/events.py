@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.api.jsontext import dumps
+from app.api.jsontext import BytePage, dumps
 from app.api.keys import ENCODER, SERVICE
 from app.api.models import EventsQuery
 
@@ -28,22 +28,18 @@ async def events(request: web.Request) -> web.Response:
     if got is None:
         # The cursor cannot be served: say so, and give what the window holds from its start.
         got = journal.since(journal.oldest_cursor - 1) or []
-    page: list[bytes] = []
-    budget = service.config.page_bytes
+    page = BytePage(service.config.page_bytes)
     nxt = q.after if not reset else journal.oldest_cursor - 1
     for ev in got:
         if len(page) >= q.limit:
             break
-        if q.types is None or ev.type in q.types:
-            # Not ev.json(enc): that keeps the bytes in the journal, for every event replayed.
-            data = enc.event_bytes(ev)
-            if page and len(data) + 1 > budget:
-                break  # the first event always goes, however large: the page must advance
-            budget -= len(data) + 1
-            page.append(data)
+        wanted = q.types is None or ev.type in q.types
+        # Not ev.json(enc): that keeps the bytes in the journal, for every event replayed.
+        if wanted and not page.add(enc.event_bytes(ev)):
+            break
         nxt = ev.cursor
     tail: dict[str, object] = {"next": nxt, "reset": reset}
     if reset:
         tail["reason"] = journal.reset_reason(q.after)
-    body = b'{"events":[' + b",".join(page) + b"]," + dumps(tail)[1:]
+    body = b'{"events":[' + page.joined() + b"]," + dumps(tail)[1:]
     return web.Response(body=body, content_type="application/json")

@@ -23,3 +23,26 @@ def dumps(obj: Any) -> bytes:
         # come here escaped by bytetext.escape_life; this is the last resort for any other
         # string). Never `\udcXX` escapes: strict parsers refuse lone surrogates (issue 10).
         return json.dumps(scrub(obj), separators=(",", ":")).encode()
+
+
+class BytePage:
+    """JSON items for one answer, up to a byte budget (Config.page_bytes): an answer never
+    grows without bound. The first item always goes, however large: a page must advance."""
+
+    def __init__(self, budget: int) -> None:
+        self.items: list[bytes] = []
+        self._left = budget
+
+    def add(self, data: bytes) -> bool:
+        """Take `data` if it fits (counting its comma); False when the page is full."""
+        if self.items and len(data) + 1 > self._left:
+            return False
+        self._left -= len(data) + 1
+        self.items.append(data)
+        return True
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def joined(self) -> bytes:
+        return b",".join(self.items)

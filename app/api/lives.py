@@ -10,7 +10,7 @@ from aiohttp import web
 
 from app.api.auth import require_token
 from app.api.errors import ApiError
-from app.api.jsontext import dumps
+from app.api.jsontext import BytePage, dumps
 from app.api.keys import ANSWERS, ENCODER, SERVICE
 from app.api.models import CheckRequest, LivesQuery
 from app.core.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
@@ -61,18 +61,14 @@ async def list_lives(request: web.Request) -> web.Response:
     enc = request.app[ENCODER]
     # Bounded in bytes as well as by `limit` (Config.page_bytes): 10,000 lives with 4 KiB
     # of argv each would be a 45 MB answer. The first life always goes: the page advances.
-    page: list[bytes] = []
-    budget = service.config.page_bytes
+    page = BytePage(service.config.page_bytes)
     for life in found[: q.limit]:
-        data = dumps(enc.life_json(life.snapshot()))
-        if page and len(data) + 1 > budget:
+        if not page.add(dumps(enc.life_json(life.snapshot()))):
             break
-        budget -= len(data) + 1
-        page.append(data)
     last = found[len(page) - 1] if page else None
     more = last is not None and len(found) > len(page)
     nxt = dumps(f"{last.pid}.{last.start_ticks}") if more and last is not None else b"null"
-    body = b'{"lives":[' + b",".join(page) + b'],"next":' + nxt + b"}"
+    body = b'{"lives":[' + page.joined() + b'],"next":' + nxt + b"}"
     return web.Response(body=body, content_type="application/json")
 
 
