@@ -98,14 +98,17 @@ class NodeIdentity:
         return life_text(self.hostname, pid, self.clock.date_of(start_ticks))
 
 
-def load_node_identity(state_dir: Path | None, proc: Path = PROC) -> NodeIdentity:
+def load_node_identity(
+    state_dir: Path | None, proc: Path = PROC, boot_id: str | None = None
+) -> NodeIdentity:
     """Read the node's identity, pinning btime per boot in `state_dir` when it is writable.
 
     The kernel recomputes btime (realtime - boottime) at every read, so a clock step moves it;
     start ticks never move. A daemon restarted on the same boot reuses the first btime it saw,
-    so the dates it gives for a life never change.
+    so the dates it gives for a life never change. `boot_id` replaces the kernel's (tests
+    only: Config.boot_id).
     """
-    boot_id = read_boot_id(proc)
+    boot_id = boot_id or read_boot_id(proc)
     btime = read_btime(proc)
     source = "kernel"
     if state_dir is not None:

@@ -1,0 +1,609 @@
+"""The durable journal: events and lives in SQLite (WAL), written by one thread, off the loop.
+
+The event loop only appends to a bounded deque (`put`, O(1), never blocks, never touches
+the disk). A writer thread wakes every `commit_interval` seconds, takes what queued and
+writes it in one transaction (group commit). So: every event older than `commit_interval`
+plus one commit (tens of milliseconds; `commit_seconds` on /metrics) is in the database,
+and a daemon killed at any moment loses at most that tail. When the deque is full the
+event is not queued: counted (`dropped`), and the span of dropped cursors is written as a
+`gap` row in its place, so a client replaying it after a restart is told.
+
+Cursors are `boot_ord << SEQ_BITS | n`: `n` counts this boot's events from 1 and goes on
+across daemon restarts of the same boot; `boot_ord` numbers the boots this database has
+seen, so a cursor names its boot. After a clean stop the next run continues at the next
+cursor; after a crash it continues past every cursor the dead run may have handed out
+(`reserved`, written with each commit), and the cursors in between are reported lost.
+
+Schema versioned (PRAGMA user_version) with migrations (MIGRATIONS); a database that is
+damaged, not lifewatch's or of a newer schema is moved aside (logged) and a new one begins.
+Other components keep their own tables in the same file through `component` and `write`
+(docs/storage.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.core.identity import NodeIdentity
+from app.core.journal import Event
+from app.core.life import LifeView
+from app.core.storecodec import CodecError, pack_fields, pack_view, unpack_fields, unpack_view
+
+log = logging.getLogger(__name__)
+
+SEQ_BITS = 37  # events per boot: 1.4e11; boot_ord < 2**16 keeps cursors below 2**53 (JS)
+ORDS = (1 << 16) - 1
+RESERVE = 1 << 20  # cursors a run may hand out past its last commit (see `reserved`)
+APP_ID = 0x4C574442  # "LWDB": PRAGMA application_id of lifewatch's database
+SCHEMA = 1
+HEARTBEAT = 5.0  # s between commits when nothing happens: last_seen stays this fresh
+BATCH = 20_000  # most queue items in one transaction
+CHUNK = 5_000  # rows deleted per retention step: a step is a short transaction
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+Write = Callable[[sqlite3.Connection], None]
+Item = Event | LifeView | Callable[[sqlite3.Connection], None]
+Row = tuple[Any, ...]
+
+
+def boot_of(cursor: int) -> int:
+    return cursor >> SEQ_BITS
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    path: Path
+    queue: int = 100_000
+    commit_interval: float = 0.1
+    retention: float = 7 * 86400.0
+    max_bytes: int = 256 << 20
+    synchronous: str = "NORMAL"
+    maintain_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Boot:
+    ord: int
+    boot_id: str
+    host: str
+    btime: int
+    hz: int
+    first_seen: float
+    last_seen: float
+    next_cursor: int
+    reserved: int
+    clean: bool
+
+
+@dataclass
+class Restored:
+    """What the database knew of this boot, read at start (app/core/restart.py uses it)."""
+
+    boot: Boot  # this boot's row as the previous run left it (a new boot: just made)
+    first_cursor: int  # this run's first cursor
+    resumed: bool  # a previous run of this boot wrote here
+    alive: list[LifeView] = field(default_factory=list)
+    dead: list[LifeView] = field(default_factory=list)  # oldest death first
+    events: list[Event] = field(default_factory=list)  # oldest first
+    lost: tuple[int, int] | None = None  # cursors handed out, never committed (a crash)
+    rebooted: tuple[str, int, float] | None = None  # previous boot id, lives, its last_seen
+    skipped: int = 0  # rows that could not be read back (damaged)
+    moved_aside: str | None = None  # why the old file was moved aside, if it was
+
+
+def _boot_row(row: tuple[Any, ...]) -> Boot:
+    o, boot_id, host, btime, hz, first, last, nxt, reserved, clean = row
+    return Boot(o, boot_id, host, btime, hz, first, last, nxt, reserved, bool(clean))
+
+
+class MoveAside(Exception):
+    """The database file cannot be used as it is."""
+
+
+def _create(c: sqlite3.Connection) -> None:
+    # (PRAGMA auto_vacuum = INCREMENTAL is set by _connect before any table exists.)
+    # One statement at a time: executescript would commit the migration's transaction.
+    for sql in (
+        "CREATE TABLE boots(ord INTEGER PRIMARY KEY, boot_id TEXT UNIQUE NOT NULL, "
+        "host TEXT NOT NULL, btime INTEGER NOT NULL, hz INTEGER NOT NULL, "
+        "first_seen REAL NOT NULL, last_seen REAL NOT NULL, next_cursor INTEGER NOT NULL, "
+        "reserved INTEGER NOT NULL, clean INTEGER NOT NULL)",
+        "CREATE TABLE events(cursor INTEGER PRIMARY KEY, type TEXT NOT NULL, at REAL NOT NULL, "
+        "sources INTEGER NOT NULL, life BLOB, fields BLOB)",
+        "CREATE TABLE lives(boot INTEGER NOT NULL, key INTEGER NOT NULL, died_at REAL, "
+        "comm BLOB, life BLOB NOT NULL, PRIMARY KEY(boot, key)) WITHOUT ROWID",
+        "CREATE INDEX lives_died ON lives(died_at)",
+        "CREATE TABLE components(name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+    ):
+        c.execute(sql)
+
+
+# version -> step that brings a database of that version to the next one. Version 0 is an
+# empty file. A step runs inside the transaction that sets the new user_version.
+MIGRATIONS: dict[int, Write] = {0: _create}
+
+
+def _comm_bytes(comm: str | None) -> bytes | None:
+    return None if comm is None else comm.encode("utf-8", "surrogateescape")
+
+
+def life_key(pid: int, start_ticks: int) -> int:
+    return start_ticks << 23 | pid  # as app/core/registry.py: pids fit in 23 bits
+
+
+class Store:
+    """The database of one node, open for this run. `put` is the loop's whole cost."""
+
+    def __init__(self, settings: StoreSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.path = settings.path
+        self._clock = clock
+        self._q: deque[Item] = deque()
+        self._max = settings.queue
+        self._db: sqlite3.Connection | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # the writer's connection: the writer, or close()
+        self.boot_ord = 0
+        self.last_cursor: Callable[[], int] = lambda: 0  # the journal's, set by the service
+        self.ords: dict[int, str] = {}  # boot ord -> boot id, for the reset reason
+        # Dropped when the queue was full: counted; the open span is written as a gap row.
+        self.dropped = 0
+        self._drop: list[Any] | None = None  # [first cursor, last cursor, since, until]
+        # Measured by the writer: commits, rows, the commit time histogram.
+        self.commits = 0
+        self.rows = 0
+        self.commit_counts = [0] * (len(COMMIT_BUCKETS) + 1)
+        self.commit_sum = 0.0
+        self.commit_max = 0.0
+        self.last_commit = 0.0
+        self.failures = 0
+        self._beat = 0.0
+        self.deleted = 0
+        self.maintenance_seconds = 0.0
+
+    # -- start -------------------------------------------------------------------------------
+    def open(self, node: NodeIdentity, history: int, window: int) -> Restored:
+        """Open (or make) the database and read this boot back. A file that cannot be used
+        is moved aside with a log line and a new one is made: never a failed start."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            got = self._open(node, history, window)
+        except (MoveAside, sqlite3.DatabaseError) as e:
+            if isinstance(e, sqlite3.ProgrammingError | sqlite3.InterfaceError):
+                raise  # this code's fault, not the file's
+            aside = self._move_aside(str(e))
+            got = self._open(node, history, window)
+            got.moved_aside = aside
+        return got
+
+    def _connect(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        c.execute("PRAGMA busy_timeout = 5000")
+        # Takes effect only on a file with no table yet (a new one): freed pages can then be
+        # given back a few at a time (Store._vacuum), never by a full VACUUM.
+        c.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise MoveAside(f"cannot use WAL mode (got {mode})")
+        c.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+        c.execute("PRAGMA journal_size_limit = 67108864")
+        return c
+
+    def _open(self, node: NodeIdentity, history: int, window: int) -> Restored:
+        c = self._connect()
+        try:
+            self._migrate(c)
+            got = self._boot(c, node, history, window)
+        except BaseException:
+            c.close()
+            raise
+        self._db = c
+        return got
+
+    def _migrate(self, c: sqlite3.Connection) -> None:
+        app_id = c.execute("PRAGMA application_id").fetchone()[0]
+        version = c.execute("PRAGMA user_version").fetchone()[0]
+        tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id not in (0, APP_ID) or (app_id == 0 and tables):
+            raise MoveAside("not a lifewatch database")
+        if version > SCHEMA:
+            raise MoveAside(f"schema {version} is newer than this lifewatch's ({SCHEMA})")
+        while version < SCHEMA:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS[version](c)
+                version += 1
+                c.execute(f"PRAGMA user_version = {version}")
+                c.execute(f"PRAGMA application_id = {APP_ID}")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            log.info("database %s: schema now %d", self.path, version)
+
+    def _move_aside(self, why: str) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
+        target = self.path.with_name(f"{self.path.name}.aside-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                src.rename(Path(str(target) + suffix))
+        log.error("database %s cannot be used (%s): moved aside to %s; starting a new one",
+                  self.path, why, target)  # fmt: skip
+        return f"{why}; moved to {target}"
+
+    def _boot(
+        self, c: sqlite3.Connection, node: NodeIdentity, history: int, window: int
+    ) -> Restored:
+        now = self._clock()
+        self.ords = {o: b for o, b in c.execute("SELECT ord, boot_id FROM boots")}
+        row = c.execute("SELECT * FROM boots WHERE boot_id = ?", (node.boot_id,)).fetchone()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if row is None:
+                got = self._new_boot(c, node, now)
+            else:
+                got = self._same_boot(c, _boot_row(row), history, window)
+            reserved = got.first_cursor - 1 + RESERVE
+            c.execute(
+                "UPDATE boots SET clean = 0, reserved = ?, next_cursor = ? WHERE ord = ?",
+                (reserved, got.first_cursor, got.boot.ord),
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        self.boot_ord = got.boot.ord
+        return got
+
+    def _new_boot(self, c: sqlite3.Connection, node: NodeIdentity, now: float) -> Restored:
+        top = c.execute("SELECT max(ord) FROM boots").fetchone()[0]
+        # A new file starts at an ord taken from the clock, so that cursors a client kept
+        # from a file moved aside are not taken for this one's.
+        ord = (int(now) // 60) % ORDS + 1 if top is None else top % ORDS + 1
+        c.execute("DELETE FROM boots WHERE ord = ?", (ord,))  # 65,535 boots ago: reused
+        first = ord << SEQ_BITS | 1
+        boot = Boot(ord, node.boot_id, node.hostname, node.clock.btime, node.clock.hz,
+                    now, now, first, first - 1, False)  # fmt: skip
+        c.execute("INSERT INTO boots VALUES (?,?,?,?,?,?,?,?,?,0)",
+                  [getattr(boot, f) for f in Boot.__slots__[:9]])  # fmt: skip
+        self.ords[ord] = node.boot_id
+        got = Restored(boot, first, resumed=False)
+        prev = c.execute(
+            "SELECT boot_id, last_seen FROM boots WHERE ord != ? ORDER BY last_seen DESC LIMIT 1",
+            (ord,),
+        ).fetchone()
+        if prev is not None:
+            n = self._rebooted(c, ord, max(prev[1], node.clock.btime))
+            got.rebooted = (prev[0], n, prev[1])
+        return got
+
+    def _rebooted(self, c: sqlite3.Connection, ord: int, boot_time: float) -> int:
+        """Every life of an earlier boot that was still alive died with that boot."""
+        rows = c.execute(
+            "SELECT l.boot, l.key, l.life, b.last_seen FROM lives l JOIN boots b "
+            "ON b.ord = l.boot WHERE l.died_at IS NULL AND l.boot != ?",
+            (ord,),
+        ).fetchall()
+        out = []
+        for boot, key, blob, last_seen in rows:
+            try:
+                v = unpack_view(blob)
+            except CodecError:
+                continue
+            died = max(boot_time, last_seen)
+            v = v._replace(died_at=died, cause="node_rebooted", died_after=last_seen)
+            out.append((died, pack_view(v), boot, key))
+        c.executemany("UPDATE lives SET died_at = ?, life = ? WHERE boot = ? AND key = ?", out)
+        return len(out)
+
+    def _same_boot(self, c: sqlite3.Connection, boot: Boot, history: int, window: int) -> Restored:
+        lo = boot.ord << SEQ_BITS
+        top = c.execute("SELECT max(cursor) FROM events WHERE cursor > ? AND cursor < ?",
+                        (lo, lo + (1 << SEQ_BITS))).fetchone()[0]  # fmt: skip
+        committed = lo if top is None else top
+        if boot.clean:
+            first = max(boot.next_cursor, committed + 1)
+        else:
+            first = max(boot.reserved, committed) + 1
+        got = Restored(boot, first, resumed=True)
+        if not boot.clean and first - 1 > committed:
+            got.lost = (committed + 1, first - 1)
+        views = self._views(c, "SELECT life FROM lives WHERE boot = ? AND died_at IS NULL",
+                            (boot.ord,), got)  # fmt: skip
+        got.alive = views
+        dead = self._views(c, "SELECT life FROM lives WHERE boot = ? AND died_at IS NOT NULL "
+                           "ORDER BY died_at DESC LIMIT ?", (boot.ord, history), got)  # fmt: skip
+        dead.reverse()
+        got.dead = dead
+        rows = c.execute(
+            "SELECT cursor, type, at, sources, life, fields FROM events WHERE cursor > ? "
+            "AND cursor < ? ORDER BY cursor DESC LIMIT ?", (lo, first, window),
+        ).fetchall()  # fmt: skip
+        events = []
+        for cursor, type_, at, sources, life, fields in reversed(rows):
+            try:
+                view = None if life is None else unpack_view(life)
+                events.append(Event(cursor, type_, at, view, unpack_fields(fields), sources))
+            except CodecError:
+                got.skipped += 1
+        got.events = events
+        return got
+
+    def _views(
+        self, c: sqlite3.Connection, sql: str, args: tuple[Any, ...], got: Restored
+    ) -> list[LifeView]:
+        out = []
+        for (blob,) in c.execute(sql, args):
+            try:
+                out.append(unpack_view(blob))
+            except CodecError:
+                got.skipped += 1
+        return out
+
+    def start(self) -> None:
+        """Start the writer thread (after `open`)."""
+        self._thread = threading.Thread(target=self._run, name="lifewatch-store", daemon=True)
+        self._thread.start()
+
+    # -- the loop's side: never blocks -----------------------------------------------------
+    def put(self, item: Item) -> bool:
+        """Queue an event (or a life, or a component's write) for the next commit."""
+        q = self._q
+        if len(q) < self._max:
+            if self._drop is not None:
+                self._end_drop()
+            q.append(item)
+            return True
+        self.dropped += 1
+        if isinstance(item, Event):
+            now = self._clock()
+            if self._drop is None:
+                self._drop = [item.cursor, item.cursor, now, now]
+            else:
+                self._drop[1], self._drop[3] = item.cursor, now
+        return False
+
+    def _end_drop(self) -> None:
+        first, last, since, until = self._drop or (0, 0, 0.0, 0.0)
+        self._drop = None
+        log.error("history queue full: events %d..%d were not written to disk", first, last)
+        fields = {"source": "store", "reason": "not_on_disk", "lost_cursors": [first, last],
+                  "since": since, "until": until,
+                  "detail": "the database writer fell behind; these events were streamed "
+                            "but not kept across a restart"}  # fmt: skip
+        # In place of the last lost event: a replay after a restart says what is missing.
+        self._q.append(Event(last, "gap", until, None, fields, 0))
+
+    def write(self, fn: Write) -> bool:
+        """Run `fn(connection)` on the writer thread inside the next group commit (for a
+        component's own tables). Never blocks; False when the queue is full."""
+        return self.put(fn)
+
+    def component(
+        self, name: str, version: int, migrate: Callable[[sqlite3.Connection, int], None]
+    ) -> None:
+        """Declare a component's tables: `migrate(conn, have)` brings them from version
+        `have` (0: absent) to `version`, once, in a transaction on the writer thread."""
+
+        def step(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT version FROM components WHERE name = ?", (name,)).fetchone()
+            have = 0 if row is None else int(row[0])
+            if have < version:
+                migrate(c, have)
+                c.execute("INSERT OR REPLACE INTO components VALUES (?, ?)", (name, version))
+
+        self.write(step)
+
+    def reader(self) -> sqlite3.Connection:
+        """A read-only connection of its own (WAL: reads never wait for the writer). For
+        the thread that makes it; the caller closes it."""
+        c = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        c.execute("PRAGMA busy_timeout = 5000")
+        return c
+
+    @property
+    def depth(self) -> int:
+        return len(self._q)
+
+    def cursor_reason(self, cursor: int) -> str:
+        """Why a cursor of another boot or run cannot be served (journal reset reason)."""
+        ord = boot_of(cursor)
+        return "node_rebooted" if ord != self.boot_ord and ord in self.ords else "other_run"
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        interval = self.settings.commit_interval
+        next_maintain = time.monotonic() + self.settings.maintain_interval
+        while not self._stop.wait(interval):
+            self._commit_safe()
+            if time.monotonic() >= next_maintain:
+                self._maintain()
+                next_maintain = time.monotonic() + self.settings.maintain_interval
+
+    def _commit_safe(self) -> None:
+        try:
+            with self._lock:
+                if not self._q and time.monotonic() - self._beat < HEARTBEAT:
+                    return
+                self._commit()  # when idle, a heartbeat: last_seen moves on
+                while self._q:
+                    self._commit()
+        except Exception:
+            self.failures += 1
+            log.exception("history commit failed; retrying at the next interval")
+
+    def _commit(self, clean: bool = False) -> None:
+        assert self._db is not None
+        t0 = time.perf_counter()
+        # Taken before the batch: the daemon had recorded everything it knew by then.
+        now = self._clock()
+        last = self.last_cursor()
+        q, batch = self._q, list[Item]()
+        while q and len(batch) < BATCH:
+            batch.append(q.popleft())
+        events, lives, writes = self._rows(batch)
+        c = self._db
+        c.execute("BEGIN")
+        try:
+            c.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?)", events)
+            c.executemany("INSERT OR REPLACE INTO lives VALUES (?,?,?,?,?)", lives)
+            for fn in writes:
+                self._component_write(c, fn)
+            c.execute(
+                "UPDATE boots SET last_seen = ?, reserved = max(reserved, ?), "
+                "next_cursor = max(next_cursor, ?), clean = ? WHERE ord = ?",
+                (now, last + RESERVE, last + 1, int(clean), self.boot_ord),
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        took = time.perf_counter() - t0
+        self._beat = time.monotonic()
+        self.commits += 1
+        self.rows += len(events) + len(lives)
+        self.last_commit = now
+        self.commit_sum += took
+        self.commit_max = max(self.commit_max, took)
+        i = 0
+        while i < len(COMMIT_BUCKETS) and took > COMMIT_BUCKETS[i]:
+            i += 1
+        self.commit_counts[i] += 1
+
+    def _rows(self, batch: list[Item]) -> tuple[list[Row], list[Row], list[Write]]:
+        events: list[tuple[Any, ...]] = []
+        lives: dict[int, tuple[Any, ...]] = {}
+        writes: list[Write] = []
+        ord = self.boot_ord
+        for item in batch:
+            if isinstance(item, Event):
+                view = item.life
+                blob = None if view is None else pack_view(view)
+                events.append((item.cursor, item.type, item.at, item.sources, blob,
+                               pack_fields(item.fields)))  # fmt: skip
+                if view is not None:
+                    key = life_key(view.pid, view.start_ticks)
+                    lives[key] = (ord, key, view.died_at, _comm_bytes(view.comm), blob)
+            elif isinstance(item, LifeView):
+                key = life_key(item.pid, item.start_ticks)
+                lives[key] = (ord, key, item.died_at, _comm_bytes(item.comm), pack_view(item))
+            else:
+                writes.append(item)
+        return events, list(lives.values()), writes
+
+    def _component_write(self, c: sqlite3.Connection, fn: Write) -> None:
+        c.execute("SAVEPOINT component")
+        try:
+            fn(c)
+            c.execute("RELEASE component")
+        except Exception:
+            c.execute("ROLLBACK TO component")
+            c.execute("RELEASE component")
+            log.exception("a component's write to the database failed; skipped")
+
+    # -- retention ----------------------------------------------------------------------------
+    def _maintain(self) -> None:
+        """Forget what is older than `retention`, then the oldest while the file passes
+        `max_bytes`; give freed pages back. In chunks of CHUNK rows, each its own short
+        transaction, so the writer's next commit never waits long."""
+        t0 = time.perf_counter()
+        try:
+            cutoff = self._clock() - self.settings.retention
+            while self._delete_chunk(cutoff) == CHUNK:
+                pass
+            for _ in range(100):  # at most 100 chunks per pass; the next pass goes on
+                if self.used_bytes() <= self.settings.max_bytes:
+                    break
+                if self._delete_chunk(None) == 0:
+                    break
+            self._vacuum()
+        except Exception:
+            self.failures += 1
+            log.exception("history retention failed; retrying at the next pass")
+        self.maintenance_seconds += time.perf_counter() - t0
+
+    def _delete_chunk(self, cutoff: float | None) -> int:
+        """Delete up to CHUNK of the oldest events and dead lives: those before `cutoff`,
+        or the oldest whatever their age (None)."""
+        assert self._db is not None
+        c = self._db
+        old = "AND at < ?" if cutoff is not None else ""
+        dead = "AND died_at < ?" if cutoff is not None else ""
+        args: tuple[Any, ...] = (cutoff, CHUNK) if cutoff is not None else (CHUNK,)
+        with self._lock:
+            c.execute("BEGIN")
+            try:
+                n = c.execute(
+                    f"DELETE FROM events WHERE cursor IN (SELECT cursor FROM events WHERE 1 "
+                    f"{old} ORDER BY cursor LIMIT ?)", args).rowcount  # fmt: skip
+                n2 = c.execute(
+                    f"DELETE FROM lives WHERE (boot, key) IN (SELECT boot, key FROM lives "
+                    f"WHERE died_at IS NOT NULL {dead} ORDER BY died_at LIMIT ?)", args,
+                ).rowcount  # fmt: skip
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        self.deleted += n + n2
+        return max(n, n2)
+
+    def _vacuum(self) -> None:
+        assert self._db is not None
+        for _ in range(1000):
+            with self._lock:
+                free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+                if not free:
+                    return
+                self._db.execute("PRAGMA incremental_vacuum(256)").fetchall()
+
+    def used_bytes(self) -> int:
+        """Bytes of the database's pages in use (the file less its free pages)."""
+        c = self._db
+        if c is None:
+            return 0
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+        free = c.execute("PRAGMA freelist_count").fetchone()[0]
+        size = c.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += Path(str(self.path) + suffix).stat().st_size
+        return total
+
+    def commit_histogram(self) -> Iterator[tuple[float, int]]:
+        n = 0
+        for bound, count in zip((*COMMIT_BUCKETS, float("inf")), self.commit_counts, strict=True):
+            n += count
+            yield bound, n
+
+    # -- stop ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Write what is queued, mark the stop clean, and close."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        if self._db is None:
+            return
+        with self._lock:
+            try:
+                while self._q:
+                    self._commit()
+                self._commit(clean=True)
+            except Exception:
+                log.exception("history: final commit failed; the next start reports a gap")
+            self._db.close()
+            self._db = None
