@@ -226,6 +226,11 @@ class Journal:
         return self._next - 1
 
     @property
+    def held(self) -> int:
+        """Events in the replay window."""
+        return len(self._events)
+
+    @property
     def oldest_cursor(self) -> int:
         return self._events[0].cursor if self._events else self._next
 

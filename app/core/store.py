@@ -100,7 +100,7 @@ class Restored:
     moved_aside: str | None = None  # why the old file was moved aside, if it was
 
 
-def _boot_row(row: tuple[Any, ...]) -> Boot:
+def boot_row(row: tuple[Any, ...]) -> Boot:
     o, boot_id, host, btime, hz, first, last, nxt, reserved, clean = row
     return Boot(o, boot_id, host, btime, hz, first, last, nxt, reserved, bool(clean))
 
@@ -167,6 +167,7 @@ class Store:
         self.commit_max = 0.0
         self.last_commit = 0.0
         self.failures = 0
+        self.used = 0  # bytes of pages in use, as of the last commit
         self._beat = 0.0
         self.deleted = 0
         self.maintenance_seconds = 0.0
@@ -253,7 +254,7 @@ class Store:
             if row is None:
                 got = self._new_boot(c, node, now)
             else:
-                got = self._same_boot(c, _boot_row(row), history, window)
+                got = self._same_boot(c, boot_row(row), history, window)
             reserved = got.first_cursor - 1 + RESERVE
             c.execute(
                 "UPDATE boots SET clean = 0, reserved = ?, next_cursor = ? WHERE ord = ?",
@@ -470,6 +471,7 @@ class Store:
             c.execute("ROLLBACK")
             raise
         took = time.perf_counter() - t0
+        self.used = self.used_bytes()
         self._beat = time.monotonic()
         self.commits += 1
         self.rows += len(events) + len(lives)
