@@ -50,8 +50,8 @@ BATCH = 20_000  # most queue items in one transaction
 CHUNK = 5_000  # rows deleted per retention step: a step is a short transaction
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-Write = Callable[[sqlite3.Connection], None]
-Item = Event | LifeView | Callable[[sqlite3.Connection], None]
+Write = Callable[[sqlite3.Connection], object]
+Item = Event | LifeView | Write
 Row = tuple[Any, ...]
 
 
@@ -567,7 +567,8 @@ class Store:
                 free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
                 if not free:
                     return
-                self._db.execute("PRAGMA incremental_vacuum(256)").fetchall()
+                # executescript steps the pragma to its end; execute() frees one page.
+                self._db.executescript("PRAGMA incremental_vacuum(256)")
 
     def used_bytes(self) -> int:
         """Bytes of the database's pages in use (the file less its free pages)."""
