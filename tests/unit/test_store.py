@@ -190,7 +190,7 @@ def test_a_component_keeps_its_own_table(tmp_path: Path) -> None:
             c.execute("CREATE TABLE outbox(id INTEGER PRIMARY KEY, body BLOB)")
 
     st.component("outbox", 1, migrate)
-    st.write(lambda c: c.execute("INSERT INTO outbox(body) VALUES (x'01')")
+    st.write(lambda c: c.execute("INSERT INTO outbox(body) VALUES (x'01')"))
     st.write(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"))  # fails alone
     st._commit()
     db = st.reader()
