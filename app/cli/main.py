@@ -59,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
         ("tail", "print the event stream, one colored line per event"),
         ("ps", "show the live processes as a tree"),
         ("watch", "show a watch's state, then each change"),
+        ("history", "list dead lives of the whole retained history (every boot kept)"),
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument("--url", default=os.environ.get("LIFEWATCH_URL", "http://127.0.0.1:7878"))
@@ -73,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("pattern", nargs="?", help="show matches (pid, comm, exe, argv) "
                            "and their ancestors")  # fmt: skip
             c.add_argument("--all", action="store_true", help="include kernel threads, canaries")
+        elif name == "history":
+            from app.cli.history import add_arguments
+
+            add_arguments(c)
         elif name == "watch":
             c.add_argument("name", help="the watch's name (GET /v1/watches lists them)")
             c.add_argument("--once", action="store_true", help="print the state and exit")
@@ -105,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         from app.cli.console import run_ps
 
         run_ps(args)
+    elif args.command == "history":
+        from app.cli.history import run_history
+
+        run_history(args)
     elif args.command == "watch":
         from app.cli.console import run_watch
 

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.life import LifeView
-from app.core.store import Boot, Store, boot_row
-from app.core.storecodec import CodecError, unpack_view
+from app.core.store import Boot, Resolver, Store, boot_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,23 +44,24 @@ def query_history(store: Store, q: HistoryQuery) -> HistoryPage:
     if q.after is not None:
         where.append("(boot > ? OR (boot = ? AND key > ?))")
         args += [q.after[0], q.after[0], q.after[1]]
-    sql = (f"SELECT boot, key, life FROM lives WHERE {' AND '.join(where)} "
+    sql = (f"SELECT boot, key, cursor, life FROM lives WHERE {' AND '.join(where)} "
            "ORDER BY boot, key LIMIT ?")  # fmt: skip
+    page = HistoryPage([], None)
     c = store.reader()
     try:
         boots = {row[0]: boot_row(row) for row in c.execute("SELECT * FROM boots")}
         rows = c.execute(sql, (*args, q.limit + 1)).fetchall()
+        lives = Resolver(c)
+        # Resolved in cursor order (one read per chunk), listed in the query's order.
+        views = {(r[0], r[1]): lives.view(r[2], r[3])
+                 for r in sorted(rows[: q.limit], key=lambda r: r[2] or 0)}  # fmt: skip
+        page.skipped = lives.skipped
     finally:
         c.close()
-    page = HistoryPage([], None)
-    for ord, _key, blob in rows[: q.limit]:
-        try:
-            view = unpack_view(blob)
-        except CodecError:
-            page.skipped += 1
-            continue
+    for ord, key, _, _ in rows[: q.limit]:
+        view = views[(ord, key)]
         boot = boots.get(ord)
-        if boot is not None and (q.exe is None or view.exe == q.exe):
+        if view is not None and boot is not None and (q.exe is None or view.exe == q.exe):
             page.lives.append((boot, view))
     if len(rows) > q.limit:
         page.last = (rows[q.limit - 1][0], rows[q.limit - 1][1])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import marshal
 import sqlite3
 import threading
 import time
@@ -36,7 +37,17 @@ from typing import Any
 from app.core.identity import NodeIdentity
 from app.core.journal import Event
 from app.core.life import LifeView
-from app.core.storecodec import CodecError, pack_fields, pack_view, unpack_fields, unpack_view
+from app.core.storecodec import (
+    VERSION,
+    CodecError,
+    EventRow,
+    flat_view,
+    pack_chunk,
+    pack_view,
+    unpack_chunk,
+    unpack_view,
+    view_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +58,7 @@ APP_ID = 0x4C574442  # "LWDB": PRAGMA application_id of lifewatch's database
 SCHEMA = 1
 HEARTBEAT = 5.0  # s between commits when nothing happens: last_seen stays this fresh
 BATCH = 20_000  # most queue items in one transaction
-CHUNK = 5_000  # rows deleted per retention step: a step is a short transaction
+STEP = 20  # chunks (commits' worth of events) deleted per retention step: a short one
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 Write = Callable[[sqlite3.Connection], object]
@@ -82,6 +93,7 @@ class Boot:
     next_cursor: int
     reserved: int
     clean: bool
+    committed: int  # the newest cursor written (retention may have deleted it since)
 
 
 @dataclass
@@ -101,8 +113,8 @@ class Restored:
 
 
 def boot_row(row: tuple[Any, ...]) -> Boot:
-    o, boot_id, host, btime, hz, first, last, nxt, reserved, clean = row
-    return Boot(o, boot_id, host, btime, hz, first, last, nxt, reserved, bool(clean))
+    o, boot_id, host, btime, hz, first, last, nxt, reserved, clean, committed = row
+    return Boot(o, boot_id, host, btime, hz, first, last, nxt, reserved, bool(clean), committed)
 
 
 class MoveAside(Exception):
@@ -116,12 +128,15 @@ def _create(c: sqlite3.Connection) -> None:
         "CREATE TABLE boots(ord INTEGER PRIMARY KEY, boot_id TEXT UNIQUE NOT NULL, "
         "host TEXT NOT NULL, btime INTEGER NOT NULL, hz INTEGER NOT NULL, "
         "first_seen REAL NOT NULL, last_seen REAL NOT NULL, next_cursor INTEGER NOT NULL, "
-        "reserved INTEGER NOT NULL, clean INTEGER NOT NULL)",
-        "CREATE TABLE events(cursor INTEGER PRIMARY KEY, type TEXT NOT NULL, at REAL NOT NULL, "
-        "sources INTEGER NOT NULL, life BLOB, fields BLOB)",
+        "reserved INTEGER NOT NULL, clean INTEGER NOT NULL, committed INTEGER NOT NULL)",
+        # One row per commit: the events of one group commit (storecodec.pack_chunk).
+        "CREATE TABLE chunks(first INTEGER PRIMARY KEY, last INTEGER NOT NULL, "
+        "at REAL NOT NULL, data BLOB NOT NULL)",
+        # One row per life: its state is the life of the event `cursor` names, or `life`.
         "CREATE TABLE lives(boot INTEGER NOT NULL, key INTEGER NOT NULL, died_at REAL, "
-        "comm BLOB, life BLOB NOT NULL, PRIMARY KEY(boot, key)) WITHOUT ROWID",
-        "CREATE INDEX lives_died ON lives(died_at)",
+        "comm BLOB, cursor INTEGER, life BLOB, PRIMARY KEY(boot, key)) WITHOUT ROWID",
+        # No index on died_at: one less B-tree per life on the storm's path; the queries
+        # by death time (history pages, restore, retention) scan, off the event loop.
         "CREATE TABLE components(name TEXT PRIMARY KEY, version INTEGER NOT NULL)",
     ):
         c.execute(sql)
@@ -132,12 +147,75 @@ def _create(c: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, Write] = {0: _create}
 
 
+def _chunk(events: list[EventRow]) -> Row:
+    """The chunk row of a batch: its cursors, its last event's time, its events."""
+    try:
+        data = pack_chunk(events)
+    except ValueError:  # a field marshal cannot write: that event keeps its place, not them
+        events = [e if _marshals(e) else (*e[:5], {"fields_not_kept": True}) for e in events]
+        data = pack_chunk(events)
+    return (events[0][0], max(e[0] for e in events), events[-1][2], data)
+
+
+def _marshals(row: EventRow) -> bool:
+    try:
+        marshal.dumps(row)
+        return True
+    except ValueError:
+        return False
+
+
 def _comm_bytes(comm: str | None) -> bytes | None:
     return None if comm is None else comm.encode("utf-8", "surrogateescape")
 
 
 def life_key(pid: int, start_ticks: int) -> int:
     return start_ticks << 23 | pid  # as app/core/registry.py: pids fit in 23 bits
+
+
+class Resolver:
+    """Life rows to lives: the inline `life`, or the life of the event their `cursor` names
+    (read from its chunk; the chunks last read are kept, so rows in cursor order cost one
+    read per chunk)."""
+
+    def __init__(self, c: sqlite3.Connection, keep: int = 8) -> None:
+        self.c = c
+        self.keep = keep
+        self._chunks: dict[int, tuple[int, dict[int, Any]]] = {}  # first -> (last, rows)
+        self.skipped = 0
+
+    def view(self, cursor: int | None, blob: bytes | None) -> LifeView | None:
+        try:
+            if blob is not None:
+                return unpack_view(blob)
+            if cursor is None:
+                raise CodecError("a life row with neither life nor cursor")
+            return view_of(self._flat(cursor))
+        except CodecError:
+            self.skipped += 1
+            return None
+
+    def _flat(self, cursor: int) -> Any:
+        for first, (last, rows) in self._chunks.items():
+            if first <= cursor <= last:
+                return rows[cursor]
+        row = self.c.execute("SELECT first, last, data FROM chunks WHERE first <= ? "
+                             "ORDER BY first DESC LIMIT 1", (cursor,)).fetchone()  # fmt: skip
+        if row is None or row[1] < cursor:
+            raise CodecError(f"the event {cursor} is no longer kept")
+        try:
+            version, events = marshal.loads(row[2])
+            if version != VERSION:
+                raise CodecError(f"a chunk of layout {version!r}")
+            rows = {e[0]: e[4] for e in events}
+        except (EOFError, ValueError, TypeError, IndexError, KeyError) as e:
+            raise CodecError(f"a damaged chunk: {e}") from None
+        if len(self._chunks) >= self.keep:
+            del self._chunks[next(iter(self._chunks))]
+        self._chunks[row[0]] = (row[1], rows)
+        if cursor not in rows:
+            raise CodecError(f"the event {cursor} is not in its chunk")
+        return rows[cursor]
 
 
 class Store:
@@ -275,9 +353,9 @@ class Store:
         c.execute("DELETE FROM boots WHERE ord = ?", (ord,))  # 65,535 boots ago: reused
         first = ord << SEQ_BITS | 1
         boot = Boot(ord, node.boot_id, node.hostname, node.clock.btime, node.clock.hz,
-                    now, now, first, first - 1, False)  # fmt: skip
-        c.execute("INSERT INTO boots VALUES (?,?,?,?,?,?,?,?,?,0)",
-                  [getattr(boot, f) for f in Boot.__slots__[:9]])  # fmt: skip
+                    now, now, first, first - 1, False, first - 1)  # fmt: skip
+        c.execute("INSERT INTO boots VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                  [getattr(boot, f) for f in Boot.__slots__])  # fmt: skip
         self.ords[ord] = node.boot_id
         got = Restored(boot, first, resumed=False)
         prev = c.execute(
@@ -292,27 +370,26 @@ class Store:
     def _rebooted(self, c: sqlite3.Connection, ord: int, boot_time: float) -> int:
         """Every life of an earlier boot that was still alive died with that boot."""
         rows = c.execute(
-            "SELECT l.boot, l.key, l.life, b.last_seen FROM lives l JOIN boots b "
-            "ON b.ord = l.boot WHERE l.died_at IS NULL AND l.boot != ?",
+            "SELECT l.boot, l.key, l.cursor, l.life, b.last_seen FROM lives l JOIN boots b "
+            "ON b.ord = l.boot WHERE l.died_at IS NULL AND l.boot != ? ORDER BY l.cursor",
             (ord,),
         ).fetchall()
         out = []
-        for boot, key, blob, last_seen in rows:
-            try:
-                v = unpack_view(blob)
-            except CodecError:
+        lives = Resolver(c)
+        for boot, key, cursor, blob, last_seen in rows:
+            v = lives.view(cursor, blob)
+            if v is None:
                 continue
             died = max(boot_time, last_seen)
             v = v._replace(died_at=died, cause="node_rebooted", died_after=last_seen)
             out.append((died, pack_view(v), boot, key))
-        c.executemany("UPDATE lives SET died_at = ?, life = ? WHERE boot = ? AND key = ?", out)
+        c.executemany("UPDATE lives SET died_at = ?, life = ?, cursor = NULL "
+                      "WHERE boot = ? AND key = ?", out)  # fmt: skip
         return len(out)
 
     def _same_boot(self, c: sqlite3.Connection, boot: Boot, history: int, window: int) -> Restored:
         lo = boot.ord << SEQ_BITS
-        top = c.execute("SELECT max(cursor) FROM events WHERE cursor > ? AND cursor < ?",
-                        (lo, lo + (1 << SEQ_BITS))).fetchone()[0]  # fmt: skip
-        committed = lo if top is None else top
+        committed = max(lo, boot.committed)
         if boot.clean:
             first = max(boot.next_cursor, committed + 1)
         else:
@@ -320,37 +397,40 @@ class Store:
         got = Restored(boot, first, resumed=True)
         if not boot.clean and first - 1 > committed:
             got.lost = (committed + 1, first - 1)
-        views = self._views(c, "SELECT life FROM lives WHERE boot = ? AND died_at IS NULL",
-                            (boot.ord,), got)  # fmt: skip
-        got.alive = views
-        dead = self._views(c, "SELECT life FROM lives WHERE boot = ? AND died_at IS NOT NULL "
-                           "ORDER BY died_at DESC LIMIT ?", (boot.ord, history), got)  # fmt: skip
-        dead.reverse()
-        got.dead = dead
-        rows = c.execute(
-            "SELECT cursor, type, at, sources, life, fields FROM events WHERE cursor > ? "
-            "AND cursor < ? ORDER BY cursor DESC LIMIT ?", (lo, first, window),
-        ).fetchall()  # fmt: skip
-        events = []
-        for cursor, type_, at, sources, life, fields in reversed(rows):
-            try:
-                view = None if life is None else unpack_view(life)
-                events.append(Event(cursor, type_, at, view, unpack_fields(fields), sources))
-            except CodecError:
-                got.skipped += 1
-        got.events = events
+        lives = Resolver(c)
+        rows = c.execute("SELECT died_at, cursor, life FROM lives WHERE boot = ? AND died_at "
+                         "IS NULL ORDER BY cursor", (boot.ord,)).fetchall()  # fmt: skip
+        got.alive = [v for v in (lives.view(r[1], r[2]) for r in rows) if v is not None]
+        rows = c.execute("SELECT died_at, cursor, life FROM lives WHERE boot = ? AND died_at "
+                         "IS NOT NULL ORDER BY died_at DESC LIMIT ?",
+                         (boot.ord, history)).fetchall()  # fmt: skip
+        rows.sort(key=lambda r: r[1] or 0)  # chunk order: each chunk is read once
+        dead = [(r[0], lives.view(r[1], r[2])) for r in rows]
+        dead.sort(key=lambda d: d[0])
+        got.dead = [v for _, v in dead if v is not None]
+        got.events = self._window(c, lo, first, window, got)
+        got.skipped += lives.skipped
         return got
 
-    def _views(
-        self, c: sqlite3.Connection, sql: str, args: tuple[Any, ...], got: Restored
-    ) -> list[LifeView]:
-        out = []
-        for (blob,) in c.execute(sql, args):
+    def _window(
+        self, c: sqlite3.Connection, lo: int, first: int, window: int, got: Restored
+    ) -> list[Event]:
+        """The newest `window` events of this boot, oldest first."""
+        chunks: list[list[Event]] = []
+        n = 0
+        for (data,) in c.execute("SELECT data FROM chunks WHERE first > ? AND first < ? "
+                                 "ORDER BY first DESC", (lo, first)):  # fmt: skip
             try:
-                out.append(unpack_view(blob))
+                rows = unpack_chunk(data)
             except CodecError:
                 got.skipped += 1
-        return out
+                continue
+            chunks.append([Event(r[0], r[1], r[2], r[4], r[5], r[3]) for r in rows])
+            n += len(rows)
+            if n >= window:
+                break
+        events = [ev for chunk in reversed(chunks) for ev in chunk]
+        return events[-window:] if window else []
 
     def start(self) -> None:
         """Start the writer thread (after `open`)."""
@@ -457,14 +537,18 @@ class Store:
         c = self._db
         c.execute("BEGIN")
         try:
-            c.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?)", events)
-            c.executemany("INSERT OR REPLACE INTO lives VALUES (?,?,?,?,?)", lives)
+            top = 0
+            if events:
+                chunk = _chunk(events)
+                top = chunk[1]
+                c.execute("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?)", chunk)
+            c.executemany("INSERT OR REPLACE INTO lives VALUES (?,?,?,?,?,?)", lives)
             for fn in writes:
                 self._component_write(c, fn)
             c.execute(
-                "UPDATE boots SET last_seen = ?, reserved = max(reserved, ?), "
-                "next_cursor = max(next_cursor, ?), clean = ? WHERE ord = ?",
-                (now, last + RESERVE, last + 1, int(clean), self.boot_ord),
+                "UPDATE boots SET last_seen = ?, reserved = max(reserved, ?), next_cursor = "
+                "max(next_cursor, ?), clean = ?, committed = max(committed, ?) WHERE ord = ?",
+                (now, last + RESERVE, last + 1, int(clean), top, self.boot_ord),
             )
             c.execute("COMMIT")
         except BaseException:
@@ -483,25 +567,29 @@ class Store:
             i += 1
         self.commit_counts[i] += 1
 
-    def _rows(self, batch: list[Item]) -> tuple[list[Row], list[Row], list[Write]]:
-        events: list[tuple[Any, ...]] = []
-        lives: dict[int, tuple[Any, ...]] = {}
+    def _rows(self, batch: list[Item]) -> tuple[list[EventRow], list[Row], list[Write]]:
+        """A batch as chunk rows, life rows (the last state of each life) and writes."""
+        events: list[EventRow] = []
+        lives: dict[int, Row] = {}
         writes: list[Write] = []
         ord = self.boot_ord
         for item in batch:
-            if isinstance(item, Event):
+            if type(item) is Event:
                 view = item.life
-                blob = None if view is None else pack_view(view)
-                events.append((item.cursor, item.type, item.at, item.sources, blob,
-                               pack_fields(item.fields)))  # fmt: skip
-                if view is not None:
-                    key = life_key(view.pid, view.start_ticks)
-                    lives[key] = (ord, key, view.died_at, _comm_bytes(view.comm), blob)
+                if view is None:
+                    events.append((item.cursor, item.type, item.at, item.sources, None,
+                                   item.fields))  # fmt: skip
+                    continue
+                events.append((item.cursor, item.type, item.at, item.sources,
+                               flat_view(view), item.fields))  # fmt: skip
+                key = view.start_ticks << 23 | view.pid
+                lives[key] = (ord, key, view.died_at, _comm_bytes(view.comm), item.cursor, None)
             elif isinstance(item, LifeView):
                 key = life_key(item.pid, item.start_ticks)
-                lives[key] = (ord, key, item.died_at, _comm_bytes(item.comm), pack_view(item))
+                lives[key] = (ord, key, item.died_at, _comm_bytes(item.comm), None,
+                              pack_view(item))  # fmt: skip
             else:
-                writes.append(item)
+                writes.append(item)  # type: ignore[arg-type]
         return events, list(lives.values()), writes
 
     def _component_write(self, c: sqlite3.Connection, fn: Write) -> None:
@@ -517,17 +605,15 @@ class Store:
     # -- retention ----------------------------------------------------------------------------
     def _maintain(self) -> None:
         """Forget what is older than `retention`, then the oldest while the file passes
-        `max_bytes`; give freed pages back. In chunks of CHUNK rows, each its own short
+        `max_bytes`; give freed pages back. A few chunks at a time, each step its own short
         transaction, so the writer's next commit never waits long."""
         t0 = time.perf_counter()
         try:
             cutoff = self._clock() - self.settings.retention
-            while self._delete_chunk(cutoff) == CHUNK:
+            while self._forget(cutoff):
                 pass
-            for _ in range(100):  # at most 100 chunks per pass; the next pass goes on
-                if self.used_bytes() <= self.settings.max_bytes:
-                    break
-                if self._delete_chunk(None) == 0:
+            for _ in range(1000):  # a bound per pass; the next pass goes on
+                if self.used_bytes() <= self.settings.max_bytes or not self._forget(None):
                     break
             self._vacuum()
         except Exception:
@@ -535,30 +621,48 @@ class Store:
             log.exception("history retention failed; retrying at the next pass")
         self.maintenance_seconds += time.perf_counter() - t0
 
-    def _delete_chunk(self, cutoff: float | None) -> int:
-        """Delete up to CHUNK of the oldest events and dead lives: those before `cutoff`,
-        or the oldest whatever their age (None)."""
+    def _forget(self, cutoff: float | None) -> bool:
+        """Delete the oldest STEP chunks (those older than `cutoff`, or the oldest whatever
+        their age) and the dead lives whose state they held or that died before `cutoff`.
+        A life still alive whose state is in them is kept: its state is copied into its row
+        first. False when nothing was left to delete."""
         assert self._db is not None
         c = self._db
-        old = "AND at < ?" if cutoff is not None else ""
-        dead = "AND died_at < ?" if cutoff is not None else ""
-        args: tuple[Any, ...] = (cutoff, CHUNK) if cutoff is not None else (CHUNK,)
         with self._lock:
+            old = "WHERE at < ?" if cutoff is not None else ""
+            args: tuple[Any, ...] = (cutoff, STEP) if cutoff is not None else (STEP,)
+            row = c.execute(f"SELECT max(last), count(*) FROM (SELECT last FROM chunks {old} "
+                            "ORDER BY first LIMIT ?)", args).fetchone()  # fmt: skip
+            upto, n = row if row[0] is not None else (None, 0)
             c.execute("BEGIN")
             try:
-                n = c.execute(
-                    f"DELETE FROM events WHERE cursor IN (SELECT cursor FROM events WHERE 1 "
-                    f"{old} ORDER BY cursor LIMIT ?)", args).rowcount  # fmt: skip
-                n2 = c.execute(
-                    f"DELETE FROM lives WHERE (boot, key) IN (SELECT boot, key FROM lives "
-                    f"WHERE died_at IS NOT NULL {dead} ORDER BY died_at LIMIT ?)", args,
-                ).rowcount  # fmt: skip
+                if upto is not None:
+                    keep = c.execute("SELECT boot, key, cursor FROM lives WHERE died_at IS NULL "
+                                     "AND life IS NULL AND cursor <= ? ORDER BY cursor",
+                                     (upto,)).fetchall()  # fmt: skip
+                    lives = Resolver(c)
+                    for boot, key, cursor in keep:
+                        v = lives.view(cursor, None)
+                        blob = None if v is None else pack_view(v)
+                        c.execute("UPDATE lives SET life = ?, cursor = NULL WHERE boot = ? "
+                                  "AND key = ?", (blob, boot, key))  # fmt: skip
+                    n += c.execute("DELETE FROM lives WHERE life IS NULL AND cursor <= ?",
+                                   (upto,)).rowcount  # fmt: skip
+                    c.execute("DELETE FROM chunks WHERE last <= ?", (upto,))
+                if cutoff is not None:
+                    n += c.execute("DELETE FROM lives WHERE (boot, key) IN (SELECT boot, key "
+                                   "FROM lives WHERE died_at < ? ORDER BY died_at LIMIT ?)",
+                                   (cutoff, STEP * 100)).rowcount  # fmt: skip
+                elif upto is None:
+                    n += c.execute("DELETE FROM lives WHERE (boot, key) IN (SELECT boot, key "
+                                   "FROM lives WHERE died_at IS NOT NULL ORDER BY died_at "
+                                   "LIMIT ?)", (STEP * 100,)).rowcount  # fmt: skip
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-        self.deleted += n + n2
-        return max(n, n2)
+        self.deleted += n
+        return n > 0
 
     def _vacuum(self) -> None:
         assert self._db is not None

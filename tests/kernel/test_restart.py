@@ -25,8 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from app.core.store import SEQ_BITS
-from app.core.storecodec import unpack_view
+from app.core.store import SEQ_BITS, Resolver
 from tests.helpers import start_ticks, wait_until
 
 ROOT = Path(__file__).parent.parent.parent
@@ -208,9 +207,11 @@ async def test_kill_9_during_a_storm(daemons: Callable[..., Daemon], tmp_path: P
             assert s.wait(20) == 0
     # What the dead daemon had committed, read from its database as it left it.
     db = sqlite3.connect(f"file:{tmp_path / 'lifewatch.db'}?mode=ro", uri=True)
-    rows = db.execute("SELECT life FROM lives WHERE died_at IS NOT NULL").fetchall()
-    committed = [unpack_view(b) for (b,) in rows]
-    top = db.execute("SELECT max(cursor) FROM events").fetchone()[0]
+    rows = db.execute("SELECT cursor, life FROM lives WHERE died_at IS NOT NULL").fetchall()
+    resolver = Resolver(db)
+    committed = [v for v in (resolver.view(c, b) for c, b in rows) if v is not None]
+    assert resolver.skipped == 0
+    top = db.execute("SELECT max(last) FROM chunks").fetchone()[0]
     db.close()
     lives = {}
     for t in truth:

@@ -13,7 +13,7 @@ from app.argv import CutArgv
 from app.core.identity import NodeIdentity, TickClock
 from app.core.journal import Event, Journal
 from app.core.life import Life, LifeView, exit_of
-from app.core.store import RESERVE, SEQ_BITS, Restored, Store, StoreSettings
+from app.core.store import RESERVE, SEQ_BITS, Resolver, Restored, Store, StoreSettings
 from app.core.storecodec import CodecError, pack_view, unpack_view
 
 BOOT_A, BOOT_B = "boot-a", "boot-b"
@@ -107,10 +107,13 @@ def test_a_new_boot_kills_the_old_boots_lives(tmp_path: Path) -> None:
     assert st2.cursor_reason(old) == "node_rebooted"
     assert st2.cursor_reason((again.boot.ord + 7) << SEQ_BITS) == "other_run"
     db = st2.reader()
-    rows = [unpack_view(b) for (b,) in db.execute("SELECT life FROM lives ORDER BY key")]
+    lives = Resolver(db)
+    rows = [
+        lives.view(c, b) for (c, b) in db.execute("SELECT cursor, life FROM lives ORDER BY key")
+    ]
     db.close()
-    assert [(v.pid, v.cause) for v in rows] == [(10, "node_rebooted"), (12, "exit")]
-    assert rows[0].died_after is not None and rows[0].died_at is not None
+    assert [(v.pid, v.cause) for v in rows if v] == [(10, "node_rebooted"), (12, "exit")]
+    assert rows[0] and rows[0].died_after is not None and rows[0].died_at is not None
     st2.close()
 
 
@@ -156,6 +159,7 @@ def test_retention_by_age_and_size(tmp_path: Path) -> None:
     j = Journal(100_000, clock=lambda: now[0], first_cursor=got.first_cursor)
     j.sink = st.put
     st.last_cursor = lambda: j.last_cursor
+    j.append("born", view(77), at=now[0])  # alive throughout: never forgotten
     for i in range(50):
         j.append("died", view(i, died=now[0]), at=now[0])
     st._commit()
@@ -164,11 +168,13 @@ def test_retention_by_age_and_size(tmp_path: Path) -> None:
     st._commit()
     st._maintain()
     db = st.reader()
-    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 1
-    assert db.execute("SELECT count(*) FROM lives").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM lives").fetchone()[0] == 2
+    (blob,) = db.execute("SELECT life FROM lives WHERE died_at IS NULL").fetchone()
+    assert unpack_view(blob) == view(77)  # its born event is gone: its state kept in its row
     # Size: 4 KiB argv per life passes 1 MiB; the oldest go until the file fits again.
-    big = ("x" * 4000,)
     for i in range(600):
+        big = (f"{i:04d}" + "x" * 4000,)  # distinct: marshal writes a repeated string once
         life = Life(5000 + i, 9, 1, "big", 4, argv=big, born_at=now[0])
         life.died_at = now[0]
         j.append("died", life.snapshot(), at=now[0])
