@@ -20,7 +20,7 @@ from app.api.lifejson import LifeEncoder
 from app.api.models import LivesQuery
 from app.core.history import HistoryQuery, query_history
 from app.core.identity import TickClock
-from app.core.store import Boot
+from app.core.store import ORDS, Boot
 
 
 def is_history(q: LivesQuery) -> bool:
@@ -40,8 +40,10 @@ async def history_page(request: web.Request, q: LivesQuery) -> web.Response:
     if q.after is not None:
         if not q.after.startswith("h"):
             raise ApiError(400, "bad_query", "a history page continues from an h… `next`")
-        ord, key = q.after[1:].split(".")
-        after = (int(ord), int(key))
+        ord, key = (int(x) for x in q.after[1:].split("."))
+        if ord > ORDS or key >= 1 << 63:
+            raise ApiError(400, "bad_query", "not a `next` this daemon gave")
+        after = (ord, key)
     hq = HistoryQuery(q.since, q.until, q.comm, q.exe, after, q.limit)
     got = await asyncio.to_thread(query_history, store, hq)
     encoders: dict[int, LifeEncoder] = {}
