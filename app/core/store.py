@@ -36,17 +36,17 @@ from typing import Any
 
 from app.core.identity import NodeIdentity
 from app.core.journal import Event
-from app.core.life import LifeView
+from app.core.life import LifeView, retained_bytes
 from app.core.storecodec import (
-    VERSION,
     CodecError,
     EventRow,
+    fast_view,
     flat_view,
     pack_chunk,
     pack_view,
+    read_chunk,
     unpack_chunk,
     unpack_view,
-    view_of,
 )
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,10 @@ def _marshals(row: EventRow) -> bool:
         return False
 
 
+def _died_at(v: LifeView) -> float:
+    return v.died_at or 0.0
+
+
 def _comm_bytes(comm: str | None) -> bytes | None:
     return None if comm is None else comm.encode("utf-8", "surrogateescape")
 
@@ -178,9 +182,12 @@ class Resolver:
     (read from its chunk; the chunks last read are kept, so rows in cursor order cost one
     read per chunk)."""
 
-    def __init__(self, c: sqlite3.Connection, keep: int = 8) -> None:
+    def __init__(
+        self, c: sqlite3.Connection, keep: int = 8, known: dict[int, LifeView] | None = None
+    ) -> None:
         self.c = c
         self.keep = keep
+        self.known = known or {}  # lives already read, by their event's cursor
         self._chunks: dict[int, tuple[int, dict[int, Any]]] = {}  # first -> (last, rows)
         self.skipped = 0
 
@@ -190,7 +197,8 @@ class Resolver:
                 return unpack_view(blob)
             if cursor is None:
                 raise CodecError("a life row with neither life nor cursor")
-            return view_of(self._flat(cursor))
+            got = self.known.get(cursor)
+            return fast_view(self._flat(cursor)) if got is None else got
         except CodecError:
             self.skipped += 1
             return None
@@ -203,13 +211,7 @@ class Resolver:
                              "ORDER BY first DESC LIMIT 1", (cursor,)).fetchone()  # fmt: skip
         if row is None or row[1] < cursor:
             raise CodecError(f"the event {cursor} is no longer kept")
-        try:
-            version, events = marshal.loads(row[2])
-            if version != VERSION:
-                raise CodecError(f"a chunk of layout {version!r}")
-            rows = {e[0]: e[4] for e in events}
-        except (EOFError, ValueError, TypeError, IndexError, KeyError) as e:
-            raise CodecError(f"a damaged chunk: {e}") from None
+        rows = {e[0]: e[4] for e in read_chunk(row[2])}
         if len(self._chunks) >= self.keep:
             del self._chunks[next(iter(self._chunks))]
         self._chunks[row[0]] = (row[1], rows)
@@ -251,17 +253,19 @@ class Store:
         self.maintenance_seconds = 0.0
 
     # -- start -------------------------------------------------------------------------------
-    def open(self, node: NodeIdentity, history: int, window: int) -> Restored:
+    def open(
+        self, node: NodeIdentity, history: int, window: int, history_bytes: int = 1 << 62
+    ) -> Restored:
         """Open (or make) the database and read this boot back. A file that cannot be used
         is moved aside with a log line and a new one is made: never a failed start."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            got = self._open(node, history, window)
+            got = self._open(node, (history, history_bytes), window)
         except (MoveAside, sqlite3.DatabaseError) as e:
             if isinstance(e, sqlite3.ProgrammingError | sqlite3.InterfaceError):
                 raise  # this code's fault, not the file's
             aside = self._move_aside(str(e))
-            got = self._open(node, history, window)
+            got = self._open(node, (history, history_bytes), window)
             got.moved_aside = aside
         return got
 
@@ -278,7 +282,7 @@ class Store:
         c.execute("PRAGMA journal_size_limit = 67108864")
         return c
 
-    def _open(self, node: NodeIdentity, history: int, window: int) -> Restored:
+    def _open(self, node: NodeIdentity, history: tuple[int, int], window: int) -> Restored:
         c = self._connect()
         try:
             self._migrate(c)
@@ -322,7 +326,7 @@ class Store:
         return f"{why}; moved to {target}"
 
     def _boot(
-        self, c: sqlite3.Connection, node: NodeIdentity, history: int, window: int
+        self, c: sqlite3.Connection, node: NodeIdentity, history: tuple[int, int], window: int
     ) -> Restored:
         now = self._clock()
         self.ords = {o: b for o, b in c.execute("SELECT ord, boot_id FROM boots")}
@@ -387,7 +391,9 @@ class Store:
                       "WHERE boot = ? AND key = ?", out)  # fmt: skip
         return len(out)
 
-    def _same_boot(self, c: sqlite3.Connection, boot: Boot, history: int, window: int) -> Restored:
+    def _same_boot(
+        self, c: sqlite3.Connection, boot: Boot, history: tuple[int, int], window: int
+    ) -> Restored:
         lo = boot.ord << SEQ_BITS
         committed = max(lo, boot.committed)
         if boot.clean:
@@ -397,20 +403,38 @@ class Store:
         got = Restored(boot, first, resumed=True)
         if not boot.clean and first - 1 > committed:
             got.lost = (committed + 1, first - 1)
-        lives = Resolver(c)
+        got.events = self._window(c, lo, first, window, got)
+        # The window's lives are read once: the newest deaths' rows point into it.
+        lives = Resolver(c, known={e.cursor: e.life for e in got.events if e.life is not None})
         rows = c.execute("SELECT died_at, cursor, life FROM lives WHERE boot = ? AND died_at "
                          "IS NULL ORDER BY cursor", (boot.ord,)).fetchall()  # fmt: skip
         got.alive = [v for v in (lives.view(r[1], r[2]) for r in rows) if v is not None]
-        rows = c.execute("SELECT died_at, cursor, life FROM lives WHERE boot = ? AND died_at "
-                         "IS NOT NULL ORDER BY died_at DESC LIMIT ?",
-                         (boot.ord, history)).fetchall()  # fmt: skip
-        rows.sort(key=lambda r: r[1] or 0)  # chunk order: each chunk is read once
-        dead = [(r[0], lives.view(r[1], r[2])) for r in rows]
-        dead.sort(key=lambda d: d[0])
-        got.dead = [v for _, v in dead if v is not None]
-        got.events = self._window(c, lo, first, window, got)
+        got.dead = self._dead(c, boot.ord, history, lives)
         got.skipped += lives.skipped
         return got
+
+    def _dead(
+        self, c: sqlite3.Connection, ord: int, history: tuple[int, int], lives: Resolver
+    ) -> list[LifeView]:
+        """This boot's dead lives the registry keeps (`history` lives, `history_bytes` of
+        them), newest born first, in the file's own order (no sort, no index to keep up on
+        the storm's path); returned oldest death first, as the registry holds them."""
+        count, budget = history
+        out: list[LifeView] = []
+        rows = c.execute("SELECT cursor, life FROM lives WHERE boot = ? AND died_at IS NOT "
+                         "NULL ORDER BY key DESC", (ord,))  # fmt: skip
+        while len(out) < count and budget > 0:
+            part = rows.fetchmany(min(4096, count - len(out)))
+            if not part:
+                break
+            for cursor, blob in part:
+                v = lives.view(cursor, blob)
+                if v is not None:
+                    out.append(v)
+                    budget -= retained_bytes(v)
+        rows.close()
+        out.sort(key=_died_at)
+        return out
 
     def _window(
         self, c: sqlite3.Connection, lo: int, first: int, window: int, got: Restored

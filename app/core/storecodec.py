@@ -11,6 +11,7 @@ CodecError (the caller skips it and counts it), never a wrong life.
 from __future__ import annotations
 
 import marshal
+import zlib
 from typing import Any
 
 from app.argv import CutArgv
@@ -36,33 +37,36 @@ def flat_view(v: LifeView) -> Flat:
     return (*v[:11], None if ex is None else tuple(ex), *v[12:])
 
 
-_INT_OR_NONE = (int, type(None))
-_NUM_OR_NONE = (int, float, type(None))
-_STR_OR_NONE = (str, type(None))
+_NUM = (int, float)
 
 
 def view_of(t: Any) -> LifeView:
-    """flat_view's tuple back; CodecError for anything else."""
-    try:
-        (pid, ticks, slack, ppid, parent, comm, exe, argv, uid, born, died,
-         ex, cause, sources, ino, canary, died_after) = t  # fmt: skip
-    except (ValueError, TypeError) as e:
-        raise CodecError(f"not a life: {e}") from None
+    """flat_view's tuple back; CodecError for anything else. Checked field by field in
+    plain comparisons: a restart reads 100,000 lives and more (bench/restart.py)."""
+    if type(t) is not tuple or len(t) != 17:
+        raise CodecError("not a life")
+    (pid, ticks, slack, ppid, parent, comm, exe, argv, uid, born, died,
+     ex, cause, sources, ino, canary, died_after) = t  # fmt: skip
+    if not (
+        type(pid) is int and type(ticks) is int and type(slack) is int and type(ppid) is int
+        and type(sources) is int and type(canary) is bool
+        and (parent is None or type(parent) is int) and (uid is None or type(uid) is int)
+        and (ino is None or type(ino) is int) and (comm is None or type(comm) is str)
+        and (exe is None or type(exe) is str) and (cause is None or type(cause) is str)
+        and (born is None or type(born) in _NUM) and (died is None or type(died) in _NUM)
+        and (died_after is None or type(died_after) in _NUM)
+        and (ex is None or (type(ex) is tuple and len(ex) == 3))
+    ):  # fmt: skip
+        raise CodecError("a life of an unexpected shape")
     cut = type(argv) is list
     if cut:
         argv = tuple(argv)
-    checks = (
-        type(pid) is int, type(ticks) is int, type(slack) is int,
-        type(ppid) is int, isinstance(parent, _INT_OR_NONE), isinstance(comm, _STR_OR_NONE),
-        isinstance(exe, _STR_OR_NONE), type(argv) is tuple,
-        all(type(a) is str for a in argv), isinstance(uid, _INT_OR_NONE),
-        isinstance(born, _NUM_OR_NONE), isinstance(died, _NUM_OR_NONE),
-        ex is None or (type(ex) is tuple and len(ex) == 3), isinstance(cause, _STR_OR_NONE),
-        type(sources) is int, isinstance(ino, _INT_OR_NONE), type(canary) is bool,
-        isinstance(died_after, _NUM_OR_NONE),
-    )  # fmt: skip
-    if not all(checks):
-        raise CodecError("a life of an unexpected shape")
+    elif type(argv) is not tuple:
+        raise CodecError("a life whose argv is not a list of strings")
+    try:
+        "".join(argv)  # every argument a str (TypeError otherwise), in C
+    except TypeError:
+        raise CodecError("a life whose argv is not a list of strings") from None
     exit = None if ex is None else exit_of(ex[0], ex[1], bool(ex[2]))
     return LifeView(
         pid, ticks, slack, ppid, parent, comm, exe, CutArgv(argv) if cut else argv, uid,
@@ -84,35 +88,47 @@ def unpack_view(data: bytes) -> LifeView:
     return view_of(flat)
 
 
+def fast_view(t: Flat) -> LifeView:
+    """flat_view's tuple back, unchecked: only for a chunk whose checksum held (read_chunk),
+    i.e. bytes this codec wrote. A restart reads 100,000 lives and more this way."""
+    argv, ex = t[7], t[11]
+    if type(argv) is list:
+        t = (*t[:7], CutArgv(argv), *t[8:])
+    if ex is not None:
+        t = (*t[:11], exit_of(ex[0], ex[1], bool(ex[2])), *t[12:])
+    return LifeView._make(t)
+
+
 # An event in a chunk: (cursor, type, at, sources, flat life or None, fields or None).
 EventRow = tuple[int, str, float, int, Flat | None, dict[str, Any] | None]
 
 
 def pack_chunk(rows: list[EventRow]) -> bytes:
-    """One commit's events as one blob: a row per commit, not per event, is what keeps the
-    journal's cost per event low (docs/storage.md)."""
-    return marshal.dumps((VERSION, rows))
+    """One commit's events as one blob, after a CRC-32 of it: a row per commit, not per
+    event, is what keeps the journal's cost per event low (docs/storage.md); the checksum
+    lets a restart trust the bytes without checking every field of every life."""
+    data = marshal.dumps((VERSION, rows))
+    return zlib.crc32(data).to_bytes(4, "big") + data
 
 
-def unpack_chunk(data: bytes) -> list[tuple[int, str, float, int, LifeView | None, Any]]:
-    """A chunk's events; CodecError when the chunk is not one this codec wrote."""
+def read_chunk(blob: bytes) -> list[EventRow]:
+    """A chunk's rows (lives still flat); CodecError when the checksum or layout fails."""
+    data = blob[4:]
+    if len(blob) < 4 or zlib.crc32(data) != int.from_bytes(blob[:4], "big"):
+        raise CodecError("a chunk whose checksum does not hold (damaged)")
     try:
         version, rows = marshal.loads(data)
     except (EOFError, ValueError, TypeError) as e:
         raise CodecError(f"not a chunk: {e}") from None
     if version != VERSION or type(rows) is not list:
         raise CodecError("a chunk of an unexpected layout")
-    out = []
-    for row in rows:
-        try:
-            cursor, type_, at, sources, flat, fields = row
-        except (ValueError, TypeError) as e:
-            raise CodecError(f"not an event: {e}") from None
-        if not (type(cursor) is int and type(type_) is str and type(at) in (int, float)
-                and type(sources) is int and (fields is None or _plain(fields))):  # fmt: skip
-            raise CodecError("an event of an unexpected shape")
-        out.append((cursor, type_, at, sources, None if flat is None else view_of(flat), fields))
-    return out
+    return rows
+
+
+def unpack_chunk(blob: bytes) -> list[tuple[int, str, float, int, LifeView | None, Any]]:
+    """A chunk's events, lives as LifeViews."""
+    return [(c, t, a, s, None if f is None else fast_view(f), fields)
+            for c, t, a, s, f, fields in read_chunk(blob)]  # fmt: skip
 
 
 _PLAIN = (str, int, float, bool, type(None))

@@ -38,7 +38,7 @@ def open_store(config: Config, node: NodeIdentity) -> tuple[Store | None, Restor
         return None, None
     store = Store(settings)
     try:
-        got = store.open(node, config.history, config.journal_size)
+        got = store.open(node, config.history, config.journal_size, config.history_bytes)
     except OSError as e:
         log.error("durable journal off: cannot open %s: %s", settings.path, e)
         return None, None

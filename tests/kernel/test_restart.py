@@ -128,13 +128,24 @@ async def test_sigterm_kill_start_answers_while_down(
         assert d1.stop() == 0
         stopped = time.time()
         sleep.kill()
+        late = subprocess.Popen(["sleep", "600"])  # born while the daemon is down
     finally:
         sleep.kill()
         sleep.wait()
     d2 = daemons(tmp_path)
+    try:
+        await _resumed(d2, sleep.pid, ticks, cursor, stopped, late)
+    finally:
+        late.kill()
+        late.wait()
+
+
+async def _resumed(
+    d2: Daemon, pid: int, ticks: int, cursor: int, stopped: float, late: subprocess.Popen[bytes]
+) -> None:
     await d2.ready()
     started = time.time()
-    ans = d2.get(f"/v1/lives/{sleep.pid}/{ticks}")
+    ans = d2.get(f"/v1/lives/{pid}/{ticks}")
     assert ans["state"] == "dead", ans
     life = ans["life"]
     assert life["cause"] == "while_down" and ans["exit"] is None
@@ -144,16 +155,20 @@ async def test_sigterm_kill_start_answers_while_down(
     # A client resuming with its cursor from before the restart: the downtime's gap, then the
     # death; never a reset.
     got = await events_after(d2.url, cursor, lambda ev: ev["type"] == "died"
-                             and ev["life"]["pid"] == sleep.pid)  # fmt: skip
+                             and ev["life"]["pid"] == pid)  # fmt: skip
     assert [e for e in got if e["type"] == "reset"] == []
     gaps = [e for e in got if e["type"] == "gap"]
     assert gaps and gaps[0]["reason"] == "daemon_stopped" and gaps[0]["lost_cursors"] is None
     died = got[-1]
     assert died["life"]["exit"] is None and died["life"]["cause"] == "while_down"
+    # A process born while the daemon was down and still alive: a late `born` follows.
+    got = await events_after(d2.url, cursor, lambda ev: ev["type"] == "born"
+                             and ev["life"]["pid"] == late.pid)  # fmt: skip
+    assert got[-1].get("late") is True
     assert died["cursor"] > cursor
     page = d2.get(f"/v1/events?after={cursor}")
     assert page["reset"] is False
-    assert any(e["type"] == "died" and e["life"]["pid"] == sleep.pid for e in page["events"])
+    assert any(e["type"] == "died" and e["life"]["pid"] == pid for e in page["events"])
 
 
 def _iso(t: float) -> str:
