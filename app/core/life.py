@@ -85,7 +85,7 @@ LIFE_BYTES = 640
 ARG_BYTES = 57
 
 
-def retained_bytes(life: Life | LifeView) -> int:
+def retained_bytes(life: Life) -> int:
     """An estimate of what keeping `life` costs, for the registry's `history_bytes`. It
     counts exe, comm and argv as if not shared with other lives: an upper bound."""
     argv = life.argv

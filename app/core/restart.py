@@ -14,28 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from app.core.life import Life, LifeView, SourceSet, iso
+from app.core.life import Life, SourceSet, iso
 from app.core.store import SEQ_BITS, Restored
+from app.core.storecodec import life_of
 from app.core.tracker import Tracker
 from app.procfs import ProcInfo
-
-
-def life_of(v: LifeView) -> Life:
-    """A Life from its view, slot by slot: a restart makes 100,000 of them, and Life's own
-    constructor would intern strings marshal has already shared (one copy per chunk)."""
-    life = Life.__new__(Life)
-    (life.pid, life.start_ticks, life.start_slack, life.ppid, life.parent_ticks, life.comm,
-     life.exe, life.argv, life.uid, life.born_at, life.died_at, life.exit, life.cause,
-     life.sources, life.pidfd_ino, life.canary, life.died_after) = v  # fmt: skip
-    life.execs = 0
-    return life
 
 
 def restore(tracker: Tracker, got: Restored) -> list[Life]:
     """Put back this boot's lives and event window; returns the lives restored alive."""
     reg = tracker.registry
     alive = [life_of(v) for v in got.alive]
-    reg.restore(alive, (life_of(v) for v in got.dead), got.boot.first_seen)
+    reg.restore(alive, got.dead, got.boot.first_seen)
     base = got.boot.ord << SEQ_BITS
     events = got.events
     reg.journal.load(events, base, complete=bool(events) and events[0].cursor == base + 1)

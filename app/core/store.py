@@ -36,12 +36,13 @@ from typing import Any
 
 from app.core.identity import NodeIdentity
 from app.core.journal import Event
-from app.core.life import LifeView, retained_bytes
+from app.core.life import Life, LifeView, retained_bytes
 from app.core.storecodec import (
     CodecError,
     EventRow,
     fast_view,
     flat_view,
+    life_of,
     pack_chunk,
     pack_view,
     read_chunk,
@@ -104,7 +105,7 @@ class Restored:
     first_cursor: int  # this run's first cursor
     resumed: bool  # a previous run of this boot wrote here
     alive: list[LifeView] = field(default_factory=list)
-    dead: list[LifeView] = field(default_factory=list)  # oldest death first
+    dead: list[Life] = field(default_factory=list)  # oldest death first
     events: list[Event] = field(default_factory=list)  # oldest first
     lost: tuple[int, int] | None = None  # cursors handed out, never committed (a crash)
     rebooted: tuple[str, int, float] | None = None  # previous boot id, lives, its last_seen
@@ -165,8 +166,8 @@ def _marshals(row: EventRow) -> bool:
         return False
 
 
-def _died_at(v: LifeView) -> float:
-    return v.died_at or 0.0
+def _died_at(life: Life) -> float:
+    return life.died_at or 0.0
 
 
 def _comm_bytes(comm: str | None) -> bytes | None:
@@ -202,6 +203,17 @@ class Resolver:
         except CodecError:
             self.skipped += 1
             return None
+
+    def life(self, cursor: int | None, blob: bytes | None) -> Life | None:
+        """As `view`, made a Life at once (no view in between)."""
+        try:
+            if blob is None and cursor is not None and cursor not in self.known:
+                return life_of(self._flat(cursor))
+        except CodecError:
+            self.skipped += 1
+            return None
+        v = self.view(cursor, blob)
+        return None if v is None else life_of(v)
 
     def _flat(self, cursor: int) -> Any:
         for first, (last, rows) in self._chunks.items():
@@ -415,12 +427,12 @@ class Store:
 
     def _dead(
         self, c: sqlite3.Connection, ord: int, history: tuple[int, int], lives: Resolver
-    ) -> list[LifeView]:
+    ) -> list[Life]:
         """This boot's dead lives the registry keeps (`history` lives, `history_bytes` of
         them), newest born first, in the file's own order (no sort, no index to keep up on
         the storm's path); returned oldest death first, as the registry holds them."""
         count, budget = history
-        out: list[LifeView] = []
+        out: list[Life] = []
         rows = c.execute("SELECT cursor, life FROM lives WHERE boot = ? AND died_at IS NOT "
                          "NULL ORDER BY key DESC", (ord,))  # fmt: skip
         while len(out) < count and budget > 0:
@@ -428,10 +440,10 @@ class Store:
             if not part:
                 break
             for cursor, blob in part:
-                v = lives.view(cursor, blob)
-                if v is not None:
-                    out.append(v)
-                    budget -= retained_bytes(v)
+                life = lives.life(cursor, blob)
+                if life is not None:
+                    out.append(life)
+                    budget -= retained_bytes(life)
         rows.close()
         out.sort(key=_died_at)
         return out

@@ -15,7 +15,7 @@ import zlib
 from typing import Any
 
 from app.argv import CutArgv
-from app.core.life import LifeView, exit_of
+from app.core.life import Exit, Life, LifeView, exit_of
 
 VERSION = 1  # the tuple layout below; a new layout gets a new number and a migration
 
@@ -97,6 +97,20 @@ def fast_view(t: Flat) -> LifeView:
     if ex is not None:
         t = (*t[:11], exit_of(ex[0], ex[1], bool(ex[2])), *t[12:])
     return LifeView._make(t)
+
+
+def life_of(v: LifeView | Flat) -> Life:
+    """A Life from its view (or from a checked chunk's flat tuple), slot by slot: a restart
+    makes 100,000 of them, and Life's own constructor would intern strings marshal has
+    already shared (one copy per chunk)."""
+    life = Life.__new__(Life)
+    (life.pid, life.start_ticks, life.start_slack, life.ppid, life.parent_ticks, life.comm,
+     life.exe, argv, life.uid, life.born_at, life.died_at, ex, life.cause,
+     life.sources, life.pidfd_ino, life.canary, life.died_after) = v  # fmt: skip
+    life.argv = CutArgv(argv) if type(argv) is list else argv
+    life.exit = ex if ex is None or type(ex) is Exit else exit_of(ex[0], ex[1], bool(ex[2]))
+    life.execs = 0
+    return life
 
 
 # An event in a chunk: (cursor, type, at, sources, flat life or None, fields or None).
