@@ -225,3 +225,26 @@ def test_journal_with_skipped_cursors_and_a_loaded_window() -> None:
     partial.load(old[1:], base, complete=False)  # the first event of the boot is gone
     assert partial.since(base) is None and partial.reset_reason(base + 1) == "cursor_too_old"
     assert partial.since(base + 1) is not None
+
+
+def test_a_damaged_chunk_is_skipped_and_counted(tmp_path: Path) -> None:
+    st, got = open_store(tmp_path)
+    j = Journal(100, first_cursor=got.first_cursor)
+    j.sink = st.put
+    st.last_cursor = lambda: j.last_cursor
+    j.append("died", view(11, died=9.0))
+    st._commit()
+    j.append("died", view(12, died=9.5))
+    st.close()
+    db = sqlite3.connect(tmp_path / "lifewatch.db")
+    (first,) = db.execute("SELECT min(first) FROM chunks").fetchone()
+    (blob,) = db.execute("SELECT data FROM chunks WHERE first = ?", (first,)).fetchone()
+    flipped = blob[:-5] + bytes([blob[-5] ^ 0x40]) + blob[-4:]  # one bit, as a disk might
+    db.execute("UPDATE chunks SET data = ? WHERE first = ?", (flipped, first))
+    db.commit()
+    db.close()
+    st2, again = open_store(tmp_path)
+    assert [life.pid for life in again.dead] == [12]  # the other one's state is unreadable
+    assert again.skipped == 2  # its chunk (the window) and its life row
+    assert [e.life.pid for e in again.events if e.life] == [12]
+    st2.close()
