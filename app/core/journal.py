@@ -209,7 +209,7 @@ class Journal:
         # Cursors above `floor` are this journal's (this run's, or this boot's once `load`ed).
         self.floor = self.first_cursor - 1
         self.evicted = self.floor  # the newest cursor the window no longer holds
-        # Every appended or amended event, for the durable store (Store.put): never blocks.
+        # Every appended event, for the durable store (Store.put): never blocks.
         self.sink: Callable[[Event], object] | None = None
         # The reset reason for a cursor of another run or boot (Store.cursor_reason).
         self.foreign: Callable[[int], str] | None = None
@@ -253,11 +253,6 @@ class Journal:
         if self.sink is not None:
             self.sink(ev)
         return ev
-
-    def amended(self, ev: Event) -> None:
-        """`ev` was amended (Event.amend): the store writes it again."""
-        if self.sink is not None:
-            self.sink(ev)
 
     def load(self, events: list[Event], floor: int, complete: bool) -> None:
         """The window as an earlier run of this boot left it (oldest first, cursors below

@@ -199,7 +199,7 @@ class Registry:
     def completed(self, died: Event, life: Life, sources: int) -> None:
         """`life`'s death, journaled as `died`, is now known better (its exit report came)."""
         died.amend(life.snapshot(), sources)
-        self.journal.amended(died)
+        self.touched(life)  # the store keeps the life; the event stays as first written
 
     def touched(self, life: Life) -> None:
         """`life` changed without an event (a second report of its death brought its exit):

@@ -23,6 +23,7 @@ Other components keep their own tables in the same file through `component` and 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import marshal
 import sqlite3
@@ -164,6 +165,10 @@ def _marshals(row: EventRow) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _cursor(ev: Event) -> int:
+    return ev.cursor
 
 
 def _died_at(life: Life) -> float:
@@ -466,6 +471,9 @@ class Store:
             if n >= window:
                 break
         events = [ev for chunk in reversed(chunks) for ev in chunk]
+        if any(a.cursor >= b.cursor for a, b in itertools.pairwise(events)):
+            # Never written so (events are queued in cursor order); the journal bisects.
+            events = sorted({ev.cursor: ev for ev in events}.values(), key=_cursor)
         return events[-window:] if window else []
 
     def start(self) -> None:
