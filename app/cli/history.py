@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 from urllib.parse import urlencode
 
@@ -38,6 +39,13 @@ def line(life: dict[str, Any]) -> str:
 
 
 def run_history(args: argparse.Namespace) -> None:
+    try:
+        _history(args)
+    except BrokenPipeError:  # `lifewatch history | head`: the reader has had enough
+        sys.stderr.close()
+
+
+def _history(args: argparse.Namespace) -> None:
     query: dict[str, str] = {"since": args.since, "limit": "1000"}
     for key in ("until", "comm", "exe"):
         if getattr(args, key) is not None:

@@ -5,8 +5,10 @@ restart. Every answer is checked against openapi.yaml (tests/spec.py)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
+from app.cli.main import main
 from app.core.life import Life, SourceSet, exit_of
 from app.core.service import Service
 from tests.helpers import make_config
@@ -79,6 +82,13 @@ async def test_history_pages_across_two_runs(state: Path) -> None:
             _, node = await call(client, "GET", "/v1/node")
             store = node["store"]
             assert store["state"] == "on" and store["dropped"] == 0 and store["bytes"] > 0
+            # The command line: every life of the history, one line each, all pages.
+            url = str(client.make_url("")).rstrip("/")
+            argv = ["history", "--url", url, "--since", str(t0 - 1), "--comm", "histA"]
+            with redirect_stdout(io.StringIO()) as out:
+                await asyncio.to_thread(main, argv)
+            lines = out.getvalue().splitlines()
+            assert len(lines) == 50 and all(" histA  exit " in x for x in lines), lines[:3]
             resp = await client.get("/metrics")
             text = await resp.text()
             for name in (
