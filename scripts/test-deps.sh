@@ -23,6 +23,10 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
     exit 0
 fi
+# The unprivileged user the daemon runs as (packaging/lifewatch.sysusers); the second pass
+# of the kernel tests runs as it (scripts/test-unprivileged.sh).
+id lifewatch >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin lifewatch
 ((${#need[@]})) || exit 0
 
 echo "test-deps: installing the Debian packages ${need[*]}"

@@ -130,10 +130,17 @@ def serve(args: argparse.Namespace) -> None:
         die(f"cannot read the config file: {e}")
         return
     if config.sources and os.geteuid() != 0:
-        die(
-            f"the kernel sources ({','.join(config.sources)}) need root "
-            "(CAP_AUDIT_CONTROL, CAP_NET_ADMIN); run as root or with --sources ''"
-        )
+        # Not root: fine with the unit's capabilities (docs/operations.md); a source whose
+        # capability is missing fails alone, naming it, and the rest runs.
+        from app.sources.privilege import NEEDED, effective
+
+        missing = sorted(set(NEEDED) - effective())
+        if missing:
+            logging.getLogger("lifewatch").warning(
+                "not root and without %s: the sources that need them fail or are limited "
+                "(lifewatch doctor)",
+                ", ".join(missing),
+            )
     import uvloop
 
     try:
@@ -142,7 +149,7 @@ def serve(args: argparse.Namespace) -> None:
         if e.errno == errno.EADDRINUSE:
             die(f"port {config.port} on {config.host} is already in use")
         if e.errno in (errno.EPERM, errno.EACCES):
-            die(f"not permitted: {e} (needs root or CAP_AUDIT_CONTROL/CAP_NET_ADMIN)")
+            die(f"not permitted: {e} (lifewatch doctor names what is missing)")
         die(str(e))
     except KeyboardInterrupt:
         pass
