@@ -159,11 +159,14 @@ async def _serve(config: Config) -> None:
     from aiohttp import web
 
     from app.api.app import make_app
+    from app.core.sdnotify import Notifier
     from app.core.service import Service
+    from app.core.watchdog import Watchdog
 
     service = Service(config)
     runner = web.AppRunner(make_app(service), handle_signals=False, access_log=None)
     await runner.setup()  # starts the service (sources, snapshot)
+    watchdog = Watchdog(service, Notifier())  # systemd's notify socket, when it gave one
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
@@ -178,8 +181,11 @@ async def _serve(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        watchdog.ready()  # READY=1: snapshot taken, sources running, API listening
+        watchdog.start()
         await stop.wait()
     finally:
+        await watchdog.stop()  # STOPPING=1
         await runner.cleanup()  # closes sockets, stops sources, removes kernel rules
 
 
