@@ -23,6 +23,9 @@ from app.core.service import Service
 from tests.helpers import make_config
 
 ROOT = Path(__file__).parent
+# No test reads the host's /etc/lifewatch/lifewatch.toml (app/cli/settings.py): the daemons
+# the tests start inherit this; a test of the default path removes it.
+os.environ.setdefault("LIFEWATCH_CONFIG", "")
 ROOMS = {"kernel": ("kernel",), "browser": ("kernel", "browser")}
 NOT_ROOT_SKIPS = pytest.StashKey[int]()
 

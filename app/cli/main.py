@@ -53,6 +53,17 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 7878)")
     serve.add_argument("--sources", help="comma list of kernel sources (default audit,proc)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="json: one JSON object per line (journald, collectors)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--check-config", action="store_true",
+        help="validate the settings, print the effective ones (secrets masked) and exit",
+    )  # fmt: skip
+    doctor = sub.add_parser("doctor", help="check this node for lifewatch and say what to fix")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument("--url", default=os.environ.get("LIFEWATCH_URL", "http://127.0.0.1:7878"))
 
     for name, text in (
         ("check", "ask whether lives (host/pid/start) are alive"),
@@ -97,6 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "serve":
         serve(args)
+    elif args.command == "doctor":
+        from app.cli.doctor import run_doctor
+
+        raise SystemExit(run_doctor(args))
     elif args.command == "check":
         check(args)
     elif args.command == "tail":
@@ -113,12 +128,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from app.cli.logs import setup_logging
+    from app.cli.settings import config_file, describe
+    from app.cli.settings import effective as effective_settings
+
+    setup_logging(args.log_level.upper(), args.log_format)
+    file = config_file(args.config, os.environ)
     try:
         config = load_config(
-            args.config,
+            file,
             dict(os.environ),
             {"host": args.host, "port": args.port, "sources": args.sources},
         )
@@ -129,6 +147,10 @@ def serve(args: argparse.Namespace) -> None:
     except (OSError, ValueError) as e:
         die(f"cannot read the config file: {e}")
         return
+    if args.check_config:
+        print(describe(file))
+        print(effective_settings(config), end="")
+        raise SystemExit(0)
     if config.sources and os.geteuid() != 0:
         # Not root: fine with the unit's capabilities (docs/operations.md); a source whose
         # capability is missing fails alone, naming it, and the rest runs.
