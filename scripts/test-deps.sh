@@ -29,6 +29,17 @@ fi
 # of the kernel tests runs as it (scripts/test-unprivileged.sh).
 id lifewatch >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin lifewatch
+# promtool (tests/unit/test_promtool.py) alone, out of Debian's prometheus package: the
+# package would also install a Prometheus server and its web assets (96 MB) and start it.
+if ! command -v promtool >/dev/null; then
+    echo "test-deps: installing promtool from Debian's prometheus package"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null ||
+        { apt-get update -qq && apt-get download -qq prometheus; }; } &&
+        dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool) &&
+        install -m755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$tmp"
+fi
 ((${#need[@]})) || exit 0
 
 echo "test-deps: installing the Debian packages ${need[*]}"
