@@ -68,8 +68,10 @@ def judge_audit(
     holder: str | None,
     rules: list[AuditRule],
     rule_files: dict[str, str],
+    key: str = "lifewatch",
 ) -> list[Check]:
-    """`holder`: the comm of the live process holding the audit pid, None if none."""
+    """`holder`: the comm of the live process holding the audit pid, None if none; `key`:
+    lifewatch's audit_key (its rules are keyed `<key>:<pid>`)."""
     if status is None:
         return [Check("audit", FAIL, f"cannot read the audit status: {error}",
                       "needs CAP_AUDIT_CONTROL (see the capability checks) and a kernel with "
@@ -84,7 +86,8 @@ def judge_audit(
                          "run lifewatch with --sources proc"))  # fmt: skip
     else:
         out.append(Check("audit", OK, f"enabled {status.enabled}, not locked"))
-    mine = [r for r in rules if (r.key or "").startswith("lifewatch")]
+    own = re.compile(rf"{re.escape(key)}:[0-9]+")
+    mine = [r for r in rules if own.fullmatch(r.key or "")]
     others = len(rules) - len(mine)
     if holder:
         out.append(Check("audit pid", OK if status.enabled != 2 else WARN,
@@ -264,7 +267,8 @@ def gather(url: str, config: Config | None, config_error: str) -> list[Check]:
     checks = judge_capabilities(have, os.geteuid() == 0)
     status, error, rules = asyncio.run(audit_facts())
     holder = holder_comm(status.pid) if status is not None else None
-    checks += judge_audit(status, error, holder, rules, rule_files())
+    key = config.audit_key if config is not None else "lifewatch"
+    checks += judge_audit(status, error, holder, rules, rule_files(), key)
     checks.append(asyncio.run(proc_connector()))
     checks.append(pidfs())
     if config is None:

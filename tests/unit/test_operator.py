@@ -99,6 +99,12 @@ def test_doctor_judges_auditd_rules_and_backlog() -> None:
     assert by["audit backlog"].status == doctor.WARN
     assert by["audit backlog wait"].status == doctor.WARN
     assert doctor.judge_audit(None, "EPERM", None, [], {})[0].status == doctor.FAIL
+    ours = AuditRule(4, 1, frozenset({59}), (), "lifewatch:123")
+    lookalike = AuditRule(4, 1, frozenset({59}), (), "lifewatch-test-9-auditd")
+    by = {c.name: c for c in doctor.judge_audit(st, "", "auditd", [ours, lookalike], {})}
+    assert (
+        "1 rule(s)" in by["lifewatch rules"].detail and "1 rule(s) of its" in by["audit pid"].detail
+    )
 
 
 def test_doctor_clock_capabilities_state_dir(tmp_path: Path) -> None:
