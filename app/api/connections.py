@@ -8,6 +8,7 @@ hits its bound, the answer is 503 with the reason, and the event loop never wait
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -33,12 +34,29 @@ class PeerQuery(Query):
     remote: str
 
 
+LifeKey = tuple[int, int]  # (pid, start ticks) of a life of this node
+REMEMBERED = 1024  # lives whose partners are remembered (the least recently asked go first)
+
+
 class _Gate:
-    """One resolution at a time per app, and a bounded queue behind it."""
+    """One resolution at a time per app, and a bounded queue behind it. Also remembers, for
+    the last REMEMBERED lives asked about, every partner ever found and through what: a
+    partner that died while a `partners_of` client was disconnected is no longer connected
+    when it resumes, and its death must still be replayed to it."""
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.waiting = 0
+        self.partners: OrderedDict[LifeKey, dict[LifeKey, list[Any]]] = OrderedDict()
+
+    def remember(self, of: LifeKey, found: dict[LifeKey, list[Any]]) -> dict[LifeKey, list[Any]]:
+        """Merge `found` into what is remembered of `of`'s partners; returns all of them."""
+        known = self.partners.pop(of, {})
+        known.update(found)
+        self.partners[of] = known
+        while len(self.partners) > REMEMBERED:
+            self.partners.popitem(last=False)
+        return dict(known)
 
 
 GATE = web.AppKey("partners_gate", _Gate)

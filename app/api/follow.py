@@ -3,12 +3,13 @@ loses it. The WebSocket stream's `life=` filter follows through `follow_for_stre
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.api.connections import connection_json, connections_of
+from app.api.connections import GATE, connection_json, connections_of
 from app.api.errors import ApiError
 from app.api.keys import ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
@@ -72,26 +73,32 @@ def follow_for_stream(service: Service, pid: int, ticks: int) -> bool:
     return life.alive
 
 
-def partner_notes(service: Service, res: Resolution) -> dict[tuple[int, int], list[Any]]:
-    """Each partner life (pid, ticks) with the connections it was found through."""
+def partner_notes(app: web.Application, res: Resolution) -> dict[tuple[int, int], list[Any]]:
+    """Each partner life (pid, ticks) with the connections it was found through: the ones
+    found now, and those found for the same life before (connections.GATE remembers)."""
+    service = app[SERVICE]
     notes: dict[tuple[int, int], list[Any]] = {}
+    daemon = os.getpid()  # a client's connection to lifewatch itself makes no partner
     for c in res.connections:
         for h in c.peers:
-            if (h.pid, h.start_ticks) != (res.pid, res.start_ticks):
+            if (h.pid, h.start_ticks) != (res.pid, res.start_ticks) and h.pid != daemon:
                 notes.setdefault((h.pid, h.start_ticks), []).append(connection_json(service, c))
-    return notes
+    return app[GATE].remember((res.pid, res.start_ticks), notes)
 
 
 async def follow_partners(request: web.Request, of: LifeId) -> dict[str, Any]:
-    """Follow every life at the other end of `of`'s connections on this node."""
+    """Follow every life at the other end of `of`'s connections on this node (and those
+    found for it before: their deaths, if they died since, are answered as they are)."""
     service, enc = request.app[SERVICE], request.app[ENCODER]
     res = await connections_of(request.app, of)
     me = service.node.life_id(res.pid, res.start_ticks)
     partners = []
-    for (pid, ticks), via in partner_notes(service, res).items():
+    for (pid, ticks), via in partner_notes(request.app, res).items():
         try:
             life = service.follower.follow(pid, ticks)
         except FollowError as e:
+            if e.error == "not_found":  # a partner found earlier, since forgotten
+                continue
             raise ApiError(STATUS.get(e.error, 409), e.error, e.detail) from None
         partners.append({
             "id": service.node.life_id(pid, ticks), "state": life.state,

@@ -103,7 +103,7 @@ async def _partners_stream(request: web.Request, q: StreamQuery, of: LifeId) -> 
     through (`partner`); each partner is followed with a pidfd while the stream is open."""
     service, enc = request.app[SERVICE], request.app[ENCODER]
     res = await connections_of(request.app, of)
-    notes = partner_notes(service, res)
+    notes = partner_notes(request.app, res)
     me = service.node.life_id(res.pid, res.start_ticks)
     held: list[int] = []
     ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
