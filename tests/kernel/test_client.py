@@ -135,3 +135,38 @@ async def test_questions(daemon: str) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+async def test_cli_partners_table(daemon: str) -> None:
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    port = server.stdout.readline().strip()
+    client = subprocess.Popen(
+        [sys.executable, "-c", MIDDLEWARE.split("example =")[0] + "import time; time.sleep(60)",
+         port], stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        async with Lifewatch(daemon) as lw:
+            server_id = await lw.me(server.pid)
+            deadline = time.monotonic() + 10
+            while not await lw.partners(await lw.me(client.pid)):
+                assert time.monotonic() < deadline, "the client never connected"
+                await asyncio.sleep(0.05)
+        out = subprocess.run(
+            [sys.executable, "-m", "app", "partners", str(client.pid), "--url", daemon],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].endswith(": 1 connections") and lines[1].startswith("CONNECTION")
+        assert f"-> 127.0.0.1:{port}" in lines[2] and server_id in lines[2]
+        assert lines[2].rstrip().endswith("alive")
+        gone = subprocess.run(
+            [sys.executable, "-m", "app", "partners", "999999", "--url", daemon],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert gone.returncode == 2 and "lifewatch:" in gone.stderr
+    finally:
+        for p in (server, client):
+            p.kill()
+            p.wait()
