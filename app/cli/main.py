@@ -70,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
         ("tail", "print the event stream, one colored line per event"),
         ("ps", "show the live processes as a tree"),
         ("watch", "show a watch's state, then each change"),
+        ("partners", "show a process's connections and the lives at their other ends"),
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument("--url", default=os.environ.get("LIFEWATCH_URL", "http://127.0.0.1:7878"))
@@ -84,6 +85,9 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("pattern", nargs="?", help="show matches (pid, comm, exe, argv) "
                            "and their ancestors")  # fmt: skip
             c.add_argument("--all", action="store_true", help="include kernel threads, canaries")
+        elif name == "partners":
+            c.add_argument("pid", type=int, help="a process of this node")
+            c.add_argument("--follow", action="store_true", help="then print each partner's death")
         elif name == "watch":
             c.add_argument("name", help="the watch's name (GET /v1/watches lists them)")
             c.add_argument("--once", action="store_true", help="print the state and exit")
@@ -120,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         from app.cli.console import run_ps
 
         run_ps(args)
+    elif args.command == "partners":
+        from app.cli.partners import run_partners
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_partners(args))
     elif args.command == "watch":
         from app.cli.console import run_watch
 
