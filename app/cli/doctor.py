@@ -33,6 +33,8 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 RANK = {OK: 0, WARN: 1, FAIL: 2}
 RULE_FILES = (Path("/etc/audit/audit.rules"), Path("/etc/audit/rules.d"))
 BACKLOG_WANTED = 8192
+# Without these a source fails; without the others a feature is limited (app/sources/privilege).
+ESSENTIAL = frozenset({"CAP_AUDIT_CONTROL", "CAP_AUDIT_READ"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,7 @@ def judge_capabilities(have: Iterable[str], root: bool) -> list[Check]:
         if cap in have:
             out.append(Check(f"capability {cap}", OK, "held"))
         else:
-            level = WARN if cap in ("CAP_NET_ADMIN", "CAP_SYS_PTRACE") else FAIL
+            level = FAIL if cap in ESSENTIAL else WARN
             out.append(Check(f"capability {cap}", level, f"missing: {why}",
                              "run lifewatch from packaging/lifewatch.service "
                              "(AmbientCapabilities=) or as root"))  # fmt: skip

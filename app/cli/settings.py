@@ -67,3 +67,47 @@ def describe(source: Path | None, env: Mapping[str, str] = os.environ) -> str:
     if used:
         head += f"\n# from the environment: {', '.join(used)}"
     return head
+
+
+EXAMPLE_HEAD = """\
+# lifewatch settings: /etc/lifewatch/lifewatch.toml (read by default when present;
+# another file with --config FILE or LIFEWATCH_CONFIG=FILE). Every setting is listed with
+# its default, commented out: uncomment what you change. LIFEWATCH_<NAME> variables and
+# command-line flags override this file. Check a file with:
+#   lifewatch serve --config FILE --check-config
+# (Made by `python -m app.cli.settings > packaging/lifewatch.toml.example`.)
+"""
+EXAMPLE_WATCHES = """\
+# Watches: named process patterns (README, "Dashboard, watches, metrics"). Each criterion
+# given must hold: exe, comm, parent are shell globs, argv an RE2 regular expression, uid
+# a number; min/max bound the healthy count (min defaults to 1).
+# [watches.ntpd]
+# exe = "/usr/sbin/ntpd"
+# max = 1
+# [watches.backup]
+# argv = "backup\\\\.sh"
+"""
+
+
+def example() -> str:
+    """The commented example config: every setting, its description and its default."""
+    import textwrap
+
+    out = [EXAMPLE_HEAD]
+    defaults = Config()
+    for name, field in Config.model_fields.items():
+        if name == "watches":
+            continue
+        out += [f"# {line}" for line in textwrap.wrap(field.description or "", 96)]
+        value = getattr(defaults, name)
+        if value is None:
+            out.append(f'# {name} = "change-me"')
+        else:
+            out.append(f"# {name} = {toml_value(value)}")
+        out.append("")
+    out.append(EXAMPLE_WATCHES)
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(example(), end="")

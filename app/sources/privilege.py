@@ -29,8 +29,11 @@ NEEDED = {
     "CAP_NET_ADMIN": "receive buffers past net.core.rmem_max (SO_RCVBUFFORCE), and the proc "
     "connector's LISTEN on kernels before 6.6; without it buffers are capped at rmem_max "
     "(more overruns under a storm) and, before 6.6, the proc source fails",
-    "CAP_SYS_PTRACE": "reading /proc/<pid>/exe of other users' processes (ptrace_may_access); "
-    "without it those lives have no exe unless audit reported their exec",
+    "CAP_SYS_PTRACE": "reading /proc/<pid>/exe and /proc/<pid>/fd/* links of other users' "
+    "processes (ptrace_may_access); without it those lives have no exe unless audit reported "
+    "their exec, and their sockets have no holder in /v1/connections",
+    "CAP_DAC_READ_SEARCH": "listing /proc/<pid>/fd of other users' processes (mode 0500): "
+    "/v1/connections finds who holds a socket; without it other users' sockets have no holder",
 }
 
 

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ async def kernel_audit() -> AsyncIterator[AuditStatus]:
         yield found
 
 
-def without(cap: str) -> list[str]:
+def without(cap: str | None) -> list[str]:
     """setpriv arguments that run a command with the unit's capabilities except `cap`."""
     keep = ",".join(f"+{c.removeprefix('CAP_').lower()}" for c in NEEDED if c != cap)
     if os.geteuid() == 0:
@@ -41,10 +41,12 @@ def without(cap: str) -> list[str]:
     return ["setpriv", f"--inh-caps=-all,{keep}", f"--ambient-caps=-all,{keep}", "--"]
 
 
-async def serve(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+async def serve(
+    argv: list[str], env: dict[str, str], sources: str = "audit,proc"
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
-        [*argv, sys.executable, "-m", "app", "serve", "--sources", "audit,proc"],
+        [*argv, sys.executable, "-m", "app", "serve", "--sources", sources],
         env={**os.environ, **env, "LIFEWATCH_PORT": str(port)}, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 20
@@ -96,3 +98,47 @@ async def test_a_missing_capability_fails_its_source_by_name_and_the_rest_runs(
         stop(proc)
     assert [r for r in await rules() if ours(r)] == []
     assert (await status()).pid != proc.pid
+
+
+@pytest.fixture
+def stranger() -> Iterator[tuple[int, int]]:
+    """A process of another user (nobody) holding both ends of a TCP connection to a port
+    it listens on: (pid, port)."""
+    code = ("import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+            "c = socket.create_connection(s.getsockname()); a = s.accept(); "
+            "print(s.getsockname()[1], flush=True); time.sleep(60)")  # fmt: skip
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+            "/usr/bin/python3", "-I", "-c", code]  # fmt: skip
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None
+        port = int(p.stdout.readline())
+        yield p.pid, port
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.root_test_side("a process of another user is started with setpriv --reuid")
+@pytest.mark.parametrize("cap", [None, "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"])
+async def test_other_users_processes_need_ptrace_and_dac_read_search(
+    stranger: tuple[int, int], tmp_path: Path, cap: str | None
+) -> None:
+    """The daemon here is uid 0 with only the unit's capabilities (minus `cap`): uid 0 owns
+    nothing of `nobody`'s, so it meets the same checks as user lifewatch."""
+    pid, port = stranger
+    argv = without(cap)
+    proc, api = await serve(argv, {"LIFEWATCH_STATE_DIR": str(tmp_path),
+                                   "LIFEWATCH_CANARY_INTERVAL": "0"}, sources="proc")  # fmt: skip
+    try:
+        life = get(api, f"/v1/lives/{pid}")
+        conns = get(api, f"/v1/connections?life={life['id']}")
+    finally:
+        stop(proc)
+    ports = [c.get("local") for c in conns.get("connections", [])]
+    if cap == "CAP_SYS_PTRACE":
+        assert life["exe"] is None
+    else:
+        assert life["exe"] and life["exe"].startswith("/usr/bin/python3"), life
+    listening = any(str(port) in str(p) for p in ports)
+    assert listening == (cap is None), conns

@@ -23,6 +23,9 @@ EXAMPLE = Path(__file__).parent.parent.parent / "packaging" / "lifewatch.toml.ex
 
 def test_the_example_lists_every_setting_and_parses_uncommented() -> None:
     text = EXAMPLE.read_text()
+    assert text == settings.example(), (
+        "out of date: python -m app.cli.settings > packaging/lifewatch.toml.example"
+    )
     top, _ = text.split("# [watches.", 1)
     listed = set(re.findall(r"(?m)^# ([a-z_]+) = ", top)) | {"watches"}
     assert listed == set(Config.model_fields)
