@@ -91,7 +91,10 @@ def judge_audit(
     own = re.compile(rf"{re.escape(key)}:[0-9]+")
     mine = [r for r in rules if own.fullmatch(r.key or "")]
     others = len(rules) - len(mine)
-    if holder:
+    if holder and any(r.key == f"{key}:{status.pid}" for r in mine):
+        out.append(Check("audit pid", OK, f"held by lifewatch itself (pid {status.pid}, "
+                         "unicast: lossless)"))  # fmt: skip
+    elif holder:
         out.append(Check("audit pid", OK if status.enabled != 2 else WARN,
                          f"held by pid {status.pid} ({holder}) with {others} rule(s) of its "
                          "own: lifewatch reads the multicast group next to it (needs "
@@ -111,7 +114,7 @@ def judge_audit(
                          "reports audit degraded",
                          "start auditd before lifewatch (the unit orders After=auditd.service), "
                          "or restart lifewatch after reloading audit rules"))  # fmt: skip
-    if status.backlog_limit < BACKLOG_WANTED and not (holder and holder != "lifewatch"):
+    if status.backlog_limit < BACKLOG_WANTED and not holder:
         out.append(Check("audit backlog", OK,
                          f"backlog_limit {status.backlog_limit}: lifewatch sets "
                          f"{BACKLOG_WANTED} while it is the audit daemon"))  # fmt: skip
