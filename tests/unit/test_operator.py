@@ -108,6 +108,9 @@ def test_doctor_judges_auditd_rules_and_backlog() -> None:
     assert (
         "1 rule(s)" in by["lifewatch rules"].detail and "1 rule(s) of its" in by["audit pid"].detail
     )
+    itself = AuditStatus(enabled=1, pid=123, backlog_limit=8192)
+    by = {c.name: c for c in doctor.judge_audit(itself, "", "python3", [ours], {})}
+    assert "lifewatch itself" in by["audit pid"].detail
 
 
 def test_doctor_clock_capabilities_state_dir(tmp_path: Path) -> None:
