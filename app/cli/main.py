@@ -19,7 +19,8 @@ from app import __version__
 from app.core.config import Config, load_config
 
 EPILOG = """\
-Settings come from, lowest first: embedded defaults, the TOML file of --config,
+Settings come from, lowest first: embedded defaults, the TOML file of --config
+(else $LIFEWATCH_CONFIG, else /etc/lifewatch/lifewatch.toml when it exists),
 LIFEWATCH_<NAME> environment variables (e.g. LIFEWATCH_PORT=9000), then flags.
 Settings and their defaults:
 """
