@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+NUMBERS = re.compile(r"[0-9]+")
 REPEAT_WINDOW = 60.0  # seconds during which the same warning is logged once
 # Exceptions that only mean the peer left; aiohttp logs them with a traceback otherwise.
 DISCONNECTS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
@@ -34,8 +36,9 @@ class JsonFormatter(logging.Formatter):
 
 
 class RateLimit(logging.Filter):
-    """The same message (logger, level, template) at WARNING or above passes once per
-    window; the next that passes says how many were dropped in between."""
+    """The same warning (logger, level, and its text with numbers left out: the same source
+    and reason, whatever pid or count) passes once per window; the next that passes says how
+    many were dropped in between. Another source's warning is another message."""
 
     def __init__(self, window: float = REPEAT_WINDOW, clock: Callable[[], float] = time.monotonic):
         super().__init__()
@@ -46,7 +49,7 @@ class RateLimit(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, NUMBERS.sub("N", record.getMessage()))
         now = self.clock()
         last = self._seen.get(key)
         if last is not None and now - last[0] < self.window:
@@ -54,7 +57,8 @@ class RateLimit(logging.Filter):
             return False
         if last is not None and last[1]:
             record.suppressed = last[1]
-            record.msg = f"{record.msg} (and {last[1]} more like it in {self.window:g} s)"
+            record.msg = f"{record.getMessage()} (and {last[1]} more like it in {self.window:g} s)"
+            record.args = None
         self._seen[key] = (now, 0)
         if len(self._seen) > 4096:  # bounded: hostile input must not grow it forever
             self._seen.clear()

@@ -145,12 +145,12 @@ def record(
 def test_repeated_warnings_are_rate_limited() -> None:
     now = [0.0]
     limit = RateLimit(window=60, clock=lambda: now[0])
-    passed = [limit.filter(record("source %s degraded")) for _ in range(5)]
+    passed = [limit.filter(record(f"source proc: canary pid {p} missed")) for p in range(5)]
     assert passed == [True, False, False, False, False]
-    assert limit.filter(record("another warning"))
+    assert limit.filter(record("source audit: canary pid 9 missed"))  # another source
     now[0] = 61.0
-    r = record("source %s degraded")
-    assert limit.filter(r) and "4 more like it" in str(r.msg)
+    r = record("source proc: canary pid 77 missed")
+    assert limit.filter(r) and "4 more like it" in r.getMessage()
     assert all(limit.filter(record("info", logging.INFO)) for _ in range(3))
 
 
