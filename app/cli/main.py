@@ -142,7 +142,6 @@ def serve(args: argparse.Namespace) -> None:
     from app.cli.settings import config_file, describe
     from app.cli.settings import effective as effective_settings
 
-    setup_logging(args.log_level.upper(), args.log_format)
     file = config_file(args.config, os.environ)
     try:
         config = load_config(
@@ -161,6 +160,7 @@ def serve(args: argparse.Namespace) -> None:
         print(describe(file))
         print(effective_settings(config), end="")
         raise SystemExit(0)
+    setup_logging(args.log_level.upper(), args.log_format)  # the daemon's, from here on
     if config.sources and os.geteuid() != 0:
         # Not root: fine with the unit's capabilities (docs/operations.md); a source whose
         # capability is missing fails alone, naming it, and the rest runs.
