@@ -73,6 +73,7 @@ class StreamQuery(Query):
     comm: str | None = None
     exe: str | None = None
     life: str | None = None
+    partners_of: str | None = None
     canary: bool | None = None
 
     _check_types = field_validator("types", mode="before")(_types)

@@ -129,6 +129,16 @@ class Config(BaseModel):
     canary_deadline: float = Field(
         2.0, gt=0, description="seconds a source has to report a canary's birth and death"
     )
+    # -- partners (app/core/partners.py: sockets to the lives at their other ends) --
+    partners_max_fds: int = Field(
+        100_000, ge=1,
+        description="most file descriptors one connection lookup reads in /proc/*/fd to find "
+        "who holds a socket (about 10 µs each); past it the answer is 503, not a guess",
+    )  # fmt: skip
+    partners_budget: float = Field(
+        1.0, gt=0,
+        description="most seconds one connection lookup spends on that scan (503 past it)",
+    )  # fmt: skip
 
     # -- durable journal (app/core/store.py, docs/storage.md) --
     store: bool = Field(
