@@ -169,10 +169,11 @@ class Config(BaseModel):
         description="SQLite synchronous mode: NORMAL survives a daemon crash (kill -9) with "
         "every commit; FULL also survives power loss, at an fsync per commit",
     )
-    boot_id: str | None = Field(
-        None, pattern=r"^[0-9a-zA-Z-]{1,64}$",
+    boot_id: str = Field(
+        "", pattern=r"^[0-9a-zA-Z-]{0,64}$",
         description="TESTS ONLY: take this as the node's boot id instead of the kernel's "
-        "(/proc/sys/kernel/random/boot_id), to show what a reboot does to history",
+        "(/proc/sys/kernel/random/boot_id), to show what a reboot does to history; empty: "
+        "the kernel's",
     )  # fmt: skip
 
     # Each source gets only its own settings: the sources sit below the domain and never see
