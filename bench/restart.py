@@ -2,7 +2,7 @@
 
 Run as root (gcc installed):
 
-    .venv/bin/python -m bench.restart [--lives 100000] [--restarts 3]
+    .venv/bin/python -m bench.restart [--lives 100000] [--restarts 3] [--history-bytes N]
 
 One daemon (default sources, its own temporary state directory) watches the compiled
 forker (bench/forker.c) until its database holds `--lives` dead lives; then, `--restarts`
@@ -43,9 +43,12 @@ def get(url: str) -> Any:
         return json.load(e)
 
 
+EXTRA: dict[str, str] = {}  # --history-bytes
+
+
 def start(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, LIFEWATCH_PORT=str(port), LIFEWATCH_STATE_DIR=str(state),
-               LIFEWATCH_AUDIT_MODE="unicast")  # fmt: skip
+               LIFEWATCH_AUDIT_MODE="unicast", **EXTRA)  # fmt: skip
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "app", "serve"], env=env, stderr=f)
 
@@ -100,6 +103,8 @@ def fill(url: str, state: Path, lives: int) -> list[tuple[int, int, int]]:
 async def main(args: argparse.Namespace) -> None:
     if os.geteuid() != 0:
         sys.exit("run as root")
+    if args.history_bytes:
+        EXTRA["LIFEWATCH_HISTORY_BYTES"] = str(args.history_bytes)
     build_forker()
     found = await status()
     try:
@@ -155,4 +160,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lives", type=int, default=100_000)
     ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--history-bytes", type=int, default=0,
+                    help="the daemon's history_bytes (default: its own, 64 MiB)")  # fmt: skip
     asyncio.run(main(ap.parse_args()))
