@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.errors import ApiError
-from app.api.keys import ENCODER, SERVICE
+from app.api.keys import CLUSTER, ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
 from app.core.follow import FollowError
 from app.core.identity import LifeId, parse_life_id
@@ -66,4 +66,10 @@ async def follow(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     body = FollowRequest.model_validate_json(await request.read())
     enc = request.app[ENCODER]
-    return web.json_response(follow_json(service, enc, parse_life_id(body.life)))
+    lid = parse_life_id(body.life)
+    cluster = request.app.get(CLUSTER)
+    if cluster is not None and lid.host != service.node.hostname:
+        # Its owner follows it with a pidfd; the death comes back on the deaths subject.
+        status, answer = await cluster.asker.follow(body.life, lid.host)
+        return web.json_response(answer, status=status)
+    return web.json_response(follow_json(service, enc, lid))

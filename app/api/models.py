@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EVENT_TYPES = (
     "born", "exec", "died", "gap", "resync", "snapshot", "source", "reset", "watch", "clock",
+    "node",
 )  # fmt: skip
 
 
@@ -49,6 +52,9 @@ class StreamQuery(Query):
     exe: str | None = None
     life: str | None = None
     canary: bool | None = None
+    # scope=cluster: every node's events, each with its `host` (docs/cluster.md)
+    scope: Literal["node", "cluster"] = "node"
+    host: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,253}$")
 
     _check_types = field_validator("types", mode="before")(_types)
 

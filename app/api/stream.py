@@ -19,14 +19,15 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from app.api.errors import ApiError
 from app.api.follow import follow_for_stream
 from app.api.heartbeat import Liveness, keepalive
-from app.api.keys import ENCODER, SERVICE, SOCKETS
+from app.api.keys import CLUSTER, ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
 from app.core.fanout import Interest
 from app.core.identity import LifeId, parse_life_id
-from app.core.journal import Accept, Encoder, Event, Push, Subscriber
+from app.core.journal import Accept, Encoder, Event, Journal, Push, Subscriber
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -57,10 +58,60 @@ class Closing:
     reason: str
 
 
+def cluster_filter(q: StreamQuery, lid: LifeId | None) -> Accept:
+    """The stream's filter over cluster events (app/cluster/view.py): each carries its
+    `host` and its life as decoded JSON, not a LifeView."""
+    types = frozenset(q.types) if q.types else None
+    host = lid.host if lid is not None else q.host
+    pid = lid.pid if lid is not None else q.pid
+    start = lid.start if lid is not None else None
+
+    def accept(ev: Event) -> bool:
+        f = ev.fields or {}
+        if (types is not None and ev.type not in types) or (host and f.get("host") != host):
+            return False
+        life = f.get("life")
+        if not isinstance(life, dict):
+            return True  # node events pass unless types or host exclude them
+        return (
+            (pid is None or life.get("pid") == pid)
+            and (not isinstance(start, int) or abs(life.get("start_ticks", -9) - start) <= 1)
+            and (q.comm is None or life.get("comm") == q.comm)
+            and (q.exe is None or life.get("exe") == q.exe)
+            and (q.canary is None or life.get("canary") == q.canary)
+        )
+
+    return accept
+
+
+async def cluster_stream(request: web.Request, q: StreamQuery) -> web.StreamResponse:
+    """`scope=cluster`: every node's events from the cluster journal. A `life=` on another
+    node is followed there by its owner (best effort: its death comes either way if its
+    node sees it)."""
+    cluster = request.app.get(CLUSTER)
+    if cluster is None:
+        raise ApiError(400, "no_cluster", "scope=cluster needs [cluster] settings (a broker)")
+    lid = parse_life_id(q.life) if q.life is not None else None
+    if lid is not None and q.life is not None and lid.host != cluster.me:
+        await cluster.asker.follow(q.life, lid.host)
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
+    await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
+    try:
+        await _serve(request, ws, cluster_filter(q, lid), q.after, cluster.journal)
+    finally:
+        request.app[SOCKETS].discard(ws)
+    return ws
+
+
 @routes.get("/v1/stream")
 async def stream(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     q = StreamQuery.model_validate(dict(request.query))
+    if q.scope == "cluster":
+        return await cluster_stream(request, q)
+    if q.host is not None and q.host != service.node.hostname:
+        raise ApiError(400, "bad_request", "host= names another node: add scope=cluster")
     life: tuple[int, int] | None = None
     if q.life is not None:
         lid: LifeId = parse_life_id(q.life)
@@ -90,7 +141,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(
-    request: web.Request, ws: web.WebSocketResponse, interest: Interest, after: int | None
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    interest: Interest | Accept,
+    after: int | None,
+    journal: Journal | None = None,
 ) -> None:
     """Run the client's three jobs (send, read, keepalive) until one ends; then close with a
     code and reason, and log it."""
@@ -99,7 +154,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     live = Liveness(cfg.heartbeat, loop.time())
     push = make_push(ws, transport, request.app[ENCODER])
-    sub = service.journal.subscribe(interest, cfg.subscriber_queue, after, push)
+    sub = (journal or service.journal).subscribe(interest, cfg.subscriber_queue, after, push)
     jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close))]
     jobs.append(asyncio.create_task(_read(ws, live)))
     if transport is not None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.cluster_settings import ClusterSettings
 from app.core.watches import WatchSpec
 
 if TYPE_CHECKING:
@@ -128,6 +129,19 @@ class Config(BaseModel):
     canary_deadline: float = Field(
         2.0, gt=0, description="seconds a source has to report a canary's birth and death"
     )
+    # -- cluster (app/cluster/, docs/cluster.md) --
+    node_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]{1,253}$",
+        description="this node's name: the `host` in its life ids (default: the hostname)",
+    )  # fmt: skip
+    boot_id_file: Path | None = Field(
+        None,
+        description="test-only: read the boot id from this file instead of "
+        "/proc/sys/kernel/random/boot_id (several daemons on one machine, docs/cluster.md)",
+    )
+    cluster: ClusterSettings | None = Field(
+        None, description="NATS servers and options ([cluster] table; absent: a single node)"
+    )
 
     # Each source gets only its own settings: the sources sit below the domain and never see
     # Config. Their modules are imported here, not at the top, so that a source's module is
@@ -178,6 +192,11 @@ class Config(BaseModel):
         if bad:
             raise ValueError(f"not a name, address or name:port: {', '.join(bad)}")
         return v
+
+    @field_validator("cluster", mode="before")
+    @classmethod
+    def _cluster_json(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
 
     @field_validator("watches", mode="before")
     @classmethod
