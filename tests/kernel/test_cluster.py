@@ -1,0 +1,207 @@
+"""The cluster against the real engine: real nats-servers, three real `lifewatch serve`
+daemons (one machine, three node names, test-only boot ids and process-subtree scopes), real
+processes killed with SIGKILL, daemons stopped with SIGSTOP and restarted with a new boot.
+
+The issue's three scenarios (issue 12, "Must show"): a death on A reaches a scope=cluster
+client on C; a stopped A is `unknown` (never `dead`) on B and C within 1.5 s and its deaths
+meanwhile arrive once each after SIGCONT; A back with a new boot id makes its old lives
+`dead` (`node_rebooted`) on B and C within 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.kernel.cluster_nodes import Node, make_nodes
+from tests.natsd import NatsServer, nats_servers
+
+
+@pytest.fixture
+def one_server(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    with nats_servers(tmp_path / "nats", 1) as servers:
+        yield servers
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, one_server: list[NatsServer]) -> AsyncIterator[list[Node]]:
+    ns = make_nodes(tmp_path, ["a", "b", "c"], [s.url for s in one_server])
+    try:
+        for n in ns:
+            n.start()
+        await all_up(ns)
+        yield ns
+    finally:
+        for n in ns:
+            n.close()
+
+
+async def until(cond: Callable[[], Any], timeout: float = 10.0, step: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await asyncio.to_thread(cond)
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        await asyncio.sleep(step)
+
+
+async def all_up(ns: list[Node]) -> None:
+    """Every node sees every other up, and its stored path ready."""
+
+    def ready() -> bool:
+        for n in ns:
+            got = n.get("/v1/nodes")
+            states = {p["name"]: p["state"] for p in got.get("peers", [])}
+            others = {m.name for m in ns if m is not n}
+            if got.get("stored_path") != "ready" or any(states.get(o) != "up" for o in others):
+                return False
+        return True
+
+    await until(ready, 20)
+
+
+class Collector:
+    """A scope=cluster WebSocket client: every event it receives, with the time it came."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def __aenter__(self) -> Collector:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.ready.wait(), 5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        async with websockets.connect(self.url, max_size=None) as ws:
+            self.ready.set()
+            async for raw in ws:
+                self.events.append((time.monotonic(), json.loads(raw)))
+
+    def deaths(self, host: str) -> list[dict[str, Any]]:
+        return [e for _, e in self.events if e["type"] == "died" and e.get("host") == host]
+
+    def died(self, node: Node, pid: int) -> list[dict[str, Any]]:
+        return [e for e in self.deaths(node.name) if e["life"]["pid"] == pid]
+
+
+async def test_death_on_a_reaches_a_cluster_client_on_c(nodes: list[Node]) -> None:
+    a, b, c = nodes
+    pid, ticks = a.spawn("sleep", "60")
+    await until(lambda: b.get(f"/v1/lives/{a.life(pid, ticks)}")["state"] == "alive")
+    async with Collector(c.ws_url("scope=cluster&types=died,node")) as col:
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        await until(lambda: col.died(a, pid), 5, 0.002)
+        (ev,) = col.died(a, pid)
+        assert ev["host"] == "a" and ev["life"]["id"].startswith(f"a/{pid}/")
+        assert ev["life"]["exit"]["signal"] == 9
+        print(f"kill -9 on a -> died on c's stream in {(time.monotonic() - t0) * 1000:.1f} ms")
+        await asyncio.sleep(0.5)  # the stored copy (JetStream) comes too: dropped as a repeat
+        assert len(col.died(a, pid)) == 1
+    # Every node answers for it: b from the death it holds, c too, a itself from its registry.
+    for n in (a, b, c):
+        got = n.get(f"/v1/lives/{a.life(pid, ticks)}")
+        assert got["state"] == "dead", (n.name, got)
+        assert got["exit"]["signal"] == 9
+
+
+async def test_stopped_daemon_is_unknown_never_dead_then_its_deaths_arrive_once(
+    nodes: list[Node],
+) -> None:
+    a, b, c = nodes
+    lives = [a.spawn("sleep", "60") for _ in range(5)]
+    ids = [a.life(pid, ticks) for pid, ticks in lives]
+    for n in (b, c):
+        for i in ids:
+            await until(lambda n=n, i=i: n.get(f"/v1/lives/{i}")["state"] == "alive")
+    answers: list[tuple[str, float, str]] = []  # (node, seconds after SIGSTOP, state)
+
+    def unknown_on(n: Node, t0: float) -> bool:
+        got = n.get(f"/v1/lives/{ids[0]}")
+        answers.append((n.name, time.monotonic() - t0, got["state"]))
+        return bool(got["state"] == "unknown" and got["reason"])
+
+    async with Collector(c.ws_url("scope=cluster&types=died,node")) as col:
+        a.send(signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            await until(lambda: unknown_on(b, t0), 3, 0.02)
+            await until(lambda: unknown_on(c, t0), 3, 0.02)
+            took = max(t for _, t, s in answers if s == "unknown")
+            print(f"SIGSTOP a -> its life unknown on b and c after {took * 1000:.0f} ms")
+            assert took <= 1.5
+            # Deaths while its node is stopped: nobody may call them dead yet.
+            for pid, _ in lives[:3]:
+                os.kill(pid, signal.SIGKILL)
+            for n in (b, c):
+                await until(lambda n=n: n.get("/v1/nodes")["peers_by_state"]["unreachable"], 3)
+                for i in ids:
+                    got = n.get(f"/v1/lives/{i}")
+                    assert got["state"] == "unknown", (n.name, got)
+                    assert "unreachable" in got["reason"] and got["since"], got
+            assert all(s != "dead" for _, _, s in answers)
+        finally:
+            a.send(signal.SIGCONT)
+        for pid, _ in lives[:3]:
+            await until(lambda pid=pid: col.died(a, pid), 10)
+        await asyncio.sleep(1.0)  # the stored copies come as well: each is dropped as a repeat
+        for pid, _ in lives[:3]:
+            assert len(col.died(a, pid)) == 1, col.died(a, pid)
+        assert not [e for e in col.deaths(a.name) if e["life"]["pid"] in {p for p, _ in lives[3:]}]
+        nodes_ev = [e for _, e in col.events if e["type"] == "node" and e["host"] == "a"]
+        assert [e["state"] for e in nodes_ev] == ["unreachable", "up"]
+    for n in (b, c):
+        for i in ids[:3]:
+            assert n.get(f"/v1/lives/{i}")["state"] == "dead"
+        for i in ids[3:]:
+            assert n.get(f"/v1/lives/{i}")["state"] == "alive"
+
+
+async def test_node_back_with_a_new_boot_makes_its_old_lives_dead(nodes: list[Node]) -> None:
+    a, b, c = nodes
+    lives = [a.spawn("sleep", "60") for _ in range(3)]
+    ids = [a.life(pid, ticks) for pid, ticks in lives]
+    for n in (b, c):
+        for i in ids:
+            await until(lambda n=n, i=i: n.get(f"/v1/lives/{i}")["state"] == "alive")
+    async with Collector(c.ws_url("scope=cluster&host=a")) as col:
+        a.stop(signal.SIGKILL)  # the daemon dies; its processes live on (same kernel here)
+        await until(lambda: b.get("/v1/nodes")["peers_by_state"]["unreachable"] == 1, 3)
+        assert b.get(f"/v1/lives/{ids[0]}")["state"] == "unknown"
+        old = a.boot_file.read_text().strip()
+        new = a.new_boot()
+        a.start()
+        back = time.monotonic()
+
+        def all_dead(n: Node) -> bool:
+            got = n.post("/v1/lives/check", {"lives": ids})["results"]
+            return all(r["state"] == "dead" and r["life"]["cause"] == "node_rebooted" for r in got)
+
+        await until(lambda: all_dead(b) and all_dead(c), 5, 0.02)
+        took = time.monotonic() - back
+        print(f"a back with a new boot -> its old lives dead on b and c after {took * 1000:.0f} ms")
+        assert took <= 1.0
+        await until(lambda: len(col.deaths("a")) >= 3, 3)
+        deaths = col.deaths("a")
+        assert sorted(e["life"]["pid"] for e in deaths) == sorted(p for p, _ in lives)
+        assert {e["life"]["cause"] for e in deaths} == {"node_rebooted"}
+        rebooted = [e for _, e in col.events if e["type"] == "node" and e["state"] == "rebooted"]
+        assert rebooted and rebooted[0]["old_boot_id"] == old and rebooted[0]["boot_id"] == new
