@@ -61,8 +61,10 @@ class Node:
 
     def start(self) -> None:
         if self.nursery is None:
-            self.nursery = subprocess.Popen([sys.executable, "-c", NURSERY], text=True,
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+            self.nursery = subprocess.Popen(
+                [sys.executable, "-c", NURSERY], text=True, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
         if not self.boot_file.exists():
             self.new_boot()
         cluster = {"nats": self.nats, "scope_pid": self.nursery.pid, **self.extra}

@@ -11,6 +11,7 @@ meanwhile arrive once each after SIGCONT; A back with a new boot id makes its ol
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -68,6 +69,14 @@ async def all_up(ns: list[Node]) -> None:
         return True
 
     await until(ready, 20)
+
+
+def state_is(n: Node, life: str, state: str) -> Callable[[], bool]:
+    return lambda: bool(n.get(f"/v1/lives/{life}")["state"] == state)
+
+
+def unreachable_peers(n: Node) -> Callable[[], int]:
+    return lambda: int(n.get("/v1/nodes")["peers_by_state"]["unreachable"])
 
 
 class Collector:
@@ -131,7 +140,7 @@ async def test_stopped_daemon_is_unknown_never_dead_then_its_deaths_arrive_once(
     ids = [a.life(pid, ticks) for pid, ticks in lives]
     for n in (b, c):
         for i in ids:
-            await until(lambda n=n, i=i: n.get(f"/v1/lives/{i}")["state"] == "alive")
+            await until(state_is(n, i, "alive"))
     answers: list[tuple[str, float, str]] = []  # (node, seconds after SIGSTOP, state)
 
     def unknown_on(n: Node, t0: float) -> bool:
@@ -152,7 +161,7 @@ async def test_stopped_daemon_is_unknown_never_dead_then_its_deaths_arrive_once(
             for pid, _ in lives[:3]:
                 os.kill(pid, signal.SIGKILL)
             for n in (b, c):
-                await until(lambda n=n: n.get("/v1/nodes")["peers_by_state"]["unreachable"], 3)
+                await until(unreachable_peers(n), 3)
                 for i in ids:
                     got = n.get(f"/v1/lives/{i}")
                     assert got["state"] == "unknown", (n.name, got)
@@ -161,7 +170,7 @@ async def test_stopped_daemon_is_unknown_never_dead_then_its_deaths_arrive_once(
         finally:
             a.send(signal.SIGCONT)
         for pid, _ in lives[:3]:
-            await until(lambda pid=pid: col.died(a, pid), 10)
+            await until(functools.partial(col.died, a, pid), 10)
         await asyncio.sleep(1.0)  # the stored copies come as well: each is dropped as a repeat
         for pid, _ in lives[:3]:
             assert len(col.died(a, pid)) == 1, col.died(a, pid)
@@ -181,10 +190,10 @@ async def test_node_back_with_a_new_boot_makes_its_old_lives_dead(nodes: list[No
     ids = [a.life(pid, ticks) for pid, ticks in lives]
     for n in (b, c):
         for i in ids:
-            await until(lambda n=n, i=i: n.get(f"/v1/lives/{i}")["state"] == "alive")
+            await until(state_is(n, i, "alive"))
     async with Collector(c.ws_url("scope=cluster&host=a")) as col:
         a.stop(signal.SIGKILL)  # the daemon dies; its processes live on (same kernel here)
-        await until(lambda: b.get("/v1/nodes")["peers_by_state"]["unreachable"] == 1, 3)
+        await until(unreachable_peers(b), 3)
         assert b.get(f"/v1/lives/{ids[0]}")["state"] == "unknown"
         old = a.boot_file.read_text().strip()
         new = a.new_boot()
