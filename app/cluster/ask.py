@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 import orjson
 
-from app.cluster.view import answer, dead_by_reboot, life_of
+from app.cluster.view import NODE_REBOOTED, answer, life_of
 from app.core.identity import LifeId, LifeIdError, TickClock
 from app.core.life import iso
 
@@ -71,9 +71,9 @@ class Asker:
             clock = TickClock(peer.presence.btime, peer.presence.hz)
             if start < peer.presence.btime - 1 and len(peer.boots) > 1:
                 # Started before its node's current boot, which we saw begin: a dead life.
-                life = {"host": lid.host, "pid": lid.pid, "boot_id": peer.boots[-2]}
-                return answer(text, "dead", f"{lid.host} booted again since",
-                              dead_by_reboot(life, peer.since))  # fmt: skip
+                out = answer(text, "dead", f"{lid.host} booted again since", None)
+                out["cause"] = NODE_REBOOTED
+                return out
             try:
                 ticks = clock.ticks_of(start)
             except LifeIdError:
