@@ -74,7 +74,8 @@ def test_a_new_boot_id_is_a_reboot() -> None:
 
 
 def test_presence_from_the_network_is_checked() -> None:
-    for bad in (None, [], {"boot_id": "x"}, {**presence().to_dict(), "hz": 0}):
+    bads: list[Any] = [None, [], {"boot_id": "x"}, {**presence().to_dict(), "hz": 0}]
+    for bad in bads:
         with pytest.raises(ValueError):
             Presence.from_dict(bad)
     assert Presence.from_dict(presence().to_dict()) == presence()
