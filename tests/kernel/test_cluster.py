@@ -11,6 +11,7 @@ meanwhile arrive once each after SIGCONT; A back with a new boot id makes its ol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -214,3 +215,112 @@ async def test_node_back_with_a_new_boot_makes_its_old_lives_dead(nodes: list[No
         assert {e["life"]["cause"] for e in deaths} == {"node_rebooted"}
         rebooted = [e for _, e in col.events if e["type"] == "node" and e["state"] == "rebooted"]
         assert rebooted and rebooted[0]["old_boot_id"] == old and rebooted[0]["boot_id"] == new
+
+
+async def test_batch_check_across_hosts_and_a_remote_follow(nodes: list[Node]) -> None:
+    a, b, c = nodes
+    (a1, a1t), (a2, a2t) = a.spawn("sleep", "60"), a.spawn("sleep", "60")
+    b1, b1t = b.spawn("sleep", "60")
+    asked = [a.life(a1, a1t), a.life(a2, a2t), b.life(b1, b1t), "zz/1/100", "a/x/1",
+             a.life(a1, a1t + 5)]  # fmt: skip
+    t0 = time.monotonic()
+    got = (await asyncio.to_thread(c.post, "/v1/lives/check", {"lives": asked}))["results"]
+    print(f"batch of {len(asked)} across 3 hosts: {(time.monotonic() - t0) * 1000:.1f} ms")
+    assert [r["state"] for r in got] == ["alive", "alive", "alive", "unknown", "invalid",
+                                         "unknown"]  # fmt: skip
+    assert got[0]["life"]["host"] == "a" and got[0]["life"]["argv"] == ["sleep", "60"]
+    assert got[3]["reason"] == "no node zz answers"
+    # The owner follows the life with a pidfd when another node asks it to.
+    followed = await asyncio.to_thread(c.post, "/v1/follow", {"life": asked[0]})
+    assert followed["following"] is True and followed["id"] == got[0]["life"]["id"]
+    assert a.get("/v1/node")["follow"]["started"] == 1
+    async with Collector(c.ws_url(f"scope=cluster&life={asked[1]}")) as col:
+        os.kill(a1, signal.SIGKILL)
+        os.kill(a2, signal.SIGKILL)
+        await until(lambda: col.died(a, a2), 5)
+        assert not col.died(a, a1)  # the stream follows one life: a1's death is not its
+    await until(state_is(c, asked[0], "dead"), 5)
+    for n in (b, c):
+        assert n.get(f"/v1/lives/{asked[1]}")["state"] == "dead"
+    remote = b.get(f"/v1/lives/{a.life(a1, a1t)}")
+    assert remote["exit"]["signal"] == 9
+    # Without [cluster], a node's stream refuses scope=cluster with a clear error (API tests);
+    # here the nodes list says who is who.
+    listing = c.get("/v1/nodes")
+    assert {p["name"]: p["state"] for p in listing["peers"]} == {"a": "up", "b": "up"}
+    assert listing["outbox"] == 0 and listing["stored_path"] == "ready"
+
+
+@pytest.fixture
+def three_servers(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    with nats_servers(tmp_path / "nats", 3) as servers:
+        yield servers
+
+
+async def move_leader(url: str, to: str, stream: str = "LIFEWATCH_DEATHS") -> str:
+    """Ask the stream's leader to step down in favour of server `to` (nats-server >= 2.11
+    takes a preferred placement) until it leads; returns the leader's name."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for _ in range(50):
+            info = await js.stream_info(stream)
+            if info.cluster is not None and info.cluster.leader == to:
+                return to
+            body = json.dumps({"placement": {"preferred": to}}).encode()
+            with contextlib.suppress(Exception):
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=2)
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"the leader of {stream} did not move to {to}")
+    finally:
+        await nc.close()
+
+
+async def test_deaths_through_a_stream_leader_loss_arrive_once_each(
+    tmp_path: Path, three_servers: list[NatsServer]
+) -> None:
+    """Three servers, replicas 3, each daemon on its own server. The deaths stream's leader is
+    killed (-9) while deaths happen on a: every death reaches c's client once, at once
+    (the core path does not wait for the election), and the outbox drains once a new
+    leader stores them."""
+    urls = [s.url for s in three_servers]
+    ns = make_nodes(tmp_path, ["a", "b", "c"], urls, replicas=3)
+    for i, n in enumerate(ns):
+        n.nats = [urls[i]]  # a node talks to its own server (docs/cluster.md, deployment)
+    a, b, c = ns
+    try:
+        for n in ns:
+            n.start()
+        await all_up(ns)
+        lives = [a.spawn("sleep", "60") for _ in range(40)]
+        for pid, ticks in lives[-1:]:
+            await until(state_is(c, a.life(pid, ticks), "alive"))
+        # The leader on b's server: killing it loses the stream's leader while a and c stay
+        # connected (a's or c's own server lost would add their reconnects to the figure).
+        leader = await move_leader(urls[2], three_servers[1].name)
+        victim = next(s for s in three_servers if s.name == leader)
+        async with Collector(c.ws_url("scope=cluster&types=died&host=a")) as col:
+            victim.send(signal.SIGKILL)
+            kills: dict[int, float] = {}
+            for pid, _ in lives:
+                os.kill(pid, signal.SIGKILL)
+                kills[pid] = time.monotonic()
+                await asyncio.sleep(0.02)
+            await until(lambda: len(col.deaths("a")) >= len(lives), 20)
+            victim.start()
+            await until(lambda: a.get("/v1/nodes")["outbox"] == 0, 30, 0.1)
+            await asyncio.sleep(1.0)
+            deaths = col.deaths("a")
+            pids = sorted(e["life"]["pid"] for e in deaths)
+            assert pids == sorted(kills), "each death exactly once"
+            lat = sorted(t - kills[e["life"]["pid"]] for t, e in col.events)
+            print(f"leader {leader} killed: {len(lat)} deaths, kill -> c p50 "
+                  f"{lat[len(lat) // 2] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms; "
+                  f"a's publish stats {a.get('/v1/nodes')['publish']}")  # fmt: skip
+        for pid, ticks in lives:
+            assert b.get(f"/v1/lives/{a.life(pid, ticks)}")["state"] == "dead"
+    finally:
+        for n in ns:
+            n.close()
