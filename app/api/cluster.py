@@ -7,12 +7,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from app.api.errors import ApiError
 from app.api.follow import follow_json
 from app.api.jsontext import dumps
 from app.api.keys import ANSWERS, CLUSTER, ENCODER, SERVICE
+from app.api.metrics import METRICS
 from app.cluster.node import Cluster
+from app.cluster.peers import PEER_STATES
 from app.core.identity import LifeId, LifeIdError, parse_life_id
 
 routes = web.RouteTableDef()
@@ -40,8 +44,9 @@ def install(app: web.Application) -> None:
 
     cfg = service.config
     api = f"http://{cfg.host}:{cfg.port}"
-    app[CLUSTER] = Cluster(service, settings, enc, answer, follow, api)
+    app[CLUSTER] = cluster = Cluster(service, settings, enc, answer, follow, api)
     app.cleanup_ctx.append(_run_cluster)
+    app[METRICS].registry.register(ClusterCollector(cluster))
 
 
 async def _run_cluster(app: web.Application) -> AsyncIterator[None]:
@@ -92,3 +97,78 @@ async def nodes(request: web.Request) -> web.Response:
         return web.json_response({"node": node.hostname, "boot_id": node.boot_id,
                                   "cluster": False, "peers": []})  # fmt: skip
     return web.json_response({"cluster": True, **cluster.nodes_json()})
+
+
+STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ClusterCollector(Collector):
+    """The cluster's metrics, read at scrape time: peers by state, the outbox, publish
+    latency (a death queued -> stored, from the recent ones), counters."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._seen = 0  # store latencies observed so far (a cumulative histogram)
+        self._counts = [0] * (len(STORE_BUCKETS) + 1)
+        self._sum = 0.0
+
+    def collect(self) -> Any:
+        c = self.cluster
+        peers = GaugeMetricFamily("lifewatch_cluster_peers", "peers by state", labels=["state"])
+        counts = c.peers.counts()
+        for state in PEER_STATES:
+            peers.add_metric([state], counts[state])
+        yield peers
+        pub = c.publisher
+        if pub is None:
+            return
+        yield GaugeMetricFamily(
+            "lifewatch_cluster_outbox", "deaths not yet stored", value=len(pub.outbox)
+        )
+        yield GaugeMetricFamily(
+            "lifewatch_cluster_outbox_oldest_seconds",
+            "age of the oldest death not yet stored",
+            value=pub.oldest_age(),
+        )
+        sent = CounterMetricFamily(
+            "lifewatch_cluster_published", "publish counters", labels=["what"]
+        )
+        for name in (
+            "deaths",
+            "births",
+            "stored",
+            "duplicates",
+            "retries",
+            "outbox_dropped",
+            "not_sent",
+            "journal_gaps",
+            "errors",
+        ):
+            sent.add_metric([name], getattr(pub.stats, name))
+        yield sent
+        got = CounterMetricFamily("lifewatch_cluster_received", "receive counters", labels=["what"])
+        for name, n in c.view.counters.items():
+            got.add_metric([name], n)
+        yield got
+        yield self._store_histogram()
+
+    def _store_histogram(self) -> HistogramMetricFamily:
+        pub = self.cluster.publisher
+        assert pub is not None
+        recent = list(pub.stats.store_latency)
+        new = pub.stats.stored - self._seen
+        for sec in recent[-new:] if new > 0 else ():
+            i = next((k for k, b in enumerate(STORE_BUCKETS) if sec <= b), len(STORE_BUCKETS))
+            self._counts[i] += 1
+            self._sum += sec
+        self._seen = pub.stats.stored
+        h = HistogramMetricFamily(
+            "lifewatch_cluster_store_latency_seconds",
+            "a death queued for NATS -> acknowledged by the stream",
+        )
+        cum, buckets = 0, []
+        for b, n in zip((*map(str, STORE_BUCKETS), "+Inf"), self._counts, strict=True):
+            cum += n
+            buckets.append((b, cum))
+        h.add_metric([], buckets, self._sum)
+        return h

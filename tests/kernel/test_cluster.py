@@ -16,7 +16,10 @@ import functools
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -249,6 +252,15 @@ async def test_batch_check_across_hosts_and_a_remote_follow(nodes: list[Node]) -
     listing = c.get("/v1/nodes")
     assert {p["name"]: p["state"] for p in listing["peers"]} == {"a": "up", "b": "up"}
     assert listing["outbox"] == 0 and listing["stored_path"] == "ready"
+    cli = subprocess.run([sys.executable, "-m", "app", "nodes", "--url", f"http://127.0.0.1:{c.port}"],
+                         capture_output=True, text=True, timeout=20)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert "a: up since" in cli.stdout and "b: up since" in cli.stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{a.port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert 'lifewatch_cluster_peers{state="up"} 2.0' in metrics
+    assert "lifewatch_cluster_outbox 0.0" in metrics
+    assert "lifewatch_cluster_store_latency_seconds_count 2.0" in metrics  # a1 and a2 stored
 
 
 @pytest.fixture
