@@ -55,6 +55,8 @@ class StreamQuery(Query):
     # scope=cluster: every node's events, each with its `host` (docs/cluster.md)
     scope: Literal["node", "cluster"] = "node"
     host: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,253}$")
+    # scope=cluster: resume from each host's origin_cursor, on any node (docs/cluster.md)
+    cluster_cursor: str | None = Field(None, max_length=65536)
 
     _check_types = field_validator("types", mode="before")(_types)
 

@@ -25,6 +25,7 @@ from app.api.heartbeat import Liveness, keepalive
 from app.api.keys import CLUSTER, ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
+from app.cluster.view import parse_cluster_cursor, resume_from
 from app.core.fanout import Interest
 from app.core.identity import LifeId, parse_life_id
 from app.core.journal import Accept, Encoder, Event, Journal, Push, Subscriber
@@ -94,11 +95,24 @@ async def cluster_stream(request: web.Request, q: StreamQuery) -> web.StreamResp
     lid = parse_life_id(q.life) if q.life is not None else None
     if lid is not None and q.life is not None and lid.host != cluster.me:
         await cluster.asker.follow(q.life, lid.host)
+    accept, after = cluster_filter(q, lid), q.after
+    if q.cluster_cursor is not None:
+        if q.after is not None:
+            raise ApiError(400, "bad_request", "give after= or cluster_cursor=, not both")
+        try:
+            after, fresh = resume_from(cluster.journal, parse_cluster_cursor(q.cluster_cursor))
+        except ValueError as e:
+            raise ApiError(400, "bad_request", str(e)) from None
+        wanted = accept
+
+        def accept(ev: Event) -> bool:
+            return fresh(ev) and wanted(ev)
+
     ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
     try:
-        await _serve(request, ws, cluster_filter(q, lid), q.after, cluster.journal)
+        await _serve(request, ws, accept, after, cluster.journal)
     finally:
         request.app[SOCKETS].discard(ws)
     return ws

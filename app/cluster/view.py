@@ -194,3 +194,36 @@ def answer(ident: str, state: str, reason: str, life: dict[str, Any] | None) -> 
         "exit": None if life is None else life.get("exit"),
         "life": life,
     }
+
+
+def parse_cluster_cursor(text: str) -> dict[str, int]:
+    """`host:cursor,host:cursor` (each host's own `origin_cursor`) -> {host: cursor}."""
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        host, sep, num = part.strip().rpartition(":")
+        if not sep or not host or not num.isdigit() or len(num) > 19 or len(out) >= 1024:
+            raise ValueError(f"a cluster cursor is host:cursor,host:cursor..., got {part!r}")
+        out[host] = int(num)
+    return out
+
+
+def resume_from(journal: Journal, cursor: dict[str, int]) -> tuple[int, Callable[[Any], bool]]:
+    """Where a client that read up to `cursor` (per host, possibly on another node) resumes in
+    this node's cluster journal, and the filter that drops what it already had. A host it
+    does not name is replayed from the window's start. Origin cursors are not dense (a node
+    publishes only life events), so a window that no longer reaches back cannot be told from
+    one that does: resuming is exact within the window (journal_size events), no further."""
+    after = journal.last_cursor
+    for ev in journal.since(journal.oldest_cursor - 1) or []:
+        f = ev.fields or {}
+        oc = f.get("origin_cursor")
+        if not isinstance(oc, int) or oc > cursor.get(f.get("host", ""), -1):
+            after = ev.cursor - 1
+            break
+
+    def fresh(ev: Any) -> bool:
+        f = ev.fields or {}
+        oc = f.get("origin_cursor")
+        return not isinstance(oc, int) or oc > cursor.get(f.get("host", ""), -1)
+
+    return after, fresh

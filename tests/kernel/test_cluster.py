@@ -129,6 +129,15 @@ async def test_death_on_a_reaches_a_cluster_client_on_c(nodes: list[Node]) -> No
         print(f"kill -9 on a -> died on c's stream in {(time.monotonic() - t0) * 1000:.1f} ms")
         await asyncio.sleep(0.5)  # the stored copy (JetStream) comes too: dropped as a repeat
         assert len(col.died(a, pid)) == 1
+    # A client resumes on another node from the per-host cursor it holds (origin_cursor).
+    pid2, ticks2 = a.spawn("sleep", "60")
+    await until(state_is(b, a.life(pid2, ticks2), "alive"))
+    mark = f"a:{ev['origin_cursor']}"
+    os.kill(pid2, signal.SIGKILL)
+    await until(state_is(b, a.life(pid2, ticks2), "dead"))
+    async with Collector(b.ws_url(f"scope=cluster&types=died&cluster_cursor={mark}")) as col:
+        await until(lambda: col.died(a, pid2), 5)
+        assert not col.died(a, pid)  # had it already, on c
     # Every node answers for it: b from the death it holds, c too, a itself from its registry.
     for n in (a, b, c):
         got = n.get(f"/v1/lives/{a.life(pid, ticks)}")

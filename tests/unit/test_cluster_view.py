@@ -10,7 +10,7 @@ import pytest
 
 from app.cluster.peers import GONE, UNREACHABLE, UP, Peers, Presence
 from app.cluster.subjects import Subjects, decode_token, encode_token
-from app.cluster.view import ClusterView, RemoteLives
+from app.cluster.view import ClusterView, RemoteLives, parse_cluster_cursor, resume_from
 from app.core.journal import Journal
 from tests.helpers import make_config
 
@@ -181,3 +181,19 @@ def test_cluster_settings() -> None:
         make_config(cluster={"nats": ["nats://a"], "heartbeat": 1, "unreachable_after": 1})
     with pytest.raises(ValueError):
         make_config(node_name="a/b")
+
+
+def test_a_cluster_cursor_resumes_after_what_each_host_gave() -> None:
+    v = view()
+    for n, (host, pid) in enumerate([("a", 1), ("b", 2), ("a", 3), ("b", 4)]):
+        v.received(host, f"m{n}", event("died", life(pid, "dead", host=host), cursor=10 + n))
+    assert parse_cluster_cursor("a:10,b:11, db1.x:12") == {"a": 10, "b": 11, "db1.x": 12}
+    for bad in ("a", "a:", ":1", "a:x", "a:-1"):
+        with pytest.raises(ValueError):
+            parse_cluster_cursor(bad)
+    after, fresh = resume_from(v.journal, {"a": 12, "b": 11})
+    sub = v.journal.subscribe(fresh, 100, after)
+    assert [e.fields["life"]["pid"] for e in sub.take() if e.fields] == [4]
+    after, fresh = resume_from(v.journal, {"a": 10})  # b not named: all of b's
+    sub = v.journal.subscribe(fresh, 100, after)
+    assert [e.fields["life"]["pid"] for e in sub.take() if e.fields] == [2, 3, 4]
