@@ -93,8 +93,14 @@ async def cluster_stream(request: web.Request, q: StreamQuery) -> web.StreamResp
     if cluster is None:
         raise ApiError(400, "no_cluster", "scope=cluster needs [cluster] settings (a broker)")
     lid = parse_life_id(q.life) if q.life is not None else None
+    local: tuple[int, int] | None = None
     if lid is not None and q.life is not None and lid.host != cluster.me:
         await cluster.asker.follow(q.life, lid.host)
+    elif lid is not None:
+        service = request.app[SERVICE]
+        local = (lid.pid, lid.ticks(service.node.clock))
+        if not follow_for_stream(service, *local):
+            local = None
     accept, after = cluster_filter(q, lid), q.after
     if q.cluster_cursor is not None:
         if q.after is not None:
@@ -109,12 +115,14 @@ async def cluster_stream(request: web.Request, q: StreamQuery) -> web.StreamResp
             return fresh(ev) and wanted(ev)
 
     ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
-    await ws.prepare(request)
-    request.app[SOCKETS].add(ws)
     try:
+        await ws.prepare(request)
+        request.app[SOCKETS].add(ws)
         await _serve(request, ws, accept, after, cluster.journal)
     finally:
         request.app[SOCKETS].discard(ws)
+        if local is not None:
+            request.app[SERVICE].follower.release(local[0])
     return ws
 
 

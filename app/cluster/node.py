@@ -275,6 +275,8 @@ class Cluster:
 
     async def _on_ask(self, msg: Msg) -> None:
         """The owner's side of a lookup: answers for lives of this node, as the API would."""
+        if not msg.reply:
+            return  # a publish, not a request: nobody to answer
         try:
             lives = orjson.loads(msg.data)["lives"]
             if not isinstance(lives, list) or len(lives) > ASK_MAX:
@@ -301,6 +303,8 @@ class Cluster:
             return orjson.dumps({"id": text, "state": "invalid", "error": str(e)}).decode()
 
     async def _on_follow(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
         try:
             text = orjson.loads(msg.data)["life"]
             if not isinstance(text, str):
@@ -308,6 +312,9 @@ class Cluster:
             status, body = self._follow(text)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
             status, body = 400, {"error": "bad_request", "detail": str(e)}
+        except Exception as e:  # never into nats-py's task: the asker gets a reason
+            log.exception("cluster: following %r for a peer failed", msg.data[:400])
+            status, body = 500, {"error": "follow_failed", "detail": str(e)}
         await msg.respond(orjson.dumps({"status": status, "body": body}))
 
     # -- what /v1/nodes shows ---------------------------------------------------------------

@@ -345,3 +345,42 @@ async def test_deaths_through_a_stream_leader_loss_arrive_once_each(
     finally:
         for n in ns:
             n.close()
+
+
+async def test_hostile_messages_on_the_broker_are_dropped_and_counted(
+    tmp_path: Path, one_server: list[NatsServer]
+) -> None:
+    import nats
+    import orjson
+
+    (a,) = make_nodes(tmp_path, ["a"], [one_server[0].url])
+    nc = await nats.connect(one_server[0].url)
+    try:
+        a.start()
+        await until(lambda: a.get("/v1/nodes")["stored_path"] == "ready", 20)
+        life = {"id": "c/1/1", "host": "c", "boot_id": "x", "pid": 1, "start_ticks": 1,
+                "state": "dead"}  # fmt: skip
+        junk = [b"", b"{", b"[]", b'{"type":"died"}', orjson.dumps({"type": "died", "life": life,
+                "at": "2026-12-01T00:00:00Z"}), b"\xff" * 1000]  # fmt: skip
+        for i, body in enumerate(junk):
+            await nc.publish("lifewatch.b.died", body, headers={"Nats-Msg-Id": f"j{i}"})
+            await nc.publish("lifewatch.b.hb", body)
+            await nc.publish("lifewatch.a.ask", body)  # no reply subject: ignored
+        await nc.publish("lifewatch.=zz.died", b"{}", headers={"Nats-Msg-Id": "bad-token"})
+        got = orjson.loads((await nc.request("lifewatch.a.ask", b"{", timeout=2)).data)
+        assert "error" in got
+        asked = ["b/1/1", 5, "a/x/1"]
+        got = orjson.loads(
+            (await nc.request("lifewatch.a.ask", orjson.dumps({"lives": asked}), timeout=2)).data
+        )
+        assert [r["state"] for r in got] == ["invalid", "invalid", "invalid"]
+        got = orjson.loads((await nc.request("lifewatch.a.follow", b"[1]", timeout=2)).data)
+        assert got["status"] == 400
+        await until(lambda: a.get("/v1/nodes")["received"]["malformed"] >= 2 * len(junk), 5)
+        nodes = a.get("/v1/nodes")
+        assert nodes["received"]["received"] == 0 and nodes["peers"] == []
+        assert a.proc is not None and a.proc.poll() is None
+        assert a.get("/v1/lives/c/1/1")["state"] == "unknown"  # nothing believed
+    finally:
+        await nc.close()
+        a.close()
