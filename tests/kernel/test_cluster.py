@@ -384,3 +384,34 @@ async def test_hostile_messages_on_the_broker_are_dropped_and_counted(
     finally:
         await nc.close()
         a.close()
+
+
+async def test_a_node_whose_presence_expires_is_gone(
+    tmp_path: Path, one_server: list[NatsServer]
+) -> None:
+    """Per-key TTL on the presence bucket (nats-server >= 2.11): a killed daemon's key expires
+    after presence_ttl s and the others see it `gone` (a `node` event), its lives `unknown`."""
+    ns = make_nodes(tmp_path, ["a", "b"], [one_server[0].url], presence_ttl=2)
+    a, b = ns
+    try:
+        for n in ns:
+            n.start()
+        await all_up(ns)
+        pid, ticks = a.spawn("sleep", "60")
+        await until(state_is(b, a.life(pid, ticks), "alive"))
+        async with Collector(b.ws_url("scope=cluster&types=node")) as col:
+            a.stop(signal.SIGKILL)
+            t0 = time.monotonic()
+
+            def gone() -> bool:
+                return any(e["state"] == "gone" for _, e in col.events)
+
+            await until(gone, 10, 0.05)
+            print(f"a killed -> gone on b after {time.monotonic() - t0:.1f} s (ttl 2 s)")
+            assert [e["state"] for _, e in col.events] == ["unreachable", "gone"]
+        got = b.get(f"/v1/lives/{a.life(pid, ticks)}")
+        assert got["state"] == "unknown" and "gone" in got["reason"] and got["since"]
+        assert {p["name"]: p["state"] for p in b.get("/v1/nodes")["peers"]} == {"a": "gone"}
+    finally:
+        for n in ns:
+            n.close()
