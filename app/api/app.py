@@ -8,6 +8,8 @@ from aiohttp import WSCloseCode, web
 
 from app.api import browsers, dashboard, events, follow, lives, metrics, node, stream, watches
 from app.api import cluster as cluster_api
+from app.api.connections import install as install_connections
+from app.api.connections import routes as connection_routes
 from app.api.errors import json_errors
 from app.api.keys import ANSWERS, ENCODER, SERVICE, SOCKETS
 from app.api.lifejson import LifeEncoder
@@ -34,6 +36,8 @@ def make_app(service: Service, manage: bool = True) -> web.Application:
     for module in (lives, node, events, stream, follow, watches, metrics, dashboard):
         app.add_routes(module.routes)
     app.add_routes(cluster_api.routes)
+    app.add_routes(connection_routes)
+    install_connections(app)
     metrics.install(app)
     if manage:
         app.cleanup_ctx.append(_run_service)

@@ -51,6 +51,7 @@ class StreamQuery(Query):
     comm: str | None = None
     exe: str | None = None
     life: str | None = None
+    partners_of: str | None = None
     canary: bool | None = None
     # scope=cluster: every node's events, each with its `host` (docs/cluster.md)
     scope: Literal["node", "cluster"] = "node"

@@ -15,25 +15,29 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from app.api.connections import connections_of
 from app.api.errors import ApiError
-from app.api.follow import follow_for_stream
+from app.api.follow import follow_for_stream, partner_notes
 from app.api.heartbeat import Liveness, keepalive
+from app.api.jsontext import dumps
 from app.api.keys import CLUSTER, ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
 from app.cluster.view import parse_cluster_cursor, resume_from
 from app.core.fanout import Interest
 from app.core.identity import LifeId, parse_life_id
-from app.core.journal import Accept, Encoder, Event, Journal, Push, Subscriber
+from app.core.journal import Accept, Event, Journal, Push, Subscriber
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 PUSH_LIMIT = 64 * 1024  # bytes waiting in a client's transport before events queue instead
 TRY_AGAIN_LATER = 1013  # RFC 6455 7.4.1 (IANA registry): "Try Again Later"
+Frame = Callable[[Event], bytes]  # an event as the WebSocket frame this client is sent
 
 
 def make_interest(q: StreamQuery, life: tuple[int, int] | None) -> Interest:
@@ -118,7 +122,7 @@ async def cluster_stream(request: web.Request, q: StreamQuery) -> web.StreamResp
     try:
         await ws.prepare(request)
         request.app[SOCKETS].add(ws)
-        await _serve(request, ws, accept, after, cluster.journal)
+        await _serve(request, ws, accept, after, journal=cluster.journal)
     finally:
         request.app[SOCKETS].discard(ws)
         if local is not None:
@@ -134,6 +138,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
         return await cluster_stream(request, q)
     if q.host is not None and q.host != service.node.hostname:
         raise ApiError(400, "bad_request", "host= names another node: add scope=cluster")
+    if q.partners_of is not None:
+        if q.life is not None or q.pid is not None:
+            raise ApiError(400, "bad_request", "partners_of does not combine with life or pid")
+        return await _partners_stream(request, q, parse_life_id(q.partners_of))
     life: tuple[int, int] | None = None
     if q.life is not None:
         lid: LifeId = parse_life_id(q.life)
@@ -162,11 +170,48 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _partners_stream(request: web.Request, q: StreamQuery, of: LifeId) -> web.StreamResponse:
+    """The events of `of`'s partners on this node, each with the connections it was found
+    through (`partner`); each partner is followed with a pidfd while the stream is open."""
+    service, enc = request.app[SERVICE], request.app[ENCODER]
+    res = await connections_of(request.app, of)
+    notes = partner_notes(request.app, res)
+    me = service.node.life_id(res.pid, res.start_ticks)
+    held: list[int] = []
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
+    try:
+        for pid, ticks in notes:
+            if follow_for_stream(service, pid, ticks):
+                held.append(pid)
+        await ws.prepare(request)
+        request.app[SOCKETS].add(ws)
+        by_pid = {
+            pid: dumps({"of": me, "via": via}) for (pid, _), via in notes.items()
+        }  # fmt: skip
+
+        def frame(ev: Event) -> bytes:
+            data = ev.json(enc)
+            note = by_pid.get(ev.life.pid) if ev.life is not None else None
+            if note is None or not data.endswith(b"}"):
+                return text_frame(data)
+            return text_frame(data[:-1] + b', "partner": ' + note + b"}")
+
+        interest = Interest(types=frozenset(q.types) if q.types else None,
+                            lives=frozenset(notes))  # fmt: skip
+        await _serve(request, ws, interest, q.after, frame)
+    finally:
+        for pid in held:
+            service.follower.release(pid)
+        request.app[SOCKETS].discard(ws)
+    return ws
+
+
 async def _serve(
     request: web.Request,
     ws: web.WebSocketResponse,
     interest: Interest | Accept,
     after: int | None,
+    frame: Frame | None = None,
     journal: Journal | None = None,
 ) -> None:
     """Run the client's three jobs (send, read, keepalive) until one ends; then close with a
@@ -175,9 +220,15 @@ async def _serve(
     cfg = service.config
     loop = asyncio.get_running_loop()
     live = Liveness(cfg.heartbeat, loop.time())
-    push = make_push(ws, transport, request.app[ENCODER])
+    if frame is None:
+        enc = request.app[ENCODER]
+
+        def frame(ev: Event) -> bytes:
+            return text_frame(ev.json(enc))
+
+    push = make_push(ws, transport, frame)
     sub = (journal or service.journal).subscribe(interest, cfg.subscriber_queue, after, push)
-    jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close))]
+    jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close, frame))]
     jobs.append(asyncio.create_task(_read(ws, live)))
     if transport is not None:
         phase = random.uniform(0, cfg.heartbeat)  # spreads pings (heartbeat.keepalive)
@@ -228,17 +279,21 @@ async def _close(
 
 
 async def _send(
-    request: web.Request, ws: web.WebSocketResponse, sub: Subscriber, stall_limit: float
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    sub: Subscriber,
+    stall_limit: float,
+    frame: Frame,
 ) -> str | None:
     """Send replays and what queued while the client's socket was full, each batch's frames
     in one write. None when the subscription closes; a close reason when the client has not
     drained its socket for `stall_limit` s."""
-    transport, enc = request.transport, request.app[ENCODER]
+    transport = request.transport
     while not ws.closed:
         batch = await sub.next_batch()
         if not batch or transport is None or transport.is_closing():
             return None
-        transport.write(b"".join([text_frame(ev.json(enc)) for ev in batch]))
+        transport.write(b"".join([frame(ev) for ev in batch]))
         if transport.get_write_buffer_size() > PUSH_LIMIT:
             try:
                 async with asyncio.timeout(stall_limit):
@@ -251,7 +306,7 @@ async def _send(
     return None
 
 
-def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, enc: Encoder) -> Push:
+def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, frame: Frame) -> Push:
     """Write an event straight onto the client's socket from the journal's append, on the
     kernel reader's callback: no wakeup of this handler's task between the kernel and the
     client (one hop: a wakeup costs more than the send, bench/death_latency.py). Never
@@ -267,7 +322,7 @@ def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, en
             or transport.get_write_buffer_size() > PUSH_LIMIT
         ):
             return False
-        transport.write(text_frame(ev.json(enc)))
+        transport.write(frame(ev))
         return True
 
     return push
