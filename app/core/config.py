@@ -140,7 +140,9 @@ class Config(BaseModel):
         "/proc/sys/kernel/random/boot_id (several daemons on one machine, docs/cluster.md)",
     )
     cluster: ClusterSettings | None = Field(
-        None, description="NATS servers and options ([cluster] table; absent: a single node)"
+        None,
+        description='NATS servers and options, as a [cluster] table: nats = ["nats://host:4222"], '
+        "replicas, creds, tls_ca... (docs/cluster.md); absent: a single node, no broker",
     )
     # -- partners (app/core/partners.py: sockets to the lives at their other ends) --
     partners_max_fds: int = Field(
@@ -206,7 +208,14 @@ class Config(BaseModel):
     @field_validator("cluster", mode="before")
     @classmethod
     def _cluster_json(cls, v: Any) -> Any:
+        if v == "":
+            return None  # unset, as in the example file
         return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("node_name", "boot_id_file", mode="before")
+    @classmethod
+    def _unset(cls, v: Any) -> Any:
+        return None if v == "" else v
 
     @field_validator("watches", mode="before")
     @classmethod

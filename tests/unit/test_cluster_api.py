@@ -37,3 +37,19 @@ async def test_scope_cluster_without_a_cluster_is_a_clear_400(client: Client) ->
 async def test_following_another_host_without_a_cluster_is_404(client: Client) -> None:
     r = await client.post("/v1/follow", json={"life": "elsewhere/42/100"})
     assert r.status == 404
+
+
+def test_check_config_writes_the_cluster_as_a_table_that_reads_back() -> None:
+    import tomllib
+
+    from app.cli.settings import effective
+    from app.core.config import Config
+    from tests.helpers import make_config
+
+    cfg = make_config(node_name="db1.x", cluster={"nats": ["nats://a:4222"], "replicas": 3,
+                                                  "token": "s3cret"})  # fmt: skip
+    text = effective(cfg)
+    assert "s3cret" not in text and "\n[cluster]\n" in text
+    back = Config.model_validate(tomllib.loads(text))
+    assert back.cluster is not None and back.cluster.nats == ("nats://a:4222",)
+    assert back.cluster.replicas == 3 and back.node_name == "db1.x"
