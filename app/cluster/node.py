@@ -15,12 +15,20 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats
 import orjson
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy, DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    StorageType,
+    StreamConfig,
+)
 
 from app.cluster.ask import Asker
 from app.cluster.peers import Peers, Presence
@@ -59,7 +67,7 @@ class Cluster:
                                  service.started_at, service.version, api_url)  # fmt: skip
         # The cluster journal: every node's life events and node events, read by
         # /v1/stream?scope=cluster. Its own cursors, like the node's journal.
-        self.journal = Journal(service.config.journal_size)
+        self.journal = Journal(settings.journal)
         self.peers = Peers(self.me, settings.unreachable_after)
         self.view = ClusterView(self.me, self.journal, self.peers,
                                 RemoteLives(settings.remote_lives))  # fmt: skip
@@ -187,9 +195,14 @@ class Cluster:
                     kv = KeyValueConfig(bucket=sub.bucket, history=1, replicas=s.replicas,
                                         limit_marker_ttl=float(s.presence_ttl))  # fmt: skip
                     self.kv = await js.create_key_value(kv)
+                # Stored deaths from `replay` s ago on (not the whole stream: each costs a
+                # parse), then every new one; an ordered consumer resumes after a disconnect.
+                since = datetime.now(UTC) - timedelta(seconds=min(s.replay, s.max_age))
+                when = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                      opt_start_time=since)  # fmt: skip
                 await js.subscribe(
-                    sub.all("died"), cb=self._on_event, stream=sub.stream,
-                    ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+                    sub.all("died"), cb=self._on_event, stream=sub.stream, config=when,
+                    ordered_consumer=True, deliver_policy=DeliverPolicy.BY_START_TIME,
                 )  # fmt: skip
                 watcher = await self.kv.watchall()
                 break

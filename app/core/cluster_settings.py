@@ -45,9 +45,17 @@ class ClusterSettings(BaseModel):
     outbox: int = Field(
         100_000, ge=16, description="deaths waiting to be stored before the oldest are dropped"
     )
+    # Each remote life or cluster event held costs ~2.5 kB (a parsed life, 64-bit CPython).
     remote_lives: int = Field(
-        200_000, ge=16, description="lives of other nodes remembered (alive and dead)"
+        20_000, ge=16, description="lives of other nodes remembered (alive and dead), ~2.5 kB each"
     )
+    journal: int = Field(
+        10_000, ge=16, description="cluster events kept for scope=cluster replay, ~2.5 kB each"
+    )
+    replay: float = Field(
+        600.0, ge=0,
+        description="seconds of stored deaths a node reads from the stream when it starts",
+    )  # fmt: skip
     publish_births: bool = Field(True, description="send births and execs (core NATS only)")
     scope_pid: int | None = Field(
         None, ge=1,

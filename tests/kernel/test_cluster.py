@@ -415,3 +415,28 @@ async def test_a_node_whose_presence_expires_is_gone(
     finally:
         for n in ns:
             n.close()
+
+
+async def test_a_node_that_starts_later_reads_stored_deaths(
+    tmp_path: Path, one_server: list[NatsServer]
+) -> None:
+    """b starts after a's life died: it learns the death from the stream (replay), and answers
+    it without asking a."""
+    a, b = make_nodes(tmp_path, ["a", "b"], [one_server[0].url])
+    try:
+        a.start()
+        await until(lambda: a.get("/v1/nodes")["stored_path"] == "ready", 20)
+        pid, ticks = a.spawn("sleep", "60")
+        await until(state_is(a, a.life(pid, ticks), "alive"))
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: a.get("/v1/nodes")["publish"]["stored"] == 1, 5)
+        b.start()
+        await until(lambda: b.get("/v1/nodes")["stored_path"] == "ready", 20)
+        got = await until(
+            lambda: (r := b.get(f"/v1/lives/{a.life(pid, ticks)}"))["state"] == "dead" and r, 5
+        )
+        assert got["reason"] == "death published by its node", got
+        assert b.get("/v1/nodes")["ask"]["asked"] == 0
+    finally:
+        a.close()
+        b.close()
