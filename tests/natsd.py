@@ -69,6 +69,7 @@ class NatsServer:
     store: Path
     routes: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    extra_conf: str = ""  # more of nats-server's configuration (authorization...)
 
     @property
     def url(self) -> str:
@@ -85,7 +86,7 @@ class NatsServer:
             routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
             lines.append(f'cluster {{ name: "lw", listen: 127.0.0.1:{self.cluster_port}, '
                          f"routes: [{routes}] }}")  # fmt: skip
-        conf.write_text("\n".join(lines) + "\n")
+        conf.write_text("\n".join(lines) + "\n" + self.extra_conf)
         log = open(self.store.with_suffix(".log"), "ab")  # noqa: SIM115 (the server's stderr)
         self.proc = subprocess.Popen([str(BINARY), "-c", str(conf)], stdout=log, stderr=log)
         log.close()

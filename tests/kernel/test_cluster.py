@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -437,6 +438,55 @@ async def test_a_node_that_starts_later_reads_stored_deaths(
         )
         assert got["reason"] == "death published by its node", got
         assert b.get("/v1/nodes")["ask"]["asked"] == 0
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_deaths_while_the_broker_is_down_arrive_after_with_their_time(
+    tmp_path: Path, one_server: list[NatsServer]
+) -> None:
+    """The only server killed -9: a's deaths wait (outbox), every peer is `unreachable` and
+    their lives `unknown`; the server back, each death arrives once with its true died_at."""
+    (server,) = one_server
+    a, b = make_nodes(tmp_path, ["a", "b"], [server.url], token="lw-secret")
+    conf_token = 'authorization { token: "lw-secret" }\n'
+    server.stop()
+    server.extra_conf = conf_token
+    server.start()
+    try:
+        for n in (a, b):
+            n.start()
+        await all_up([a, b])
+        lives = [a.spawn("sleep", "60") for _ in range(3)]
+        for pid, ticks in lives:
+            await until(state_is(b, a.life(pid, ticks), "alive"))
+        server.send(signal.SIGKILL)
+        server.proc = None
+        await until(lambda: b.get("/v1/nodes")["connection"] == "disconnected", 5)
+        killed = time.time()
+        for pid, _ in lives:
+            os.kill(pid, signal.SIGKILL)
+        await until(lambda: a.get("/v1/nodes")["outbox"] == 3, 5)
+        got = b.get(f"/v1/lives/{a.life(*lives[0])}")
+        assert got["state"] == "unknown" and "not connected" in got["reason"], got
+        await asyncio.sleep(1.0)
+        server.start()
+        await until(lambda: a.get("/v1/nodes")["outbox"] == 0, 20, 0.1)
+        for pid, ticks in lives:
+            dead = await until(
+                lambda pid=pid, ticks=ticks: (
+                    (  # type: ignore[misc]
+                        r := b.get(f"/v1/lives/{a.life(pid, ticks)}")
+                    )["state"]
+                    == "dead"
+                    and r
+                ),
+                10,
+            )
+            when = datetime.fromisoformat(dead["died_at"]).timestamp()
+            assert killed - 0.1 < when < killed + 0.5, (dead["died_at"], killed)
+        assert b.get("/v1/nodes")["received"]["received"] >= 3
     finally:
         a.close()
         b.close()
