@@ -162,7 +162,11 @@ class Cluster:
         self._spawn(self._stored_path())
 
     async def _error(self, e: Exception) -> None:
-        log.debug("cluster: NATS error: %s", e)
+        # nats-py keeps trying its servers itself (max_reconnect_attempts=-1), also on the
+        # first connect: its errors are how /v1/nodes can say why it is not connected.
+        if self.nc is None or not self.nc.is_connected:
+            self.connection = f"cannot connect: {e!r}"[:300]
+        log.debug("cluster: NATS error: %r", e)
 
     async def _disconnected(self) -> None:
         self.connection, self.connection_since = "disconnected", time.time()

@@ -463,7 +463,7 @@ async def test_deaths_while_the_broker_is_down_arrive_after_with_their_time(
             await until(state_is(b, a.life(pid, ticks), "alive"))
         server.send(signal.SIGKILL)
         server.proc = None
-        await until(lambda: b.get("/v1/nodes")["connection"] == "disconnected", 5)
+        await until(lambda: b.get("/v1/nodes")["connection"] != "connected", 5)
         killed = time.time()
         for pid, _ in lives:
             os.kill(pid, signal.SIGKILL)
@@ -490,3 +490,52 @@ async def test_deaths_while_the_broker_is_down_arrive_after_with_their_time(
     finally:
         a.close()
         b.close()
+
+
+def make_tls(d: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1, made with the system's openssl."""
+    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem"))
+    ext = d / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+        "-days", "2", "-subj", "/CN=lifewatch test CA")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
+    for f in d.iterdir():
+        f.chmod(0o644)  # the unprivileged pass's daemons read them too
+    return ca, cert, key
+
+
+async def test_tls_settings_are_passed_to_nats(
+    tmp_path: Path, one_server: list[NatsServer]
+) -> None:
+    """A server that speaks only TLS: a node given the CA connects and works; one without it
+    cannot connect and says why, and still serves its own node."""
+    (server,) = one_server
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    ca, cert, key = await asyncio.to_thread(make_tls, tls)
+    server.stop()
+    server.extra_conf = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}\n'
+    server.start()
+    a, b = make_nodes(tmp_path, ["a", "b"], [server.url], tls_ca=str(ca))
+    (c,) = make_nodes(tmp_path, ["c"], [server.url])
+    try:
+        for n in (a, b, c):
+            n.start()
+        await all_up([a, b])
+        pid, ticks = a.spawn("sleep", "60")
+        await until(state_is(b, a.life(pid, ticks), "alive"))
+        await until(lambda: c.get("/v1/nodes")["connection"].startswith("cannot connect"), 10)
+        assert c.get(f"/v1/lives/{a.life(pid, ticks)}")["state"] == "unknown"
+        os.kill(pid, signal.SIGKILL)
+        await until(state_is(b, a.life(pid, ticks), "dead"))
+    finally:
+        for n in (a, b, c):
+            n.close()
