@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, web
 
 from app.api import browsers, dashboard, events, follow, lives, metrics, node, stream, watches
+from app.api import cluster as cluster_api
 from app.api.connections import install as install_connections
 from app.api.connections import routes as connection_routes
 from app.api.errors import json_errors
@@ -34,11 +35,13 @@ def make_app(service: Service, manage: bool = True) -> web.Application:
     # lives first: the lookup is the hot route, and aiohttp tries routes in order.
     for module in (lives, node, events, stream, follow, watches, metrics, dashboard):
         app.add_routes(module.routes)
+    app.add_routes(cluster_api.routes)
     app.add_routes(connection_routes)
     install_connections(app)
     metrics.install(app)
     if manage:
         app.cleanup_ctx.append(_run_service)
+    cluster_api.install(app)  # after the service: the cluster starts once it runs
     app.on_shutdown.append(_close_sockets)
     return app
 

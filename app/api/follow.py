@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.connections import GATE, connection_json, connections_of
 from app.api.errors import ApiError
-from app.api.keys import ENCODER, SERVICE
+from app.api.keys import CLUSTER, ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
 from app.core.follow import FollowError
 from app.core.identity import LifeId, parse_life_id
@@ -116,4 +116,10 @@ async def follow(request: web.Request) -> web.Response:
         return web.json_response(await follow_partners(request, parse_life_id(body.partners_of)))
     assert body.life is not None
     enc = request.app[ENCODER]
-    return web.json_response(follow_json(service, enc, parse_life_id(body.life)))
+    lid = parse_life_id(body.life)
+    cluster = request.app.get(CLUSTER)
+    if cluster is not None and lid.host != service.node.hostname:
+        # Its owner follows it with a pidfd; the death comes back on the deaths subject.
+        status, answer = await cluster.asker.follow(body.life, lid.host)
+        return web.json_response(answer, status=status)
+    return web.json_response(follow_json(service, enc, lid))

@@ -71,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
         ("tail", "print the event stream, one colored line per event"),
         ("ps", "show the live processes as a tree"),
         ("watch", "show a watch's state, then each change"),
+        ("nodes", "show the cluster's nodes as this daemon sees them"),
         ("partners", "show a process's connections and the lives at their other ends"),
         ("history", "list dead lives of the whole retained history (every boot kept)"),
     ):
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         from app.cli.console import run_ps
 
         run_ps(args)
+    elif args.command == "nodes":
+        nodes(args)
     elif args.command == "partners":
         from app.cli.partners import run_partners
 
@@ -254,3 +257,18 @@ def tail(args: argparse.Namespace) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_tail(args))
+
+
+def nodes(args: argparse.Namespace) -> None:
+    from app.cli.http import fetch
+
+    out = fetch(f"{args.url}/v1/nodes")
+    if not out.get("cluster"):
+        print(f"{out['node']}: single node (no [cluster] settings)")
+        return
+    print(f"{out['node']} (this node): NATS {out['connection']}, stored path "
+          f"{out['stored_path']}, outbox {out['outbox']}")  # fmt: skip
+    for p in out["peers"]:
+        print(f"{p['name']}: {p['state']} since {p['since']}, boot {p['boot_id']}, "
+              f"last heartbeat {p['last_heartbeat']}, api {p['api']}")  # fmt: skip
+    raise SystemExit(0 if all(p["state"] == "up" for p in out["peers"]) else 1)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.cluster_settings import ClusterSettings
 from app.core.watches import WatchSpec
 
 if TYPE_CHECKING:
@@ -129,6 +130,21 @@ class Config(BaseModel):
     canary_deadline: float = Field(
         2.0, gt=0, description="seconds a source has to report a canary's birth and death"
     )
+    # -- cluster (app/cluster/, docs/cluster.md) --
+    node_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]{1,253}$",
+        description="this node's name: the `host` in its life ids (default: the hostname)",
+    )  # fmt: skip
+    boot_id_file: Path | None = Field(
+        None,
+        description="test-only: read the boot id from this file instead of "
+        "/proc/sys/kernel/random/boot_id (several daemons on one machine, docs/cluster.md)",
+    )
+    cluster: ClusterSettings | None = Field(
+        None,
+        description='NATS servers and options, as a [cluster] table: nats = ["nats://host:4222"], '
+        "replicas, creds, tls_ca... (docs/cluster.md); absent: a single node, no broker",
+    )
     # -- partners (app/core/partners.py: sockets to the lives at their other ends) --
     partners_max_fds: int = Field(
         100_000, ge=1,
@@ -169,12 +185,6 @@ class Config(BaseModel):
         description="SQLite synchronous mode: NORMAL survives a daemon crash (kill -9) with "
         "every commit; FULL also survives power loss, at an fsync per commit",
     )
-    boot_id: str = Field(
-        "", pattern=r"^[0-9a-zA-Z-]{0,64}$",
-        description="TESTS ONLY: take this as the node's boot id instead of the kernel's "
-        "(/proc/sys/kernel/random/boot_id), to show what a reboot does to history; empty: "
-        "the kernel's",
-    )  # fmt: skip
 
     # Each source gets only its own settings: the sources sit below the domain and never see
     # Config. Their modules are imported here, not at the top, so that a source's module is
@@ -225,6 +235,18 @@ class Config(BaseModel):
         if bad:
             raise ValueError(f"not a name, address or name:port: {', '.join(bad)}")
         return v
+
+    @field_validator("cluster", mode="before")
+    @classmethod
+    def _cluster_json(cls, v: Any) -> Any:
+        if v == "":
+            return None  # unset, as in the example file
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("node_name", "boot_id_file", mode="before")
+    @classmethod
+    def _unset(cls, v: Any) -> Any:
+        return None if v == "" else v
 
     @field_validator("watches", mode="before")
     @classmethod

@@ -82,7 +82,9 @@ class Service:
         self.config = config
         self.version = __version__
         self.proc = proc
-        self.node = load_node_identity(config.state_dir, proc, config.boot_id)
+        self.node = load_node_identity(
+            config.state_dir, proc, config.node_name, config.boot_id_file
+        )
         self.store, self.restored = open_store(config, self.node)
         first = None if self.restored is None else self.restored.first_cursor
         self.journal = Journal(config.journal_size, first_cursor=first)

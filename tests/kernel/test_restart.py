@@ -179,7 +179,9 @@ async def test_new_boot_id_kills_the_old_boots_lives(
     daemons: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     old, new = "00000000-test-boot-0000-000000000001", "00000000-test-boot-0000-000000000002"
-    d1 = daemons(tmp_path, LIFEWATCH_BOOT_ID=old)
+    boot = tmp_path / "boot_id"  # the test-only override (Config.boot_id_file)
+    boot.write_text(old + "\n")
+    d1 = daemons(tmp_path, LIFEWATCH_BOOT_ID_FILE=str(boot))
     await d1.ready()
     sleep = subprocess.Popen(["sleep", "600"])
     try:
@@ -187,7 +189,8 @@ async def test_new_boot_id_kills_the_old_boots_lives(
         await alive(d1, sleep.pid, ticks)
         cursor = d1.get("/v1/node")["cursor"]
         assert d1.stop() == 0
-        d2 = daemons(tmp_path, LIFEWATCH_BOOT_ID=new)
+        boot.write_text(new + "\n")  # "rebooted"
+        d2 = daemons(tmp_path, LIFEWATCH_BOOT_ID_FILE=str(boot))
         await d2.ready()
         assert d2.get("/v1/node")["boot_id"] == new
         # The old boot's life, in the history: dead with the reboot, in its own boot's name.
