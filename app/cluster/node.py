@@ -31,6 +31,7 @@ from nats.js.api import (
 )
 
 from app.cluster.ask import Asker
+from app.cluster.partners import PartnerFinder
 from app.cluster.peers import Peers, Presence
 from app.cluster.publisher import Publisher, Scope
 from app.cluster.subjects import Subjects, decode_token
@@ -40,6 +41,7 @@ from app.core.identity import LifeIdError, parse_life_id
 from app.core.journal import Encoder, Journal
 from app.core.life import iso
 from app.core.service import Service
+from app.netlink.sockdiag import local_addresses
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,14 @@ class Cluster:
         node = service.node
         self.me = node.hostname
         self.subjects = Subjects(settings.prefix)
+        try:
+            addresses = local_addresses()
+        except OSError as e:  # partners on other nodes then cannot find this one's lives
+            log.warning("cluster: this node's addresses cannot be read: %s", e)
+            addresses = ()
         self.presence = Presence(node.boot_id, node.clock.btime, node.clock.hz,
-                                 service.started_at, service.version, api_url)  # fmt: skip
+                                 service.started_at, service.version, api_url,
+                                 addresses)  # fmt: skip
         # The cluster journal: every node's life events and node events, read by
         # /v1/stream?scope=cluster. Its own cursors, like the node's journal.
         self.journal = Journal(settings.journal)
@@ -81,6 +89,7 @@ class Cluster:
         self.stored_path = "setting up"  # the deaths stream and presence bucket
         self.publisher: Publisher | None = None
         self.asker = Asker(self)
+        self.partners = PartnerFinder(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._mono = time.monotonic
 
@@ -110,6 +119,12 @@ class Cluster:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await self.nc.close()
+
+    def speaks_for(self, pid: int) -> bool:
+        """Whether the live process `pid` is this node's to speak for: every process, unless
+        the test-only `scope_pid` narrows the node to one subtree."""
+        scope = self.publisher.scope if self.publisher is not None else None
+        return scope is None or pid in scope.pids
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -154,6 +169,7 @@ class Cluster:
         await nc.subscribe(sub.all("life"), cb=self._on_event)
         await nc.subscribe(sub.ask(self.me), cb=self._on_ask)
         await nc.subscribe(sub.follow(self.me), cb=self._on_follow)
+        await nc.subscribe(sub.peer(self.me), cb=self.partners.on_peer)
         self.js = nc.jetstream(timeout=2.0)
         assert self.publisher is not None
         self.publisher.nc, self.publisher.js = nc, self.js

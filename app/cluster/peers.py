@@ -16,6 +16,7 @@ from typing import Any
 
 UP, UNREACHABLE, GONE = "up", "unreachable", "gone"
 PEER_STATES = (UP, UNREACHABLE, GONE)
+ADDRESSES_MAX = 256  # addresses one node may announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,9 @@ class Presence:
     started_at: float
     version: str
     api: str
+    # Its interfaces' IP addresses: the far end of a connection to one of them may be one of
+    # its lives (app/cluster/partners.py). Absent from older peers.
+    addresses: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Any) -> Presence:
@@ -35,8 +39,12 @@ class Presence:
         if not isinstance(d, dict):
             raise ValueError("presence is not an object")
         try:
+            addresses = d.get("addresses", [])
+            if not isinstance(addresses, list) or len(addresses) > ADDRESSES_MAX:
+                raise TypeError(f"addresses: a list of at most {ADDRESSES_MAX}")
             p = cls(str(d["boot_id"]), int(d["btime"]), int(d["hz"]), float(d["started_at"]),
-                    str(d["version"]), str(d["api"]))  # fmt: skip
+                    str(d["version"]), str(d["api"]),
+                    tuple(str(a)[:64] for a in addresses))  # fmt: skip
         except (KeyError, TypeError) as e:
             raise ValueError(f"bad presence: {e}") from None
         if not (0 < p.hz <= 100_000) or len(p.boot_id) > 64 or len(p.api) > 300:
@@ -47,6 +55,7 @@ class Presence:
         return {
             "boot_id": self.boot_id, "btime": self.btime, "hz": self.hz,
             "started_at": self.started_at, "version": self.version, "api": self.api,
+            "addresses": list(self.addresses),
         }  # fmt: skip
 
 

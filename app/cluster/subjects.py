@@ -61,6 +61,10 @@ class Subjects:
         """Request-reply: "follow this life of yours with a pidfd"."""
         return f"{self.prefix}.{encode_token(node)}.follow"
 
+    def peer(self, node: str) -> str:
+        """Request-reply: "which of your lives holds this TCP connection's far end?"."""
+        return f"{self.prefix}.{encode_token(node)}.peer"
+
     def all(self, kind: str) -> str:
         return f"{self.prefix}.*.{kind}"
 

@@ -136,3 +136,15 @@ def connected_sockets() -> tuple[list[TcpSocket], list[UnixSocket]]:
             )
         ]
     return tcp, unix
+
+
+def local_addresses() -> tuple[str, ...]:
+    """The IP addresses of this network namespace's interfaces (normalised as `normal_ip`),
+    from rtnetlink: what a node announces so that others know a connection's far end is
+    one of its sockets. Raises OSError."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = {normal_ip(str(m.get_attr("IFA_ADDRESS"))) for m in ipr.get_addr()
+                 if m.get_attr("IFA_ADDRESS")}  # fmt: skip
+    return tuple(sorted(found))
