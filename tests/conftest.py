@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import uvloop
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from app.api.app import make_app
 from app.core.service import Service
-from tests.helpers import make_config
+from tests.helpers import api_client, make_config
 
 ROOT = Path(__file__).parent
 ROOMS = {"kernel": ("kernel",), "browser": ("kernel", "browser")}
@@ -87,5 +87,5 @@ async def service() -> AsyncIterator[Service]:
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = make_app(service, manage=False)
-    async with TestClient(TestServer(app)) as c:
+    async with api_client(app) as c:
         yield c

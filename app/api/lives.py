@@ -8,7 +8,7 @@ import math
 
 from aiohttp import web
 
-from app.api.auth import require_token
+from app.api.callers import caller_of, require_admin
 from app.api.errors import ApiError
 from app.api.jsontext import BytePage, dumps
 from app.api.keys import ANSWERS, ENCODER, SERVICE
@@ -34,7 +34,7 @@ async def is_alive(request: web.Request) -> web.Response:
         parse_pid(request.match_info["pid"]),
         parse_start(request.match_info["start"]),
     )
-    text = request.app[ANSWERS].text(lid, request.match_info["start"])
+    text = request.app[ANSWERS].text(lid, request.match_info["start"], caller_of(request))
     return web.Response(text=text, content_type="application/json")
 
 
@@ -44,10 +44,12 @@ async def list_lives(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     reg = service.registry
     after = tuple(int(x) for x in q.after.split(".")) if q.after else (-1, -1)
+    caller = caller_of(request)
 
     def wanted(life: Life) -> bool:
         return (
             (life.pid, life.start_ticks) > after
+            and caller.shows(life.uid)
             and (q.comm is None or life.comm == q.comm)
             and (q.exe is None or life.exe == q.exe)
             and (q.ppid is None or life.ppid == q.ppid)
@@ -63,7 +65,7 @@ async def list_lives(request: web.Request) -> web.Response:
     # of argv each would be a 45 MB answer. The first life always goes: the page advances.
     page = BytePage(service.config.page_bytes)
     for life in found[: q.limit]:
-        if not page.add(dumps(enc.life_json(life.snapshot()))):
+        if not page.add(enc.life_bytes(life.snapshot(), not caller.details(life.uid))):
             break
     last = found[len(page) - 1] if page else None
     more = last is not None and len(found) > len(page)
@@ -77,9 +79,11 @@ async def holder(request: web.Request) -> web.Response:
     pid = parse_pid(request.match_info["pid"])
     service = request.app[SERVICE]
     life = service.registry.holder(pid)
-    if life is None:
+    caller = caller_of(request)
+    if life is None or not caller.shows(life.uid):
         raise ApiError(404, "not_found", f"no live process holds pid {pid}")
-    return web.json_response(request.app[ENCODER].life_json(life.snapshot()))
+    body = request.app[ENCODER].life_bytes(life.snapshot(), not caller.details(life.uid))
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.post("/v1/lives/check")
@@ -91,6 +95,7 @@ async def check_many(request: web.Request) -> web.Response:
             413, "batch_too_large", f"{len(body.lives)} lives; at most {service.config.max_batch}"
         )
     answers = request.app[ANSWERS]
+    caller = caller_of(request)
     results: list[str] = []
     lives = body.lives
     for start in range(0, len(lives), CHECK_SLICE):
@@ -98,7 +103,7 @@ async def check_many(request: web.Request) -> web.Response:
             await asyncio.sleep(0)  # the kernel readers and other clients run in between
         for text in lives[start : start + CHECK_SLICE]:
             try:
-                results.append(answers.text(parse_life_id(text), text))
+                results.append(answers.text(parse_life_id(text), text, caller))
             except LifeIdError as e:
                 # One bad entry does not spoil the batch: it gets its own error.
                 results.append(json.dumps({"id": text, "state": "invalid", "error": str(e)}))
@@ -111,7 +116,7 @@ async def resync(request: web.Request) -> web.Response:
     """A repair reads all of /proc on the event loop (0.76 s for 10,000 processes, bench/
     snapshot_10k.py) and marks lives dead: an operator's action, with the token, and no
     more often than the daemon's own repairs after gaps."""
-    require_token(request)
+    require_admin(request)
     tracker = request.app[SERVICE].tracker
     wait = tracker.resync_wait()
     if wait > 0:

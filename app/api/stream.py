@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from app.api.follow import follow_for_stream
+from app.api.callers import WS_PROTOCOL, Caller, caller_of
+from app.api.follow import BUDGET, follow_for_stream
 from app.api.heartbeat import Liveness, keepalive
 from app.api.keys import ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
@@ -34,7 +36,9 @@ PUSH_LIMIT = 64 * 1024  # bytes waiting in a client's transport before events qu
 TRY_AGAIN_LATER = 1013  # RFC 6455 7.4.1 (IANA registry): "Try Again Later"
 
 
-def make_interest(q: StreamQuery, life: tuple[int, int] | None) -> Interest:
+def make_interest(
+    q: StreamQuery, life: tuple[int, int] | None, only_uid: int | None = None
+) -> Interest:
     return Interest(
         types=frozenset(q.types) if q.types else None,
         pid=life[0] if life else q.pid,
@@ -42,6 +46,7 @@ def make_interest(q: StreamQuery, life: tuple[int, int] | None) -> Interest:
         comm=q.comm,
         exe=q.exe,
         canary=q.canary,
+        uid=only_uid,
     )
 
 
@@ -67,12 +72,20 @@ async def stream(request: web.Request) -> web.StreamResponse:
         life = (lid.pid, lid.ticks(service.node.clock))
     # A stream about one life holds a pidfd on it while open: its death is then reported
     # even if the event sources lose it (app/core/follow.py).
+    caller = caller_of(request)
+    budget = request.app[BUDGET]
+    if life is not None:
+        budget.check(caller.key, service, life[0])
     followed = life is not None and follow_for_stream(service, *life)
+    if followed and life is not None:
+        budget.add(caller.key, *life)
     # Uncompressed: permessage-deflate of each ~0.6 kB event cost more time than the rest of
     # the send (bench/death_latency.py); events are small and mostly go to nearby clients.
     # No aiohttp heartbeat and no autoping: app/api/heartbeat.py keeps the connection alive
     # and sees every frame the client sends.
-    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
+    ws = web.WebSocketResponse(
+        autoping=False, max_msg_size=64 * 1024, compress=False, protocols=(WS_PROTOCOL,)
+    )
     try:
         await ws.prepare(request)
     except BaseException:
@@ -81,7 +94,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise
     request.app[SOCKETS].add(ws)
     try:
-        await _serve(request, ws, make_interest(q, life), q.after)
+        only = caller.uid if caller.hidden else None
+        await _serve(request, ws, make_interest(q, life, only), q.after, caller)
     finally:
         if followed and life is not None:
             service.follower.release(life[0])
@@ -90,7 +104,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(
-    request: web.Request, ws: web.WebSocketResponse, interest: Interest, after: int | None
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    interest: Interest,
+    after: int | None,
+    caller: Caller,
 ) -> None:
     """Run the client's three jobs (send, read, keepalive) until one ends; then close with a
     code and reason, and log it."""
@@ -98,9 +116,10 @@ async def _serve(
     cfg = service.config
     loop = asyncio.get_running_loop()
     live = Liveness(cfg.heartbeat, loop.time())
-    push = make_push(ws, transport, request.app[ENCODER])
+    encode = encoding_for(caller, request.app[ENCODER])
+    push = make_push(ws, transport, encode)
     sub = service.journal.subscribe(interest, cfg.subscriber_queue, after, push)
-    jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close))]
+    jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close, encode))]
     jobs.append(asyncio.create_task(_read(ws, live)))
     if transport is not None:
         phase = random.uniform(0, cfg.heartbeat)  # spreads pings (heartbeat.keepalive)
@@ -151,17 +170,21 @@ async def _close(
 
 
 async def _send(
-    request: web.Request, ws: web.WebSocketResponse, sub: Subscriber, stall_limit: float
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    sub: Subscriber,
+    stall_limit: float,
+    encode: Encode,
 ) -> str | None:
     """Send replays and what queued while the client's socket was full, each batch's frames
     in one write. None when the subscription closes; a close reason when the client has not
     drained its socket for `stall_limit` s."""
-    transport, enc = request.transport, request.app[ENCODER]
+    transport = request.transport
     while not ws.closed:
         batch = await sub.next_batch()
         if not batch or transport is None or transport.is_closing():
             return None
-        transport.write(b"".join([text_frame(ev.json(enc)) for ev in batch]))
+        transport.write(b"".join([text_frame(encode(ev)) for ev in batch]))
         if transport.get_write_buffer_size() > PUSH_LIMIT:
             try:
                 async with asyncio.timeout(stall_limit):
@@ -174,7 +197,29 @@ async def _send(
     return None
 
 
-def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, enc: Encoder) -> Push:
+Encode = Callable[[Event], bytes]
+
+
+def encoding_for(caller: Caller, enc: Encoder) -> Encode:
+    """How this caller's events are written: whole, or without the argv and exe of lives it
+    may not see in full. Each variant is encoded once per event and shared by every client
+    that gets it (Event.json, Event.json_redacted): the choice costs a comparison."""
+    if caller.sees_all:
+        return lambda ev: ev.json(enc)
+    uid = caller.uid
+
+    def encode(ev: Event) -> bytes:
+        lv = ev.life
+        if lv is None or (uid is not None and lv.uid == uid):
+            return ev.json(enc)
+        return ev.json_redacted(enc)
+
+    return encode
+
+
+def make_push(
+    ws: web.WebSocketResponse, transport: asyncio.Transport | None, encode: Encode
+) -> Push:
     """Write an event straight onto the client's socket from the journal's append, on the
     kernel reader's callback: no wakeup of this handler's task between the kernel and the
     client (one hop: a wakeup costs more than the send, bench/death_latency.py). Never
@@ -190,7 +235,7 @@ def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, en
             or transport.get_write_buffer_size() > PUSH_LIMIT
         ):
             return False
-        transport.write(text_frame(ev.json(enc)))
+        transport.write(text_frame(encode(ev)))
         return True
 
     return push

@@ -32,13 +32,14 @@ class Interest:
     comm: str | None = None
     exe: str | None = None
     canary: bool | None = None
+    uid: int | None = None  # only lives run by this uid (a caller under hidepid)
 
     def matcher(self) -> Accept:
         """The filter as a closure specialised to the fields set: it runs once per offered
         event, on the kernel reader's callback."""
         types, pid, ticks = self.types, self.pid, self.ticks
-        comm, exe, canary = self.comm, self.exe, self.canary
-        if pid is None and comm is None and exe is None and canary is None:
+        comm, exe, canary, uid = self.comm, self.exe, self.canary, self.uid
+        if pid is None and comm is None and exe is None and canary is None and uid is None:
 
             def by_type(ev: Event) -> bool:
                 return types is None or ev.type in types
@@ -57,6 +58,7 @@ class Interest:
                 and (comm is None or lv.comm == comm)
                 and (exe is None or lv.exe == exe)
                 and (canary is None or lv.canary == canary)
+                and (uid is None or lv.uid == uid)
             )
 
         return accept

@@ -23,6 +23,7 @@ from app.api.app import make_app
 from app.core.config import Config
 from app.core.service import Service
 from app.core.watches import WatchSpec
+from tests.helpers import TOKEN
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -50,6 +51,7 @@ class Server:
     async def start(self) -> None:
         cfg = Config(
             sources=("proc",), state_dir=None, port=self.port, heartbeat=2.0,
+            socket=None, token=TOKEN,
             watches={"sleeper": WatchSpec(argv=f"^sleep {SLEEP}$")},
         )  # fmt: skip
         service = Service(cfg)
@@ -125,8 +127,11 @@ async def test_dashboard_follows_lives_and_survives_a_restart(
     server: Server, page: Any, tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{server.port}/"
-    await page.goto(url)
+    await page.goto(f"{url}#token={TOKEN}")  # the login URL the daemon prints at start
     await page.wait_for_function("document.getElementById('conn').textContent === 'live'")
+    # The token left the address bar and the history for the tab's session storage.
+    assert page.url == url
+    assert await page.evaluate("sessionStorage.getItem('lifewatch-token')") == TOKEN
     assert await page.inner_text("#host") == socket.gethostname()
     await watch_state(page, "not running")
     await see_a_life_and_its_death(page, server)
