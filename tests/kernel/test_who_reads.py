@@ -172,3 +172,71 @@ async def _ask_as(
     assert proc.returncode == 0, err.decode()
     result: dict[str, Any] = json.loads(out)
     return result
+
+
+HIDEPID_CLIENT = r"""
+import asyncio, json, sys
+import aiohttp
+
+async def main(sock, host):
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(sock)) as s:
+        async def get(path):
+            async with s.get("http://localhost" + path) as r:
+                return await r.json()
+        print(json.dumps({"whoami": await get("/v1/whoami"),
+                          "lives": (await get("/v1/lives?limit=10000"))["lives"],
+                          "init": await get("/v1/lives/1"),
+                          "check": await get("/v1/lives/1/" + sys.argv[3])}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def hidden_proc() -> Iterator[Path]:
+    """A proc instance mounted hidepid=invisible (each mount has its own options)."""
+    where = Path(tempfile.mkdtemp(prefix="lw-proc-"))
+    subprocess.run(["mount", "-t", "proc", "-o", "hidepid=invisible", "proc", str(where)],
+                   check=True)  # fmt: skip
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+        where.rmdir()
+
+
+async def test_hidepid_shows_a_user_only_its_own_lives(
+    hidden_proc: Path, user: pwd.struct_passwd
+) -> None:
+    where = Path(tempfile.mkdtemp(prefix="lw-who-"))
+    os.chmod(where, 0o755)
+    config = make_config(socket=where / "lifewatch.sock", canary_interval=0)
+    own = spawn(["sh", "-c", "read x", "own-hidden-4545"], user.pw_uid, user.pw_gid)
+    service = Service(config, proc=hidden_proc)  # the snapshot reads this mount
+    app = make_app(service)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await open_listeners(runner, app, config)
+        import asyncio
+
+        proc = await asyncio.create_subprocess_exec(
+            "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+            sys.executable, "-c", HIDEPID_CLIENT, str(where / "lifewatch.sock"),
+            service.node.hostname, str(start_ticks(1)),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd="/",
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        got = json.loads(out)
+    finally:
+        own.kill()
+        own.wait()
+        await runner.cleanup()
+        shutil.rmtree(where, ignore_errors=True)
+    assert got["whoami"]["sees"] == {"facts": "own", "details": "own", "hidepid": 2}
+    uids = {life["uid"] for life in got["lives"]}
+    assert uids == {user.pw_uid}, uids  # root's lives (init, the daemon...) are not listed
+    assert any(life["argv"] == ["sh", "-c", "read x", "own-hidden-4545"] for life in got["lives"])
+    assert got["init"]["error"] == "not_found"
+    assert got["check"]["state"] == "unknown" and "hidepid" in got["check"]["reason"]
