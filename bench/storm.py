@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 
 from bench.audit_forks import RULES, restore, start_auditd, status
+from bench.auth import AUTH, ENV
 
 HERE = Path(__file__).parent
 FORKER = HERE / "out" / "forker"
@@ -90,12 +91,12 @@ class Daemon:
 
     def __init__(self, sources: str, tmp: Path) -> None:
         self.port = free_port()
-        env = dict(os.environ, LIFEWATCH_PORT=str(self.port), LIFEWATCH_STATE_DIR=str(tmp),
+        env = dict(os.environ, **ENV, LIFEWATCH_PORT=str(self.port), LIFEWATCH_STATE_DIR=str(tmp),
                    LIFEWATCH_AUDIT_MODE="unicast")  # fmt: skip
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--sources", sources],
                                      env=env, stderr=subprocess.DEVNULL)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        self.http = aiohttp.ClientSession(headers=AUTH, timeout=aiohttp.ClientTimeout(total=120))
         self.odd: list[dict[str, Any]] = []  # missed or wrong lives: truth and answers
 
     async def node(self) -> dict[str, Any]:
@@ -160,7 +161,7 @@ class Daemon:
 async def stream_deaths(url: str, counts: list[int], i: int) -> None:
     """A client that reads every death as fast as it comes."""
     ws_url = url.replace("http", "ws") + "/v1/stream?types=died"
-    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url, max_msg_size=0) as ws:
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.ws_connect(ws_url, max_msg_size=0) as ws:
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
