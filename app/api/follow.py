@@ -14,7 +14,7 @@ from app.api.keys import ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
 from app.api.limits import Refusals
 from app.core.follow import FollowError
-from app.core.identity import LifeId, parse_life_id
+from app.core.identity import LifeId, parse_life_id, same_host
 from app.core.service import Service
 
 routes = web.RouteTableDef()
@@ -68,7 +68,7 @@ class FollowRequest(BaseModel):
 
 
 def _ticks(service: Service, lid: LifeId) -> int:
-    if lid.host != service.node.hostname:
+    if not same_host(lid.host, service.node.hostname):
         raise ApiError(404, "not_found", f"{lid.host} is another host; follow it there")
     return lid.ticks(service.node.clock)
 
@@ -111,7 +111,7 @@ async def follow(request: web.Request) -> web.Response:
     enc = request.app[ENCODER]
     caller = caller_of(request)
     lid = parse_life_id(body.life)
-    if lid.host == service.node.hostname:
+    if same_host(lid.host, service.node.hostname):
         known = service.registry.find(lid.pid, lid.ticks(service.node.clock))
         if known is not None and not caller.shows(known.uid):
             raise ApiError(404, "not_found", f"no process {lid.pid} is running now")

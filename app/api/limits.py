@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_runner import BaseRunner
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.api.errors import JsonErrorsHandler
 from app.core.config import Config
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,9 @@ class Gated(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(gate.header_timeout, self._too_slow)
+        # Parser-level refusals (bad request line, bad header) answer JSON like the rest.
+        if type(self.inner) is RequestHandler:
+            self.inner.__class__ = JsonErrorsHandler
         self.inner.connection_made(transport)
 
     def _too_slow(self) -> None:

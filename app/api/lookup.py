@@ -9,7 +9,7 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, NamedTuple
 
 from app.api.lifejson import LifeEncoder
-from app.core.identity import LifeId, life_text
+from app.core.identity import LifeId, life_text, same_host
 from app.core.life import UNKNOWN, LifeView
 from app.core.lookup import lookup
 from app.core.service import Service
@@ -49,7 +49,7 @@ class Answers:
         service = self.service
         node = service.node
         clock = node.clock
-        if lid.host != node.hostname:
+        if not same_host(lid.host, node.hostname):
             reason = f"{lid.host} is another host; no cluster peer is configured"
             return _envelope(asked, UNKNOWN, reason, None)
         ticks = lid.ticks(clock)

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from app.api.callers import WS_PROTOCOL, Caller, caller_of
+from app.api.errors import ApiError
 from app.api.follow import BUDGET, follow_for_stream
 from app.api.heartbeat import Liveness, keepalive
 from app.api.keys import ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
 from app.core.fanout import Interest
-from app.core.identity import LifeId, parse_life_id
+from app.core.identity import LifeId, parse_life_id, same_host
 from app.core.journal import Accept, Encoder, Event, Push, Subscriber
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     life: tuple[int, int] | None = None
     if q.life is not None:
         lid: LifeId = parse_life_id(q.life)
+        if not same_host(lid.host, service.node.hostname):
+            # Another host's life must not match a local one of the same pid and start.
+            raise ApiError(
+                404, "not_found", f"{lid.host} is another host; no cluster peer is configured"
+            )
         life = (lid.pid, lid.ticks(service.node.clock))
     # A stream about one life holds a pidfd on it while open: its death is then reported
     # even if the event sources lose it (app/core/follow.py).
@@ -235,7 +241,10 @@ def make_push(
             or transport.get_write_buffer_size() > PUSH_LIMIT
         ):
             return False
-        transport.write(text_frame(encode(ev)))
+        try:
+            transport.write(text_frame(encode(ev)))
+        except ConnectionError:  # the client just left: ordinary, no traceback (issue 10)
+            return False
         return True
 
     return push

@@ -18,8 +18,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def _name(request: web.Request) -> str:
     name = request.match_info["name"]
-    if not _NAME.match(name):
-        raise ApiError(400, "bad_name", "a watch name is 1-64 of A-Z a-z 0-9 _ . -")
+    if not _NAME.match(name) or not name.strip("."):  # `.` and `..` name no watch
+        raise ApiError(400, "bad_name", "a watch name is 1-64 of A-Z a-z 0-9 _ . -, not only dots")
     return name
 
 

@@ -132,6 +132,10 @@ async def test_dashboard_follows_lives_and_survives_a_restart(
     # The token left the address bar and the history for the tab's session storage.
     assert page.url == url
     assert await page.evaluate("sessionStorage.getItem('lifewatch-token')") == TOKEN
+    # What a process names itself is shown, never applied: bidi overrides and controls as
+    # \uXXXX (U+202E would turn "gpj.exe" around), HTML escaped.
+    shown = await page.evaluate("esc('evil\u202egpj.exe\u0007<b>')")
+    assert shown == "evil\\u202egpj.exe\\u0007&lt;b&gt;"
     assert await page.inner_text("#host") == socket.gethostname()
     await watch_state(page, "not running")
     await see_a_life_and_its_death(page, server)

@@ -31,8 +31,13 @@ const state = {
 };
 
 // ---------- helpers ----------
+// What a process chooses (comm, argv, exe) may hold control characters and bidi overrides
+// (U+202E turns "txt.exe" around): shown as \uXXXX, never applied (issue 10).
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
 function esc(s) {
-  return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  return String(s ?? "")
+    .replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
+    .replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 // The token comes in the login URL's fragment (#token=..., printed by the daemon at start):
 // a fragment is never sent to a server. It is moved to this tab's session storage at once
