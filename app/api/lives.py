@@ -74,7 +74,8 @@ async def list_lives(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-@routes.get("/v1/lives/{pid}")
+# Not `check`: POST /v1/lives/check is another resource, and a 405 there must not list GET.
+@routes.get(r"/v1/lives/{pid:(?!check$)[^/]+}")
 async def holder(request: web.Request) -> web.Response:
     pid = parse_pid(request.match_info["pid"])
     service = request.app[SERVICE]

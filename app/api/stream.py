@@ -76,6 +76,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 404, "not_found", f"{lid.host} is another host; no cluster peer is configured"
             )
         life = (lid.pid, lid.ticks(service.node.clock))
+    if request.headers.get("Upgrade", "").lower() != "websocket":  # after the query's 400s
+        raise ApiError(
+            426, "upgrade_required", "/v1/stream is a WebSocket: send `Upgrade: websocket`",
+            {"Upgrade": "websocket", "Connection": "Upgrade"},
+        )  # fmt: skip
     # A stream about one life holds a pidfd on it while open: its death is then reported
     # even if the event sources lose it (app/core/follow.py).
     caller = caller_of(request)
