@@ -12,6 +12,7 @@ from app.api.callers import caller_of, require_admin
 from app.api.errors import ApiError
 from app.api.jsontext import BytePage, dumps
 from app.api.keys import ANSWERS, ENCODER, SERVICE
+from app.api.limits import REFUSALS
 from app.api.models import CheckRequest, LivesQuery
 from app.core.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
 from app.core.life import Life
@@ -92,6 +93,7 @@ async def check_many(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     body = CheckRequest.model_validate_json(await request.read())
     if len(body.lives) > service.config.max_batch:
+        request.app[REFUSALS]("batch_too_large")
         raise ApiError(
             413, "batch_too_large", f"{len(body.lives)} lives; at most {service.config.max_batch}"
         )

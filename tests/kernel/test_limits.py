@@ -163,3 +163,37 @@ async def test_a_follow_without_descriptors_is_a_503_not_a_404() -> None:
     finally:
         victim.kill()
         victim.wait()
+
+
+async def test_one_caller_cannot_fill_the_follow_table() -> None:
+    from app.api.app import make_app
+    from app.core.service import Service
+    from tests.helpers import api_client
+
+    svc = Service(make_config(sources=("proc",), canary_interval=0, max_follow_per_caller=2))
+    kids = [subprocess.Popen(["sleep", "300"]) for _ in range(3)]
+    try:
+        async with api_client(make_app(svc)) as c:
+            host = svc.node.hostname
+            ids = [f"{host}/{k.pid}/{start_ticks(k.pid)}" for k in kids]
+            for lid in ids[:2]:
+                assert (await c.post("/v1/follow", json={"life": lid})).status == 200
+            assert (await c.post("/v1/follow", json={"life": ids[0]})).status == 200  # again
+            r = await c.post("/v1/follow", json={"life": ids[2]})
+            body = await r.json()
+            assert r.status == 429 and body["error"] == "follow_limit_per_caller", body
+            assert len(svc.follower) == 2  # the daemon's table has room for others
+            metrics = await (await c.get("/metrics")).text()
+            assert 'lifewatch_refused_total{reason="follow_per_caller"} 1.0' in metrics
+            kids[0].kill()  # a death frees its caller's slot
+            kids[0].wait()
+            for _ in range(200):
+                r = await c.post("/v1/follow", json={"life": ids[2]})
+                if r.status == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert r.status == 200
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
