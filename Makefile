@@ -28,3 +28,4 @@ lint: setup
 
 test: test-deps lint
 	$(BIN)/pytest
+	scripts/test-unprivileged.sh

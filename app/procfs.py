@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,3 +311,73 @@ def netlink_queues(proc: Path = PROC) -> dict[int, int]:
         if len(fields) > max(rmem, inode):
             out[int(fields[inode])] = int(fields[rmem])
     return out
+
+
+SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
+
+
+def socket_fds(pid: int, proc: Path = PROC) -> dict[int, int]:
+    """The sockets process `pid` holds: {socket inode: fd}. Empty when it is gone or its
+    fds cannot be read (another user's, without privilege)."""
+    base = f"{proc}/{pid}/fd"
+    out: dict[int, int] = {}
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return out
+    for name in names:
+        try:
+            m = SOCKET_LINK.fullmatch(os.readlink(f"{base}/{name}"))
+        except OSError:
+            continue
+        if m is not None:
+            out.setdefault(int(m.group(1)), int(name))
+    return out
+
+
+@dataclass(slots=True)
+class OwnerScan:
+    """Which processes hold which socket inodes, and what finding out cost."""
+
+    owners: dict[int, list[int]]  # inode -> pids holding it (a fork shares a socket)
+    fds: int = 0  # descriptors read
+    processes: int = 0
+    complete: bool = True  # False: stopped at the fd or time bound before the end
+
+
+def socket_owners(
+    inodes: set[int],
+    proc: Path = PROC,
+    max_fds: int = 100_000,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> OwnerScan:
+    """Scan /proc/*/fd for the holders of `inodes`. About 10 µs per descriptor on this
+    project's VM (4 ms for 350 fds, 143-180 ms for 16,000), so it is bounded: at most
+    `max_fds` descriptors and until `deadline` (of `clock`); `complete` says whether the
+    scan saw every process. Every holder is listed, not only the first."""
+    scan = OwnerScan({})
+    if not inodes:
+        return scan
+    for pid in list_pids(proc):
+        if scan.fds >= max_fds or (deadline is not None and clock() > deadline):
+            scan.complete = False
+            break
+        base = f"{proc}/{pid}/fd"
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        scan.processes += 1
+        scan.fds += len(names)
+        for name in names:
+            try:
+                link = os.readlink(f"{base}/{name}")
+            except OSError:
+                continue
+            m = SOCKET_LINK.fullmatch(link)
+            if m is not None and (ino := int(m.group(1))) in inodes:
+                holders = scan.owners.setdefault(ino, [])
+                if pid not in holders:
+                    holders.append(pid)
+    return scan

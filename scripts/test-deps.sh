@@ -10,6 +10,8 @@ need=()
 command -v auditctl >/dev/null || need+=(auditd)
 command -v wrk >/dev/null || need+=(wrk)
 command -v chromium >/dev/null || need+=(chromium)
+command -v systemd-analyze >/dev/null || need+=(systemd)  # tests/unit/test_packaging.py
+command -v setpriv >/dev/null || need+=(util-linux)  # scripts/test-unprivileged.sh
 # Debian's python3 makes venvs only with python3-venv (ensurepip); `make` needs one.
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "$(id -u)" -ne 0 ]; then
@@ -22,6 +24,21 @@ if [ "$(id -u)" -ne 0 ]; then
         echo "test-deps: not root: the kernel and browser tests will be skipped (they need root)"
     fi
     exit 0
+fi
+# The unprivileged user the daemon runs as (packaging/lifewatch.sysusers); the second pass
+# of the kernel tests runs as it (scripts/test-unprivileged.sh).
+id lifewatch >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin lifewatch
+# promtool (tests/unit/test_promtool.py) alone, out of Debian's prometheus package: the
+# package would also install a Prometheus server and its web assets (96 MB) and start it.
+if ! command -v promtool >/dev/null; then
+    echo "test-deps: installing promtool from Debian's prometheus package"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null ||
+        { apt-get update -qq && apt-get download -qq prometheus; }; } &&
+        dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool) &&
+        install -m755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$tmp"
 fi
 ((${#need[@]})) || exit 0
 

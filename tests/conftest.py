@@ -23,6 +23,9 @@ from app.core.service import Service
 from tests.helpers import api_client, make_config
 
 ROOT = Path(__file__).parent
+# No test reads the host's /etc/lifewatch/lifewatch.toml (app/cli/settings.py): the daemons
+# the tests start inherit this; a test of the default path removes it.
+os.environ.setdefault("LIFEWATCH_CONFIG", "")
 ROOMS = {"kernel": ("kernel",), "browser": ("kernel", "browser")}
 NOT_ROOT_SKIPS = pytest.StashKey[int]()
 
@@ -34,8 +37,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, mark))
 
 
+# Set by scripts/test-unprivileged.sh: this pass runs as the unprivileged `lifewatch` user
+# with only the systemd unit's capabilities (docs/operations.md, "Least privilege").
+UNPRIVILEGED = bool(os.environ.get("LIFEWATCH_TEST_UNPRIVILEGED"))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("kernel") is None or os.geteuid() == 0:
+        return
+    if UNPRIVILEGED:
+        mark = item.get_closest_marker("root_test_side")
+        if mark is not None:  # the test's own set-up needs root, never the daemon's part
+            pytest.skip(f"unprivileged pass: the test side needs root: {mark.args[0]}")
         return
     if os.environ.get("CI"):
         pytest.fail("kernel tests must run as root in CI (a skipped kernel test is a failure)")

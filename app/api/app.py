@@ -9,6 +9,8 @@ from aiohttp import WSCloseCode, web
 from app.api import browsers, dashboard, events, follow, lives, metrics, node, stream, watches
 from app.api.callers import TOKENS, HidePid, identify, load_tokens
 from app.api.callers import routes as caller_routes
+from app.api.connections import install as install_connections
+from app.api.connections import routes as connection_routes
 from app.api.errors import json_errors
 from app.api.follow import BUDGET, FollowBudget
 from app.api.keys import ANSWERS, ENCODER, SERVICE, SOCKETS
@@ -44,6 +46,8 @@ def make_app(service: Service, manage: bool = True) -> web.Application:
     for module in (lives, node, events, stream, follow, watches, metrics, dashboard):
         app.add_routes(module.routes)
     app.add_routes(caller_routes)
+    app.add_routes(connection_routes)
+    install_connections(app)
     metrics.install(app)
     app[metrics.METRICS].registry.register(LimitsCollector(app[REFUSALS], app[GATES]))
     if manage:

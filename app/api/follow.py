@@ -3,18 +3,21 @@ loses it. The WebSocket stream's `life=` filter follows through `follow_for_stre
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.callers import NOBODY, Caller, caller_of
+from app.api.connections import GATE, connection_json, connections_of
 from app.api.errors import ApiError
 from app.api.keys import ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
 from app.api.limits import Refusals
 from app.core.follow import FollowError
 from app.core.identity import LifeId, parse_life_id, same_host
+from app.core.partners import Resolution
 from app.core.service import Service
 
 routes = web.RouteTableDef()
@@ -64,7 +67,16 @@ BUDGET = web.AppKey("follow_budget", FollowBudget)
 class FollowRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    life: str = Field(..., max_length=400, description="host/pid/start")
+    life: str | None = Field(None, max_length=400, description="host/pid/start")
+    partners_of: str | None = Field(
+        None, max_length=400, description="host/pid/start: follow every current partner of it"
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> FollowRequest:
+        if (self.life is None) == (self.partners_of is None):
+            raise ValueError("give exactly one of `life` and `partners_of`")
+        return self
 
 
 def _ticks(service: Service, lid: LifeId) -> int:
@@ -104,10 +116,50 @@ def follow_for_stream(service: Service, pid: int, ticks: int) -> bool:
     return life.alive
 
 
+def partner_notes(app: web.Application, res: Resolution) -> dict[tuple[int, int], list[Any]]:
+    """Each partner life (pid, ticks) with the connections it was found through: the ones
+    found now, and those found for the same life before (connections.GATE remembers)."""
+    service = app[SERVICE]
+    notes: dict[tuple[int, int], list[Any]] = {}
+    daemon = os.getpid()  # a client's connection to lifewatch itself makes no partner
+    for c in res.connections:
+        for h in c.peers:
+            if (h.pid, h.start_ticks) != (res.pid, res.start_ticks) and h.pid != daemon:
+                notes.setdefault((h.pid, h.start_ticks), []).append(connection_json(service, c))
+    return app[GATE].remember((res.pid, res.start_ticks), notes)
+
+
+async def follow_partners(request: web.Request, of: LifeId) -> dict[str, Any]:
+    """Follow every life at the other end of `of`'s connections on this node (and those
+    found for it before: their deaths, if they died since, are answered as they are)."""
+    service, enc = request.app[SERVICE], request.app[ENCODER]
+    caller = caller_of(request)
+    res = await connections_of(request.app, of)
+    me = service.node.life_id(res.pid, res.start_ticks)
+    partners = []
+    for (pid, ticks), via in partner_notes(request.app, res).items():
+        try:
+            life = service.follower.follow(pid, ticks)
+        except FollowError as e:
+            if e.error == "not_found":  # a partner found earlier, since forgotten
+                continue
+            raise ApiError(STATUS.get(e.error, 409), e.error, e.detail) from None
+        partners.append({
+            "id": service.node.life_id(pid, ticks), "state": life.state,
+            "following": life.alive, "via": via,
+            "life": enc.life_json(life.snapshot(), not caller.details(life.uid)),
+        })  # fmt: skip
+    return {"partners_of": me, "partners": partners, "followed": len(service.follower),
+            "max_follow": service.follower.limit}  # fmt: skip
+
+
 @routes.post("/v1/follow")
 async def follow(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     body = FollowRequest.model_validate_json(await request.read())
+    if body.partners_of is not None:
+        return web.json_response(await follow_partners(request, parse_life_id(body.partners_of)))
+    assert body.life is not None
     enc = request.app[ENCODER]
     caller = caller_of(request)
     lid = parse_life_id(body.life)

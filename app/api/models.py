@@ -49,6 +49,7 @@ class StreamQuery(Query):
     comm: str | None = None
     exe: str | None = None
     life: str | None = Field(None, max_length=400)  # host/pid/start, as POST /v1/follow
+    partners_of: str | None = Field(None, max_length=400)
     canary: bool | None = None
 
     _check_types = field_validator("types", mode="before")(_types)

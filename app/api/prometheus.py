@@ -323,7 +323,7 @@ class LifewatchCollector(Collector):
             labels=["source", "state"],
         )  # fmt: skip
         counters = CounterMetricFamily(
-            "lifewatch_source_counter", "Each source's own counters (records, messages...)",
+            "lifewatch_source_count", "Each source's own counters (records, messages...)",
             labels=["source", "counter"],
         )  # fmt: skip
         levels = GaugeMetricFamily(

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from app.api.callers import WS_PROTOCOL, Caller, caller_of
+from app.api.connections import connections_of
 from app.api.errors import ApiError
-from app.api.follow import BUDGET, follow_for_stream
+from app.api.follow import BUDGET, follow_for_stream, partner_notes
 from app.api.heartbeat import Liveness, keepalive
+from app.api.jsontext import dumps
 from app.api.keys import ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 PUSH_LIMIT = 64 * 1024  # bytes waiting in a client's transport before events queue instead
 TRY_AGAIN_LATER = 1013  # RFC 6455 7.4.1 (IANA registry): "Try Again Later"
+Frame = Callable[[Event], bytes]  # an event as the WebSocket frame this client is sent
 
 
 def make_interest(
@@ -67,6 +70,10 @@ class Closing:
 async def stream(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     q = StreamQuery.model_validate(dict(request.query))
+    if q.partners_of is not None:
+        if q.life is not None or q.pid is not None:
+            raise ApiError(400, "bad_request", "partners_of does not combine with life or pid")
+        return await _partners_stream(request, q, parse_life_id(q.partners_of))
     life: tuple[int, int] | None = None
     if q.life is not None:
         lid: LifeId = parse_life_id(q.life)
@@ -106,10 +113,50 @@ async def stream(request: web.Request) -> web.StreamResponse:
     request.app[SOCKETS].add(ws)
     try:
         only = caller.uid if caller.hidden else None
-        await _serve(request, ws, make_interest(q, life, only), q.after, caller)
+        await _serve(request, ws, make_interest(q, life, only), q.after)
     finally:
         if followed and life is not None:
             service.follower.release(life[0])
+        request.app[SOCKETS].discard(ws)
+    return ws
+
+
+async def _partners_stream(request: web.Request, q: StreamQuery, of: LifeId) -> web.StreamResponse:
+    """The events of `of`'s partners on this node, each with the connections it was found
+    through (`partner`); each partner is followed with a pidfd while the stream is open."""
+    service, enc = request.app[SERVICE], request.app[ENCODER]
+    res = await connections_of(request.app, of)
+    notes = partner_notes(request.app, res)
+    me = service.node.life_id(res.pid, res.start_ticks)
+    held: list[int] = []
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
+    try:
+        for pid, ticks in notes:
+            if follow_for_stream(service, pid, ticks):
+                held.append(pid)
+        await ws.prepare(request)
+        request.app[SOCKETS].add(ws)
+        by_pid = {
+            pid: dumps({"of": me, "via": via}) for (pid, _), via in notes.items()
+        }  # fmt: skip
+
+        encode = encoding_for(caller_of(request), enc)  # argv/exe only for who may see them
+
+        def frame(ev: Event) -> bytes:
+            data = encode(ev)
+            note = by_pid.get(ev.life.pid) if ev.life is not None else None
+            if note is None or not data.endswith(b"}"):
+                return text_frame(data)
+            return text_frame(data[:-1] + b', "partner": ' + note + b"}")
+
+        caller = caller_of(request)
+        interest = Interest(types=frozenset(q.types) if q.types else None,
+                            lives=frozenset(notes),
+                            uid=caller.uid if caller.hidden else None)  # fmt: skip
+        await _serve(request, ws, interest, q.after, frame)
+    finally:
+        for pid in held:
+            service.follower.release(pid)
         request.app[SOCKETS].discard(ws)
     return ws
 
@@ -119,7 +166,7 @@ async def _serve(
     ws: web.WebSocketResponse,
     interest: Interest,
     after: int | None,
-    caller: Caller,
+    frame: Frame | None = None,
 ) -> None:
     """Run the client's three jobs (send, read, keepalive) until one ends; then close with a
     code and reason, and log it."""
@@ -127,10 +174,11 @@ async def _serve(
     cfg = service.config
     loop = asyncio.get_running_loop()
     live = Liveness(cfg.heartbeat, loop.time())
-    encode = encoding_for(caller, request.app[ENCODER])
-    push = make_push(ws, transport, encode)
+    if frame is None:
+        frame = frame_for(caller_of(request), request.app[ENCODER])
+    push = make_push(ws, transport, frame)
     sub = service.journal.subscribe(interest, cfg.subscriber_queue, after, push)
-    jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close, encode))]
+    jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close, frame))]
     jobs.append(asyncio.create_task(_read(ws, live)))
     if transport is not None:
         phase = random.uniform(0, cfg.heartbeat)  # spreads pings (heartbeat.keepalive)
@@ -185,7 +233,7 @@ async def _send(
     ws: web.WebSocketResponse,
     sub: Subscriber,
     stall_limit: float,
-    encode: Encode,
+    frame: Frame,
 ) -> str | None:
     """Send replays and what queued while the client's socket was full, each batch's frames
     in one write. None when the subscription closes; a close reason when the client has not
@@ -195,7 +243,7 @@ async def _send(
         batch = await sub.next_batch()
         if not batch or transport is None or transport.is_closing():
             return None
-        transport.write(b"".join([text_frame(encode(ev)) for ev in batch]))
+        transport.write(b"".join([frame(ev) for ev in batch]))
         if transport.get_write_buffer_size() > PUSH_LIMIT:
             try:
                 async with asyncio.timeout(stall_limit):
@@ -228,9 +276,13 @@ def encoding_for(caller: Caller, enc: Encoder) -> Encode:
     return encode
 
 
-def make_push(
-    ws: web.WebSocketResponse, transport: asyncio.Transport | None, encode: Encode
-) -> Push:
+def frame_for(caller: Caller, enc: Encoder) -> Frame:
+    """The WebSocket frame of each event for this caller (see encoding_for)."""
+    encode = encoding_for(caller, enc)
+    return lambda ev: text_frame(encode(ev))
+
+
+def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, frame: Frame) -> Push:
     """Write an event straight onto the client's socket from the journal's append, on the
     kernel reader's callback: no wakeup of this handler's task between the kernel and the
     client (one hop: a wakeup costs more than the send, bench/death_latency.py). Never
@@ -247,7 +299,7 @@ def make_push(
         ):
             return False
         try:
-            transport.write(text_frame(encode(ev)))
+            transport.write(frame(ev))
         except ConnectionError:  # the client just left: ordinary, no traceback (issue 10)
             return False
         return True

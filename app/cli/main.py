@@ -21,7 +21,8 @@ from app.cli.http import default_url
 from app.core.config import Config, load_config
 
 EPILOG = """\
-Settings come from, lowest first: embedded defaults, the TOML file of --config,
+Settings come from, lowest first: embedded defaults, the TOML file of --config
+(else $LIFEWATCH_CONFIG, else /etc/lifewatch/lifewatch.toml when it exists),
 LIFEWATCH_<NAME> environment variables (e.g. LIFEWATCH_PORT=9000), then flags.
 Settings and their defaults:
 """
@@ -63,6 +64,17 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="allow --host beyond loopback (tokens cross the network in clear)",
     )
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="json: one JSON object per line (journald, collectors)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--check-config", action="store_true",
+        help="validate the settings, print the effective ones (secrets masked) and exit",
+    )  # fmt: skip
+    doctor = sub.add_parser("doctor", help="check this node for lifewatch and say what to fix")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument("--url", default=os.environ.get("LIFEWATCH_URL", "http://127.0.0.1:7878"))
 
     for name, text in (
         ("check", "ask whether lives (host/pid/start) are alive"),
@@ -71,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
         ("watch", "show a watch's state, then each change"),
         ("whoami", "who the daemon thinks you are, and what you may see"),
         ("resync", "repair the daemon's state from /proc (root or the admin token)"),
+        ("partners", "show a process's connections and the lives at their other ends"),
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument(
@@ -90,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("pattern", nargs="?", help="show matches (pid, comm, exe, argv) "
                            "and their ancestors")  # fmt: skip
             c.add_argument("--all", action="store_true", help="include kernel threads, canaries")
+        elif name == "partners":
+            c.add_argument("pid", type=int, help="a process of this node")
+            c.add_argument("--follow", action="store_true", help="then print each partner's death")
         elif name == "watch":
             c.add_argument("name", help="the watch's name (GET /v1/watches lists them)")
             c.add_argument("--once", action="store_true", help="print the state and exit")
@@ -116,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "serve":
         serve(args)
+    elif args.command == "doctor":
+        from app.cli.doctor import run_doctor
+
+        raise SystemExit(run_doctor(args))
     elif args.command == "check":
         check(args)
     elif args.command == "tail":
@@ -131,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(fetch(f"{args.url}/v1/whoami"), indent=2))
         else:
             print(json.dumps(fetch(f"{args.url}/v1/resync", method="POST"), indent=2))
+    elif args.command == "partners":
+        from app.cli.partners import run_partners
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_partners(args))
     elif args.command == "watch":
         from app.cli.console import run_watch
 
@@ -139,12 +164,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from app.cli.logs import setup_logging
+    from app.cli.settings import config_file, describe
+    from app.cli.settings import effective as effective_settings
+
+    file = config_file(args.config, os.environ)
     try:
         config = load_config(
-            args.config,
+            file,
             dict(os.environ),
             {
                 "host": args.host,
@@ -161,11 +188,23 @@ def serve(args: argparse.Namespace) -> None:
     except (OSError, ValueError) as e:
         die(f"cannot read the config file: {e}")
         return
+    if args.check_config:
+        print(describe(file))
+        print(effective_settings(config), end="")
+        raise SystemExit(0)
+    setup_logging(args.log_level.upper(), args.log_format)  # the daemon's, from here on
     if config.sources and os.geteuid() != 0:
-        die(
-            f"the kernel sources ({','.join(config.sources)}) need root "
-            "(CAP_AUDIT_CONTROL, CAP_NET_ADMIN); run as root or with --sources ''"
-        )
+        # Not root: fine with the unit's capabilities (docs/operations.md); a source whose
+        # capability is missing fails alone, naming it, and the rest runs.
+        from app.sources.privilege import NEEDED, effective
+
+        missing = sorted(set(NEEDED) - effective())
+        if missing:
+            logging.getLogger("lifewatch").warning(
+                "not root and without %s: the sources that need them fail or are limited "
+                "(lifewatch doctor)",
+                ", ".join(missing),
+            )
     import uvloop
 
     try:
@@ -174,7 +213,7 @@ def serve(args: argparse.Namespace) -> None:
         if e.errno == errno.EADDRINUSE:
             die(f"port {config.port} on {config.host} is already in use")
         if e.errno in (errno.EPERM, errno.EACCES):
-            die(f"not permitted: {e} (needs root or CAP_AUDIT_CONTROL/CAP_NET_ADMIN)")
+            die(f"not permitted: {e} (lifewatch doctor names what is missing)")
         die(str(e))
     except KeyboardInterrupt:
         pass
@@ -186,7 +225,9 @@ async def _serve(config: Config) -> None:
     from app.api.app import make_app
     from app.api.callers import TOKENS
     from app.api.listen import ListenError, exposure_problem, open_listeners, remove_socket
+    from app.core.sdnotify import Notifier
     from app.core.service import Service
+    from app.core.watchdog import Watchdog
 
     service = Service(config)
     app = make_app(service)
@@ -197,6 +238,7 @@ async def _serve(config: Config) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            keepalive_timeout=config.idle_timeout)  # fmt: skip
     await runner.setup()  # starts the service (sources, snapshot)
+    watchdog = Watchdog(service, Notifier())  # systemd's notify socket, when it gave one
     try:
         try:
             port = await open_listeners(runner, app, config)
@@ -218,8 +260,11 @@ async def _serve(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        watchdog.ready()  # READY=1: snapshot taken, sources running, API listening
+        watchdog.start()
         await stop.wait()
     finally:
+        await watchdog.stop()  # STOPPING=1
         await runner.cleanup()  # closes sockets, stops sources, removes kernel rules
         remove_socket(config)
 

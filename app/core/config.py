@@ -172,6 +172,16 @@ class Config(BaseModel):
         description="largest event or life in one WebSocket message or list entry; a longer "
         "one has its argv cut (argv_truncated) so that it fits",
     )  # fmt: skip
+    # -- partners (app/core/partners.py: sockets to the lives at their other ends) --
+    partners_max_fds: int = Field(
+        100_000, ge=1,
+        description="most file descriptors one connection lookup reads in /proc/*/fd to find "
+        "who holds a socket (about 10 µs each); past it the answer is 503, not a guess",
+    )  # fmt: skip
+    partners_budget: float = Field(
+        1.0, gt=0,
+        description="most seconds one connection lookup spends on that scan (503 past it)",
+    )  # fmt: skip
 
     # Each source gets only its own settings: the sources sit below the domain and never see
     # Config. Their modules are imported here, not at the top, so that a source's module is

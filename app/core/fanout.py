@@ -32,6 +32,9 @@ class Interest:
     comm: str | None = None
     exe: str | None = None
     canary: bool | None = None
+    # A set of lives, (pid, start ticks) (a stream of a life's partners): an event about a
+    # life matches when it is one of them.
+    lives: frozenset[tuple[int, int]] | None = None
     uid: int | None = None  # only lives run by this uid (a caller under hidepid)
 
     def matcher(self) -> Accept:
@@ -39,6 +42,21 @@ class Interest:
         event, on the kernel reader's callback."""
         types, pid, ticks = self.types, self.pid, self.ticks
         comm, exe, canary, uid = self.comm, self.exe, self.canary, self.uid
+        if self.lives is not None:
+            lives = dict(self.lives)
+
+            def one_of(ev: Event) -> bool:
+                if types is not None and ev.type not in types:
+                    return False
+                lv = ev.life
+                if lv is None:
+                    return True
+                if uid is not None and lv.uid != uid:
+                    return False
+                start = lives.get(lv.pid)
+                return start is not None and abs(lv.start_ticks - start) <= max(lv.start_slack, 0)
+
+            return one_of
         if pid is None and comm is None and exe is None and canary is None and uid is None:
 
             def by_type(ev: Event) -> bool:
@@ -79,6 +97,8 @@ Key = tuple[object, ...]
 def _keys(interest: Interest | None) -> list[Key]:
     if interest is None:
         return [("all",)]
+    if interest.lives is not None:
+        return sorted({("pid", p) for p, _ in interest.lives}) or [("type", "none")]
     if interest.pid is not None:
         return [("pid", interest.pid)]
     if interest.exe is not None:

@@ -15,6 +15,7 @@ from app.core.follow import Follower
 from app.core.identity import load_node_identity
 from app.core.journal import Journal
 from app.core.looplag import LoopLag
+from app.core.partners import Bounds, Resolver
 from app.core.registry import Registry
 from app.core.tracker import Tracker
 from app.core.watches import WatchEngine
@@ -93,6 +94,7 @@ class Service:
         self.follower = Follower(self.tracker, config.max_follow, proc)
         self.canary: Canary | None = None
         self.loop_lag = LoopLag()
+        self.partners = Resolver(proc, Bounds(config.partners_max_fds, config.partners_budget))
         self.started_at = self.tracker.clocks.wall()
         self.started_mono = self._mono()
 

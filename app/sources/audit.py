@@ -38,12 +38,14 @@ from app.sources.audit_lives import LifeEvents
 from app.sources.audit_rules import KernelChanges, pid_alive
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
+from app.sources.privilege import MissingCapability, refused
 
 log = logging.getLogger(__name__)
 
 BATCH = 1024  # datagrams read per wakeup before yielding to the loop
 FLUSH_EVERY = 0.1  # seconds between assembler flushes while something is pending
 RECOVER_AFTER = 30.0  # seconds without new loss before `degraded` returns to `ok`
+AUDIT_LOCKED = 2  # `enabled` after `auditctl -e 2`: no rule or setting changes until reboot
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +70,19 @@ class AuditSource:
         proc: Path = procfs.PROC,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        control: AuditControl | None = None,
+        open_socket: Callable[[bool, int], RecordSocket] = RecordSocket,
     ) -> None:
         """`wall` dates observations and health; `mono` times the waits (assembler reorder
-        window, held records, RECOVER_AFTER). Tests pass fakes to drive them without sleeping."""
+        window, held records, RECOVER_AFTER). Tests pass fakes to drive them without sleeping,
+        and may pass the control plane and the record socket's opener (multicast, rcvbuf)."""
         self.settings = settings
         self.proc = proc
         self._wall, self._mono = wall, mono
         self._sink: Sink | None = None
-        self._control = AuditControl()
+        self._control = control if control is not None else AuditControl()
+        self._open_socket = open_socket
+        self.locked = False  # audit locked (enabled 2): no rules of ours, multicast only
         self._kernel = KernelChanges(self._control, settings.key, os.getpid())
         self.key = self._kernel.key
         self._sock: RecordSocket | None = None
@@ -106,15 +113,30 @@ class AuditSource:
             raise
 
     async def _start(self) -> None:
-        await self._control.open()
-        found = await self._kernel.read_found()
+        try:
+            await self._control.open()
+            found = await self._kernel.read_found()
+        except OSError as e:
+            if refused(e):
+                raise MissingCapability("CAP_AUDIT_CONTROL", "read the audit status") from e
+            raise
+        self.locked = found.enabled == AUDIT_LOCKED
         self.lives.already_running(procfs.list_pids(self.proc))
         mode, why = await self._choose_and_open(found)
         await self._kernel.enable()
-        arches = await self._kernel.install_rules(multicast=mode == "multicast")
+        arches: list[int] = []
+        if not self.locked:
+            try:
+                arches = await self._kernel.install_rules(multicast=mode == "multicast")
+            except OSError as e:
+                if refused(e):
+                    raise MissingCapability("CAP_AUDIT_CONTROL", "add its audit rules") from e
+                raise
         status = await self._control.get_status()
         self._lost_seen = status.lost
-        self._health = SourceHealth(OK, f"{mode}: {why}", self._wall())
+        # Locked: only the node's own rules make records; lifewatch reads what they give.
+        state = DEGRADED if self.locked else OK
+        self._health = SourceHealth(state, f"{mode}: {why}", self._wall())
         self._health.info.update(
             mode=mode, mode_reason=why, key=self.key,
             arches=",".join(ARCH_NAMES[a] for a in arches),
@@ -128,12 +150,20 @@ class AuditSource:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._sock.fileno(), self._on_readable)
         self._tasks.append(asyncio.create_task(self._watch_status()))
-        self._emit(Health(self.name, OK, self._health.reason, self._wall()))
-        log.info("audit source: %s (%s)", mode, why)
+        self._emit(Health(self.name, state, self._health.reason, self._wall()))
+        level = logging.WARNING if self.locked else logging.INFO
+        log.log(level, "audit source: %s (%s)", mode, why)
 
     async def _choose_and_open(self, found: AuditStatus) -> tuple[str, str]:
         holder = found.pid if found.pid and pid_alive(found.pid) else 0
         mode = self.settings.mode
+        if self.locked:
+            # `auditctl -e 2` forbids rule changes until reboot (kernel/audit.c: EPERM on
+            # AUDIT_ADD_RULE while locked): listen next to whoever holds the audit pid.
+            return self._open_multicast(
+                "audit is locked (enabled 2, auditctl -e 2): lifewatch's rules cannot be "
+                "added until reboot; reading only the records of the node's own rules"
+            )
         if mode == "auto":
             if holder:
                 return self._open_multicast(f"audit pid held by pid {holder} (an audit daemon)")
@@ -149,14 +179,26 @@ class AuditSource:
         return await self._open_unicast("configured")
 
     async def _open_unicast(self, why: str) -> tuple[str, str]:
-        self._sock = RecordSocket(multicast=False, rcvbuf=self.settings.rcvbuf)
-        self._sock.register(os.getpid())  # EEXIST if another daemon holds it: never forced
+        self._sock = self._open_socket(False, self.settings.rcvbuf)
+        try:
+            self._sock.register(os.getpid())  # EEXIST if another daemon holds it: never forced
+        except OSError as e:
+            if refused(e):
+                raise MissingCapability("CAP_AUDIT_CONTROL", "become the audit pid") from e
+            raise
         self._kernel.registered = True
         await self._kernel.set_backlog(self.settings.backlog_limit, self.settings.backlog_wait_time)
         return "unicast", why
 
     def _open_multicast(self, why: str) -> tuple[str, str]:
-        self._sock = RecordSocket(multicast=True, rcvbuf=self.settings.rcvbuf)
+        try:
+            self._sock = self._open_socket(True, self.settings.rcvbuf)
+        except OSError as e:
+            if refused(e):
+                raise MissingCapability(
+                    "CAP_AUDIT_READ", f"read the audit multicast group ({why})"
+                ) from e
+            raise
         return "multicast", why
 
     def resynced(self, at: float) -> None:
@@ -324,6 +366,8 @@ class AuditSource:
             return
         if not status.enabled:
             self._set_health(DEGRADED, "audit was disabled by someone else")
+            return
+        if self.locked:  # degraded for as long as the lock holds (until reboot)
             return
         if self._health.state == DEGRADED and self._mono() - self._last_loss > RECOVER_AFTER:
             self._set_health(OK, f"no loss for {RECOVER_AFTER:.0f} s")

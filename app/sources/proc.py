@@ -44,6 +44,7 @@ from app.sources.observations import (
     boot_minus_mono_ns,
     wait_status,
 )
+from app.sources.privilege import MissingCapability
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class ProcConnectorSource:
                 continue
             for ev in decode(data):
                 if isinstance(ev, Ack) and ev.ack == token + 1:
+                    if ev.err == errno.EPERM:  # kernels before 6.6 (cn_proc_mcast_ctl)
+                        raise MissingCapability("CAP_NET_ADMIN", "join the proc connector")
                     if ev.err:
                         raise ProcConnectorError(
                             f"proc connector refused LISTEN: {os.strerror(ev.err)}"

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,48 @@ async def test_dashboard_follows_lives_and_survives_a_restart(
     )
     await see_a_life_and_its_death(page, server)
     await shot(page, tmp_path, "dashboard-after-restart")
+
+
+PAIR_SERVER = """
+import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+time.sleep(60)
+"""
+PAIR_CLIENT = """
+import socket, sys, time
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print("ok", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_process_detail_shows_partners_and_their_death(
+    server: Server, page: Any, tmp_path: Path
+) -> None:
+    srv = subprocess.Popen([sys.executable, "-c", PAIR_SERVER], stdout=subprocess.PIPE, text=True)
+    assert srv.stdout is not None
+    port = srv.stdout.readline().strip()
+    cli = subprocess.Popen([sys.executable, "-c", PAIR_CLIENT, port], stdout=subprocess.PIPE,
+                           text=True)  # fmt: skip
+    try:
+        assert cli.stdout is not None and cli.stdout.readline().strip() == "ok"
+        await page.goto(f"http://127.0.0.1:{server.port}/")
+        await page.wait_for_function("document.getElementById('conn').textContent === 'live'")
+        row = await page.wait_for_selector(f'#tree .p[data-pid="{cli.pid}"]', timeout=10_000)
+        await row.click()
+        cell = await page.wait_for_selector("#partners .peer-state", timeout=10_000)
+        peer = await cell.get_attribute("data-life")
+        assert peer is not None and f"/{srv.pid}/" in peer
+        assert f"127.0.0.1:{port}" in await page.inner_text("#partners")
+        await shot(page, tmp_path, "dashboard-partners")
+        srv.kill()
+        await page.wait_for_function(
+            "document.querySelector('#partners .peer-state').textContent === 'dead'",
+            timeout=10_000,
+        )
+    finally:
+        for p in (srv, cli):
+            p.kill()
+            await asyncio.to_thread(p.wait)

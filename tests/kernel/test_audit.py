@@ -174,6 +174,7 @@ async def test_stop_removes_rules_restores_and_releases(kernel_audit: Any) -> No
     assert svc.sources[0].health().state == "stopped"
 
 
+@pytest.mark.root_test_side("Debian's auditd runs only as root")
 async def test_multicast_next_to_auditd(kernel_audit: Any, auditd: Path) -> None:
     theirs = [r for r in await rules() if not ours(r)]
     svc = await started(Service(config(audit_mode="auto")))
@@ -276,6 +277,7 @@ async def test_multicast_overrun_is_a_gap(kernel_audit: Any) -> None:
         await svc.stop()
 
 
+@pytest.mark.root_test_side("Debian's auditd runs only as root")
 async def test_unicast_never_forces_out_a_running_daemon(kernel_audit: Any, auditd: Path) -> None:
     """Only one process can hold the audit pid: a second gets EEXIST. lifewatch configured
     for unicast then fails (visibly) and leaves auditd, its pid and its rules alone."""

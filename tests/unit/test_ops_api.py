@@ -209,7 +209,7 @@ async def test_metrics_parse_and_move_when_processes_fork(api: Any) -> None:
     assert sample(after, "lifewatch_watch_lives", watch="kids") == 3
     assert sample(after, "lifewatch_watch_ok", watch="kids") == 1
     assert sample(after, "lifewatch_source_up", source="proc") == 1
-    assert sample(after, "lifewatch_source_counter_total", source="proc", counter="delivered") == 7
+    assert sample(after, "lifewatch_source_count_total", source="proc", counter="delivered") == 7
     assert sample(after, "lifewatch_canary_latency_seconds_count", path="proc") == 2
     assert sample(after, "lifewatch_canary_latency_seconds_bucket", path="proc", le="0.0005") == 1
     assert sample(after, "lifewatch_stream_subscribers") == 0

@@ -176,6 +176,7 @@ async function onReset(ev) {
 
 function apply(ev) {
   const l = ev.life;
+  partnerEvent(ev);
   if (l && LIFE_TYPES.has(ev.type)) {
     if (ev.type === "died") {
       const cur = state.lives.get(l.pid);
@@ -572,3 +573,57 @@ function init() {
   })();
 }
 init();
+
+// ---------- process detail and partners ----------
+// A click on a process shows its facts and its partners: the lives at the other end of its
+// connections (GET /v1/connections), each marked dead as soon as its death comes by.
+const detail = { id: null, peers: new Map() }; // peer life id -> its state cell
+
+async function showDetail(pid) {
+  const l = state.lives.get(pid);
+  if (!l) return;
+  detail.id = l.id;
+  detail.peers.clear();
+  $("detail").hidden = false;
+  $("detail-title").textContent = `${l.pid} ${l.comm || "?"}`;
+  const facts = [["life", l.id], ["exe", l.exe], ["argv", (l.argv || []).join(" ")], ["uid", l.uid],
+    ["parent", l.parent], ["born", l.start]];
+  $("detail-life").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v ?? "—")}</dd>`).join("");
+  const body = $("partners").querySelector("tbody");
+  body.innerHTML = "";
+  $("partners-note").textContent = "resolving…";
+  let got;
+  try {
+    got = await getJSON(`/v1/connections?life=${encodeURIComponent(l.id)}`);
+  } catch (e) {
+    if (detail.id === l.id) $("partners-note").textContent = String(e.message || e);
+    return;
+  }
+  if (detail.id !== l.id) return; // another process was clicked meanwhile
+  const rows = [];
+  for (const c of got.connections) {
+    const conn = `${c.proto} ${c.local} → ${c.remote ?? "?"}`;
+    if (!c.peers.length) {
+      rows.push(`<tr><td>${esc(conn)}</td><td class="unknown" title="${esc(c.reason || "")}">unknown</td><td class="unknown">${esc(c.reason || "")}</td></tr>`);
+      continue;
+    }
+    for (const p of c.peers) {
+      rows.push(`<tr><td>${esc(conn)}</td><td>${esc(p.id)} ${esc(p.comm || "")}</td><td class="peer-state" data-life="${esc(p.id)}">alive</td></tr>`);
+    }
+  }
+  body.innerHTML = rows.join("") || `<tr><td colspan="3" class="unknown">no connections</td></tr>`;
+  for (const cell of body.querySelectorAll(".peer-state")) detail.peers.set(cell.dataset.life, cell);
+  $("partners-note").textContent = `${got.connections.length} connections · scan ${got.scan.fds} fds in ${(got.scan.seconds * 1000).toFixed(1)} ms`;
+}
+
+function partnerEvent(ev) {
+  if (ev.type !== "died" || !ev.life) return;
+  const cell = detail.peers.get(ev.life.id);
+  if (cell) { cell.textContent = "dead"; cell.classList.add("dead"); }
+}
+
+$("tree").addEventListener("click", (e) => {
+  const row = e.target.closest("[data-pid]");
+  if (row) showDetail(Number(row.dataset.pid));
+});
+$("detail-close").addEventListener("click", () => { $("detail").hidden = true; detail.id = null; detail.peers.clear(); });
