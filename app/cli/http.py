@@ -28,17 +28,24 @@ TOKEN_FILES = ("/run/lifewatch/token", "/run/lifewatch/read-token")
 
 
 def default_url() -> str:
-    """LIFEWATCH_URL, else the Unix socket (LIFEWATCH_SOCKET or the default path)."""
+    """LIFEWATCH_URL, else the Unix socket (LIFEWATCH_SOCKET or the default path), written
+    `unix:PATH` as app/client does."""
     url = os.environ.get("LIFEWATCH_URL")
-    return url or f"{UNIX}{os.environ.get('LIFEWATCH_SOCKET', DEFAULT_SOCKET)}:"
+    return url or f"unix:{os.environ.get('LIFEWATCH_SOCKET', DEFAULT_SOCKET)}"
 
 
 def split_url(url: str) -> tuple[str | None, str]:
-    """(Unix socket path or None, the URL to ask with): `http://unix:/run/x.sock:/v1/node`
-    is /v1/node on that socket (a socket path holds no `:`)."""
+    """(Unix socket path or None, the URL to ask with). `unix:/run/x.sock/v1/node` is
+    /v1/node on that socket (the API's paths start /v1/, /healthz or /metrics), as is
+    `http://unix:/run/x.sock:/v1/node` (aiohttp's form; a socket path holds no `:`)."""
     if url.startswith(UNIX):
         path, _, rest = url[len(UNIX) :].partition(":")
         return path, "http://localhost" + rest
+    if url.startswith("unix:"):
+        rest = url[len("unix:") :]
+        cut = min((i for i in (rest.find(p) for p in ("/v1/", "/healthz", "/metrics"))
+                   if i >= 0), default=len(rest))  # fmt: skip
+        return rest[:cut], "http://localhost" + rest[cut:]
     return None, url
 
 

@@ -88,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text)
         c.add_argument(
             "--url", default=default_url(),
-            help="the daemon: its Unix socket (http://unix:PATH:, the default) or "
+            help="the daemon: its Unix socket (unix:PATH, the default) or "
             "http://HOST:PORT (TCP; the token comes from LIFEWATCH_TOKEN or the daemon's token "
             "files, never from the command line)",
         )  # fmt: skip

@@ -183,7 +183,7 @@ async def test_process_detail_shows_partners_and_their_death(
                            text=True)  # fmt: skip
     try:
         assert cli.stdout is not None and cli.stdout.readline().strip() == "ok"
-        await page.goto(f"http://127.0.0.1:{server.port}/")
+        await page.goto(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
         await page.wait_for_function("document.getElementById('conn').textContent === 'live'")
         row = await page.wait_for_selector(f'#tree .p[data-pid="{cli.pid}"]', timeout=10_000)
         await row.click()

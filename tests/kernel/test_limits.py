@@ -77,6 +77,7 @@ async def _open(s: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketRe
         return e.status
 
 
+@pytest.mark.root_test_side("the test process raises its own descriptor limit past 1024")
 async def test_1005_websockets_under_ulimit_1024(
     daemon: tuple[subprocess.Popen[bytes], int, Path], many_fds: None, tmp_path: Path
 ) -> None:

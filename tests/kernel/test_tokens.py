@@ -28,6 +28,7 @@ import pytest
 from app.cli.http import fetch
 
 UNIX = "http://unix:{}:"
+pytestmark = pytest.mark.root_test_side("root's own commands are replayed (root on the socket)")
 
 
 def free_port() -> int:

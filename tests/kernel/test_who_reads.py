@@ -29,6 +29,8 @@ from app.api.listen import open_listeners
 from app.core.service import Service
 from tests.helpers import exec_done, make_config, start_ticks, wait_until
 
+pytestmark = pytest.mark.root_test_side("a user is made with useradd and run with setpriv")
+
 # Run by the test user with the project's Python (aiohttp), talking to the socket only.
 CLIENT = r"""
 import asyncio, json, sys
