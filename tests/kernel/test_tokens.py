@@ -59,9 +59,14 @@ def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]
         proc.wait(10)
 
 
+def no_token() -> dict[str, str]:
+    """The environment as root has it: no LIFEWATCH_TOKEN (tests/conftest.py sets one)."""
+    return {k: v for k, v in os.environ.items() if k != "LIFEWATCH_TOKEN"}
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> Any:
-    out = subprocess.run([sys.executable, "-m", "app", *args], env=env, capture_output=True,
-                         check=True, timeout=20)  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "app", *args], env=env or no_token(),
+                         capture_output=True, check=True, timeout=20)  # fmt: skip
     return json.loads(out.stdout)
 
 
@@ -88,8 +93,11 @@ def history(sock: Path) -> str:
 
 
 def test_the_token_is_nowhere_in_lifewatchs_history(
-    daemon: tuple[subprocess.Popen[bytes], Path, int], tmp_path: Path
+    daemon: tuple[subprocess.Popen[bytes], Path, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("LIFEWATCH_TOKEN")  # root on the socket, as in the README
     proc, sock, port = daemon
     admin, read = (tmp_path / "token").read_text().strip(), (tmp_path / "read-token")
     read_token = read.read_text().strip()
@@ -100,10 +108,10 @@ def test_the_token_is_nowhere_in_lifewatchs_history(
     # The README's commands. Root on the Unix socket needs no token at all.
     assert cli("whoami", "--url", UNIX.format(sock))["scopes"] == ["read", "admin"]
     resync = subprocess.run([sys.executable, "-m", "app", "resync", "--url", UNIX.format(sock)],
-                            capture_output=True, timeout=20)  # fmt: skip
+                            capture_output=True, timeout=20, env=no_token())  # fmt: skip
     assert resync.returncode == 0 or b"too_soon" in resync.stderr
     # Over TCP, the token comes from the environment (or the token file), never argv.
-    env = dict(os.environ, LIFEWATCH_TOKEN=admin)
+    env = dict(no_token(), LIFEWATCH_TOKEN=admin)
     who = cli("whoami", "--url", f"http://127.0.0.1:{port}", env=env)
     assert (who["via"], who["token"]) == ("tcp", "admin")
     # curl reads its header from a descriptor (bash's printf is a builtin: no exec).
