@@ -50,7 +50,7 @@ def daemon(tmp_path: Path) -> Iterator[int]:
         assert "Traceback" not in (tmp_path / "daemon.log").read_text()
 
 
-def test_the_api_keeps_its_contract_under_schemathesis(daemon: int) -> None:
+def test_the_api_keeps_its_contract_under_schemathesis(daemon: int, tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st, "schemathesis is a test dependency (pyproject.toml [test])"
     out = subprocess.run(
@@ -58,7 +58,7 @@ def test_the_api_keeps_its_contract_under_schemathesis(daemon: int) -> None:
          str(ROOT / "openapi.yaml"), "--url", f"http://127.0.0.1:{daemon}", "--checks", "all",
          "--max-examples", "25", "--seed", "1", "--no-color"],
         env=dict(os.environ, LIFEWATCH_TOKEN=TOKEN), capture_output=True, text=True,
-        timeout=300,
+        timeout=300, cwd=tmp_path,  # its cache (.schemathesis/) stays out of the checkout
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert "No issues found" in out.stdout or " passed" in out.stdout, out.stdout[-3000:]
