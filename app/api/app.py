@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, web
 
 from app.api import browsers, dashboard, events, follow, lives, metrics, node, stream, watches
+from app.api import cluster as cluster_api
 from app.api.callers import TOKENS, HidePid, identify, load_tokens
 from app.api.callers import routes as caller_routes
 from app.api.connections import install as install_connections
@@ -46,12 +47,14 @@ def make_app(service: Service, manage: bool = True) -> web.Application:
     for module in (lives, node, events, stream, follow, watches, metrics, dashboard):
         app.add_routes(module.routes)
     app.add_routes(caller_routes)
+    app.add_routes(cluster_api.routes)
     app.add_routes(connection_routes)
     install_connections(app)
     metrics.install(app)
     app[metrics.METRICS].registry.register(LimitsCollector(app[REFUSALS], app[GATES]))
     if manage:
         app.cleanup_ctx.append(_run_service)
+    cluster_api.install(app)  # after the service: the cluster starts once it runs
     app.on_shutdown.append(_close_sockets)
     return app
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.api.callers import NOBODY, Caller, caller_of
 from app.api.connections import GATE, connection_json, connections_of
 from app.api.errors import ApiError
-from app.api.keys import ENCODER, SERVICE
+from app.api.keys import CLUSTER, ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
 from app.api.limits import Refusals
 from app.core.follow import FollowError
@@ -161,8 +161,13 @@ async def follow(request: web.Request) -> web.Response:
         return web.json_response(await follow_partners(request, parse_life_id(body.partners_of)))
     assert body.life is not None
     enc = request.app[ENCODER]
-    caller = caller_of(request)
     lid = parse_life_id(body.life)
+    cluster = request.app.get(CLUSTER)
+    if cluster is not None and not same_host(lid.host, service.node.hostname):
+        # Its owner follows it with a pidfd; the death comes back on the deaths subject.
+        status, answer = await cluster.asker.follow(body.life, lid.host)
+        return web.json_response(answer, status=status)
+    caller = caller_of(request)
     if same_host(lid.host, service.node.hostname):
         known = service.registry.find(lid.pid, lid.ticks(service.node.clock))
         if known is not None and not caller.shows(known.uid):

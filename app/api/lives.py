@@ -11,7 +11,7 @@ from aiohttp import web
 from app.api.callers import caller_of, require_admin
 from app.api.errors import ApiError
 from app.api.jsontext import BytePage, dumps
-from app.api.keys import ANSWERS, ENCODER, SERVICE
+from app.api.keys import ANSWERS, CLUSTER, ENCODER, SERVICE
 from app.api.limits import REFUSALS
 from app.api.models import CheckRequest, LivesQuery
 from app.core.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
@@ -101,15 +101,26 @@ async def check_many(request: web.Request) -> web.Response:
     caller = caller_of(request)
     results: list[str] = []
     lives = body.lives
+    cluster, me = request.app.get(CLUSTER), service.node.hostname
+    remote: list[tuple[int, LifeId, str]] = []  # other nodes' lives: asked after, in parallel
     for start in range(0, len(lives), CHECK_SLICE):
         if start:
             await asyncio.sleep(0)  # the kernel readers and other clients run in between
         for text in lives[start : start + CHECK_SLICE]:
             try:
-                results.append(answers.text(parse_life_id(text), text, caller))
+                lid = parse_life_id(text)
+                if cluster is not None and lid.host != me:
+                    remote.append((len(results), lid, text))
+                    results.append("")
+                else:
+                    results.append(answers.text(lid, text, caller))
             except LifeIdError as e:
                 # One bad entry does not spoil the batch: it gets its own error.
                 results.append(json.dumps({"id": text, "state": "invalid", "error": str(e)}))
+    if remote and cluster is not None:
+        got = await cluster.asker.answers([(lid, text) for _, lid, text in remote])
+        for (i, _, _), ans in zip(remote, got, strict=True):
+            results[i] = dumps(ans).decode()
     out = '{"results":[' + ",".join(results) + "]}"
     return web.Response(text=out, content_type="application/json")
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EVENT_TYPES = (
     "born", "exec", "died", "gap", "resync", "snapshot", "source", "reset", "watch", "clock",
+    "node",
 )  # fmt: skip
 
 
@@ -51,6 +54,11 @@ class StreamQuery(Query):
     life: str | None = Field(None, max_length=400)  # host/pid/start, as POST /v1/follow
     partners_of: str | None = Field(None, max_length=400)
     canary: bool | None = None
+    # scope=cluster: every node's events, each with its `host` (docs/cluster.md)
+    scope: Literal["node", "cluster"] = "node"
+    host: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,253}$")
+    # scope=cluster: resume from each host's origin_cursor, on any node (docs/cluster.md)
+    cluster_cursor: str | None = Field(None, max_length=65536)
 
     _check_types = field_validator("types", mode="before")(_types)
 

@@ -26,12 +26,13 @@ from app.api.errors import ApiError
 from app.api.follow import BUDGET, follow_for_stream, partner_notes
 from app.api.heartbeat import Liveness, keepalive
 from app.api.jsontext import dumps
-from app.api.keys import ENCODER, SERVICE, SOCKETS
+from app.api.keys import CLUSTER, ENCODER, SERVICE, SOCKETS
 from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
+from app.cluster.view import parse_cluster_cursor, resume_from
 from app.core.fanout import Interest
 from app.core.identity import LifeId, parse_life_id, same_host
-from app.core.journal import Accept, Encoder, Event, Push, Subscriber
+from app.core.journal import Accept, Encoder, Event, Journal, Push, Subscriber
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -66,10 +67,81 @@ class Closing:
     reason: str
 
 
+def cluster_filter(q: StreamQuery, lid: LifeId | None) -> Accept:
+    """The stream's filter over cluster events (app/cluster/view.py): each carries its
+    `host` and its life as decoded JSON, not a LifeView."""
+    types = frozenset(q.types) if q.types else None
+    host = lid.host if lid is not None else q.host
+    pid = lid.pid if lid is not None else q.pid
+    start = lid.start if lid is not None else None
+
+    def accept(ev: Event) -> bool:
+        f = ev.fields or {}
+        if (types is not None and ev.type not in types) or (host and f.get("host") != host):
+            return False
+        life = f.get("life")
+        if not isinstance(life, dict):
+            return True  # node events pass unless types or host exclude them
+        return (
+            (pid is None or life.get("pid") == pid)
+            and (not isinstance(start, int) or abs(life.get("start_ticks", -9) - start) <= 1)
+            and (q.comm is None or life.get("comm") == q.comm)
+            and (q.exe is None or life.get("exe") == q.exe)
+            and (q.canary is None or life.get("canary") == q.canary)
+        )
+
+    return accept
+
+
+async def cluster_stream(request: web.Request, q: StreamQuery) -> web.StreamResponse:
+    """`scope=cluster`: every node's events from the cluster journal. A `life=` on another
+    node is followed there by its owner (best effort: its death comes either way if its
+    node sees it)."""
+    cluster = request.app.get(CLUSTER)
+    if cluster is None:
+        raise ApiError(400, "no_cluster", "scope=cluster needs [cluster] settings (a broker)")
+    lid = parse_life_id(q.life) if q.life is not None else None
+    local: tuple[int, int] | None = None
+    if lid is not None and q.life is not None and lid.host != cluster.me:
+        await cluster.asker.follow(q.life, lid.host)
+    elif lid is not None:
+        service = request.app[SERVICE]
+        local = (lid.pid, lid.ticks(service.node.clock))
+        if not follow_for_stream(service, *local):
+            local = None
+    accept, after = cluster_filter(q, lid), q.after
+    if q.cluster_cursor is not None:
+        if q.after is not None:
+            raise ApiError(400, "bad_request", "give after= or cluster_cursor=, not both")
+        try:
+            after, fresh = resume_from(cluster.journal, parse_cluster_cursor(q.cluster_cursor))
+        except ValueError as e:
+            raise ApiError(400, "bad_request", str(e)) from None
+        wanted = accept
+
+        def accept(ev: Event) -> bool:
+            return fresh(ev) and wanted(ev)
+
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
+    try:
+        await ws.prepare(request)
+        request.app[SOCKETS].add(ws)
+        await _serve(request, ws, accept, after, journal=cluster.journal)
+    finally:
+        request.app[SOCKETS].discard(ws)
+        if local is not None:
+            request.app[SERVICE].follower.release(local[0])
+    return ws
+
+
 @routes.get("/v1/stream")
 async def stream(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     q = StreamQuery.model_validate(dict(request.query))
+    if q.scope == "cluster":
+        return await cluster_stream(request, q)
+    if q.host is not None and q.host != service.node.hostname:
+        raise ApiError(400, "bad_request", "host= names another node: add scope=cluster")
     if q.partners_of is not None:
         if q.life is not None or q.pid is not None:
             raise ApiError(400, "bad_request", "partners_of does not combine with life or pid")
@@ -164,9 +236,10 @@ async def _partners_stream(request: web.Request, q: StreamQuery, of: LifeId) -> 
 async def _serve(
     request: web.Request,
     ws: web.WebSocketResponse,
-    interest: Interest,
+    interest: Interest | Accept,
     after: int | None,
     frame: Frame | None = None,
+    journal: Journal | None = None,
 ) -> None:
     """Run the client's three jobs (send, read, keepalive) until one ends; then close with a
     code and reason, and log it."""
@@ -177,7 +250,7 @@ async def _serve(
     if frame is None:
         frame = frame_for(caller_of(request), request.app[ENCODER])
     push = make_push(ws, transport, frame)
-    sub = service.journal.subscribe(interest, cfg.subscriber_queue, after, push)
+    sub = (journal or service.journal).subscribe(interest, cfg.subscriber_queue, after, push)
     jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close, frame))]
     jobs.append(asyncio.create_task(_read(ws, live)))
     if transport is not None:

@@ -83,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
         ("watch", "show a watch's state, then each change"),
         ("whoami", "who the daemon thinks you are, and what you may see"),
         ("resync", "repair the daemon's state from /proc (root or the admin token)"),
+        ("nodes", "show the cluster's nodes as this daemon sees them"),
         ("partners", "show a process's connections and the lives at their other ends"),
     ):
         c = sub.add_parser(name, help=text)
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(fetch(f"{args.url}/v1/whoami"), indent=2))
         else:
             print(json.dumps(fetch(f"{args.url}/v1/resync", method="POST"), indent=2))
+    elif args.command == "nodes":
+        nodes(args)
     elif args.command == "partners":
         from app.cli.partners import run_partners
 
@@ -299,3 +302,18 @@ def tail(args: argparse.Namespace) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_tail(args))
+
+
+def nodes(args: argparse.Namespace) -> None:
+    from app.cli.http import fetch
+
+    out = fetch(f"{args.url}/v1/nodes")
+    if not out.get("cluster"):
+        print(f"{out['node']}: single node (no [cluster] settings)")
+        return
+    print(f"{out['node']} (this node): NATS {out['connection']}, stored path "
+          f"{out['stored_path']}, outbox {out['outbox']}")  # fmt: skip
+    for p in out["peers"]:
+        print(f"{p['name']}: {p['state']} since {p['since']}, boot {p['boot_id']}, "
+              f"last heartbeat {p['last_heartbeat']}, api {p['api']}")  # fmt: skip
+    raise SystemExit(0 if all(p["state"] == "up" for p in out["peers"]) else 1)

@@ -44,7 +44,7 @@ def effective(config: Config) -> str:
     """Every setting as TOML that `load_config` reads back; secrets masked."""
     lines: list[str] = []
     for name in Config.model_fields:
-        if name == "watches":
+        if name in ("watches", "cluster"):
             continue
         value = getattr(config, name)
         if value is None:
@@ -57,6 +57,13 @@ def effective(config: Config) -> str:
         lines.append(f"\n[watches.{json.dumps(watch)}]")
         for k, v in spec.model_dump(exclude_defaults=True).items():
             lines.append(f"{k} = {toml_value(v)}")
+    if config.cluster is None:
+        lines.append("# cluster: not set (a single node)")
+    else:
+        lines.append("\n[cluster]")
+        for k, v in config.cluster.model_dump(exclude_none=True).items():
+            shown = MASK if k in ("password", "token") else v
+            lines.append(f"{k} = {toml_value(shown)}")
     return "\n".join(lines) + "\n"
 
 
@@ -100,8 +107,10 @@ def example() -> str:
             continue
         out += [f"# {line}" for line in textwrap.wrap(field.description or "", 96)]
         value = getattr(defaults, name)
-        if value is None:
+        if value is None and name in SECRETS:
             out.append(f'# {name} = "change-me"')
+        elif value is None:  # unset: "" reads as unset (app/core/config.py)
+            out.append(f'# {name} = ""')
         else:
             out.append(f"# {name} = {toml_value(value)}")
         out.append("")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.cluster_settings import ClusterSettings
 from app.core.watches import WatchSpec
 
 if TYPE_CHECKING:
@@ -172,6 +173,21 @@ class Config(BaseModel):
         description="largest event or life in one WebSocket message or list entry; a longer "
         "one has its argv cut (argv_truncated) so that it fits",
     )  # fmt: skip
+    # -- cluster (app/cluster/, docs/cluster.md) --
+    node_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]{1,253}$",
+        description="this node's name: the `host` in its life ids (default: the hostname)",
+    )  # fmt: skip
+    boot_id_file: Path | None = Field(
+        None,
+        description="test-only: read the boot id from this file instead of "
+        "/proc/sys/kernel/random/boot_id (several daemons on one machine, docs/cluster.md)",
+    )
+    cluster: ClusterSettings | None = Field(
+        None,
+        description='NATS servers and options, as a [cluster] table: nats = ["nats://host:4222"], '
+        "replicas, creds, tls_ca... (docs/cluster.md); absent: a single node, no broker",
+    )
     # -- partners (app/core/partners.py: sockets to the lives at their other ends) --
     partners_max_fds: int = Field(
         100_000, ge=1,
@@ -237,6 +253,18 @@ class Config(BaseModel):
         if bad:
             raise ValueError(f"not a name, address or name:port: {', '.join(bad)}")
         return v
+
+    @field_validator("cluster", mode="before")
+    @classmethod
+    def _cluster_json(cls, v: Any) -> Any:
+        if v == "":
+            return None  # unset, as in the example file
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("node_name", "boot_id_file", mode="before")
+    @classmethod
+    def _unset(cls, v: Any) -> Any:
+        return None if v == "" else v
 
     @field_validator("watches", mode="before")
     @classmethod

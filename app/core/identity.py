@@ -98,14 +98,20 @@ class NodeIdentity:
         return life_text(self.hostname, pid, self.clock.date_of(start_ticks))
 
 
-def load_node_identity(state_dir: Path | None, proc: Path = PROC) -> NodeIdentity:
+def load_node_identity(
+    state_dir: Path | None,
+    proc: Path = PROC,
+    node_name: str | None = None,
+    boot_id_file: Path | None = None,
+) -> NodeIdentity:
     """Read the node's identity, pinning btime per boot in `state_dir` when it is writable.
 
     The kernel recomputes btime (realtime - boottime) at every read, so a clock step moves it;
     start ticks never move. A daemon restarted on the same boot reuses the first btime it saw,
     so the dates it gives for a life never change.
     """
-    boot_id = read_boot_id(proc)
+    # boot_id_file: a test's override, so that daemons sharing one kernel can each "reboot".
+    boot_id = boot_id_file.read_text().strip() if boot_id_file else read_boot_id(proc)
     btime = read_btime(proc)
     source = "kernel"
     if state_dir is not None:
@@ -122,7 +128,8 @@ def load_node_identity(state_dir: Path | None, proc: Path = PROC) -> NodeIdentit
                 pin.write_text(f"{boot_id} {btime}\n")
             except OSError:
                 pass  # read-only or unprivileged: pinned in memory for this run only
-    return NodeIdentity(socket.gethostname(), boot_id, TickClock(btime, read_hz()), source)
+    name = node_name or socket.gethostname()
+    return NodeIdentity(name, boot_id, TickClock(btime, read_hz()), source)
 
 
 @dataclass(frozen=True, slots=True)

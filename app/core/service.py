@@ -79,7 +79,9 @@ class Service:
         self.config = config
         self.version = __version__
         self.proc = proc
-        self.node = load_node_identity(config.state_dir, proc)
+        self.node = load_node_identity(
+            config.state_dir, proc, config.node_name, config.boot_id_file
+        )
         self.journal = Journal(config.journal_size)
         self.registry = Registry(self.node, self.journal, config.history, config.history_bytes)
         self.tracker = Tracker(self.registry, clocks, proc, config.argv_max)

@@ -388,6 +388,21 @@ function drawWatches() {
   }).join("") : `<div class="empty">no watches — define one with PUT /v1/watches/{name}</div>`;
 }
 
+// ---------- cluster (GET /v1/nodes; hidden on a single node) ----------
+const PEER_CLASS = { up: "st-ok", unreachable: "st-degraded", gone: "st-failed" };
+async function pollNodes() {
+  let n;
+  try { n = await getJSON("/v1/nodes"); } catch (e) { return; }
+  $("cluster-box").hidden = !n.cluster;
+  if (!n.cluster) return;
+  $("cluster-link").textContent = `NATS ${n.connection} · stored path ${n.stored_path} · outbox ${n.outbox}`;
+  $("cluster").innerHTML = n.peers.length ? n.peers.map((p) =>
+    `<div class="src ${PEER_CLASS[p.state] || ""}" data-peer="${esc(p.name)}"><span class="name">${esc(p.name)}</span>`
+    + `<span class="state">${esc(p.state)}</span><span class="why" title="boot ${esc(p.boot_id)}">since ${hms(p.since)}`
+    + ` · boot ${esc(String(p.boot_id).slice(0, 8))} · last heartbeat ${p.last_heartbeat ? hms(p.last_heartbeat) : "never"}</span></div>`
+  ).join("") : `<div class="empty">no other node heard yet</div>`;
+}
+
 // ---------- charts ----------
 function canvasCtx(id) {
   const c = $(id);
@@ -560,6 +575,8 @@ function init() {
   setInterval(drawCanary, 5000);
   setInterval(pollNode, 5000);
   setInterval(pollMetrics, 5000);
+  setInterval(pollNodes, 2000);
+  pollNodes();
   window.addEventListener("resize", () => { drawRates(); drawCanary(); });
   (async function start() {
     try {
