@@ -3,7 +3,7 @@
 Run as root (gcc and Debian's auditd installed):
 
     .venv/bin/python -m bench.storm [--seconds 5] [--rounds 3] [--modes exit,exec]
-        [--configs none,auditd,lifewatch,proc,audit] [--clients 0] [--json FILE]
+        [--configs none,auditd,lifewatch,proc,audit,memory] [--clients 0] [--json FILE]
 
 A compiled forker (bench/forker.c, built here with the system's gcc) runs on every core at
 full rate for `--seconds`, recording each child's pid, start ticks and exit code. Configurations,
@@ -13,7 +13,9 @@ interleaved within each round (three rounds by default, medians and spread repor
 - `auditd`: Debian's auditd registered and consuming the same rules lifewatch installs, with
   the same backlog limit and wait time;
 - `lifewatch`: `lifewatch serve` with its default sources (audit + proc), a separate process;
-- `proc`, `audit`: `lifewatch serve --sources proc` / `--sources audit`.
+- `proc`, `audit`: `lifewatch serve --sources proc` / `--sources audit`;
+- `memory`: `lifewatch` with the durable journal off (`LIFEWATCH_STORE=false`): the cost of
+  the journal on disk is `lifewatch` against `memory` (docs/performance.md).
 
 For each: lives/s and its ratio to `none` of the same round; the daemon's CPU time per life
 (utime + stime of auditd or lifewatch, until it has drained what the storm queued); the
@@ -42,12 +44,16 @@ from typing import Any
 import aiohttp
 
 from bench.audit_forks import RULES, restore, start_auditd, status
-from bench.auth import AUTH, ENV
+from bench.auth import AUTH
+from bench.auth import ENV as AUTH_ENV
 
 HERE = Path(__file__).parent
 FORKER = HERE / "out" / "forker"
 WORKERS = os.cpu_count() or 2
-LIFEWATCH = {"lifewatch": "audit,proc", "proc": "proc", "audit": "audit"}
+LIFEWATCH = {"lifewatch": "audit,proc", "proc": "proc", "audit": "audit", "memory": "audit,proc"}
+# `lifewatch` runs as by default: the durable journal on (in the run's temporary state
+# directory); `memory` is the same with it off (issue 11: within 5 % of each other).
+ENV = {"memory": {"LIFEWATCH_STORE": "false"}}
 # lifewatch's unicast settings (app/core/config.py defaults), given to auditd too.
 BACKLOG_LIMIT, BACKLOG_WAIT = 8192, 15000
 QUIET = 20  # events per second that count as the node's background, not the storm's tail
@@ -89,10 +95,11 @@ async def storm(mode: str, seconds: float, tmp: Path) -> list[tuple[int, int, in
 class Daemon:
     """`lifewatch serve` as users run it, on a free port, with its API as seen by clients."""
 
-    def __init__(self, sources: str, tmp: Path) -> None:
+    def __init__(self, sources: str, tmp: Path, extra: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        env = dict(os.environ, **ENV, LIFEWATCH_PORT=str(self.port), LIFEWATCH_STATE_DIR=str(tmp),
-                   LIFEWATCH_AUDIT_MODE="unicast")  # fmt: skip
+        env = dict(os.environ, **AUTH_ENV, LIFEWATCH_PORT=str(self.port),
+                   LIFEWATCH_STATE_DIR=str(tmp), LIFEWATCH_AUDIT_MODE="unicast",
+                   **(extra or {}))  # fmt: skip
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--sources", sources],
                                      env=env, stderr=subprocess.DEVNULL)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
@@ -170,7 +177,7 @@ async def stream_deaths(url: str, counts: list[int], i: int) -> None:
 
 async def run_lifewatch(name: str, mode: str, seconds: float, tmp: Path,
                         clients: int) -> dict[str, Any]:  # fmt: skip
-    d = Daemon(LIFEWATCH[name], tmp)
+    d = Daemon(LIFEWATCH[name], tmp, ENV.get(name))
     readers: list[asyncio.Task[None]] = []
     try:
         node0 = await d.ready()
@@ -187,6 +194,11 @@ async def run_lifewatch(name: str, mode: str, seconds: float, tmp: Path,
                **await d.check(node0["host"], lives)}  # fmt: skip
         if clients:
             out["client_deaths_min"] = min(counts)
+        store = node1.get("store", {})
+        if store.get("state") == "on":
+            out |= {"db_dropped": store["dropped"], "db_commit_max_ms":
+                    round(store["commit_max_seconds"] * 1000, 1), "db_mb":
+                    round(store["bytes"] / 1e6, 1)}  # fmt: skip
         for odd in d.odd:
             print("odd life:", json.dumps(odd), file=sys.stderr, flush=True)
         return out
@@ -262,7 +274,7 @@ async def main(args: argparse.Namespace) -> None:
                 runs.setdefault((mode, name), []).append(r)
                 print(f"round {rnd + 1} fork+{mode} {name:<9} {json.dumps(r)}", flush=True)
     keys = ("lives_per_s", "ratio", "cpu_us_per_life", "kernel_lost", "gaps", "missed",
-            "wrong_exit", "client_deaths_min")  # fmt: skip
+            "wrong_exit", "client_deaths_min", "db_dropped", "db_commit_max_ms")  # fmt: skip
     print(
         f"\nmedian (min..max) of {args.rounds} rounds, {args.seconds:g} s each, "
         f"{WORKERS} forkers, {args.clients} streaming clients"

@@ -167,7 +167,8 @@ class LifeEncoder:
         return b"null" if epoch is None else b'"%s"' % (iso(epoch) or "").encode()
 
     def _rest(self, view: LifeView, died: bytes) -> bytes:
-        end = self._ends.get((view.exit, view.cause, view.sources)) or self._end(view)
+        end = self._ends.get((view.exit, view.cause, view.sources, view.died_after))
+        end = end or self._end(view)
         return b',"state":"%s","died_at":%s%s' % (view.state.encode(), died, end)
 
     def _end(self, view: LifeView) -> bytes:
@@ -176,7 +177,7 @@ class LifeEncoder:
         end = b"," + dumps(tail)[1:]
         if len(self._ends) > 1024:  # causes and exits are few; never grow for ever
             self._ends.clear()
-        self._ends[(view.exit, view.cause, view.sources)] = end
+        self._ends[(view.exit, view.cause, view.sources, view.died_after)] = end
         return end
 
     def sources_bytes(self, bits: int) -> bytes:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from app.api.callers import caller_of, require_admin
 from app.api.errors import ApiError
+from app.api.history import history_page, is_history
 from app.api.jsontext import BytePage, dumps
 from app.api.keys import ANSWERS, CLUSTER, ENCODER, SERVICE
 from app.api.limits import REFUSALS
@@ -43,13 +44,26 @@ async def is_alive(request: web.Request) -> web.Response:
 async def list_lives(request: web.Request) -> web.Response:
     q = LivesQuery.model_validate(dict(request.query))
     service = request.app[SERVICE]
+    if is_history(q) and service.store is not None:
+        return await history_page(request, q)
     reg = service.registry
+    if (q.after or "").startswith("h"):
+        raise ApiError(400, "bad_query", "an h… `next` continues a history query")
     after = tuple(int(x) for x in q.after.split(".")) if q.after else (-1, -1)
     caller = caller_of(request)
 
+    if is_history(q) and q.state == "alive":
+        raise ApiError(400, "bad_query", "since/until select lives by death time: not alive")
+    since = q.since if q.since is not None else float("-inf")
+    until = q.until if q.until is not None else float("inf")
+    dated = q.since is not None or q.until is not None
+    state = "dead" if dated else q.state
+
     def wanted(life: Life) -> bool:
+        died = life.died_at
         return (
-            (life.pid, life.start_ticks) > after
+            (not dated or (died is not None and since <= died < until))
+            and (life.pid, life.start_ticks) > after
             and caller.shows(life.uid)
             and (q.comm is None or life.comm == q.comm)
             and (q.exe is None or life.exe == q.exe)
@@ -58,7 +72,7 @@ async def list_lives(request: web.Request) -> web.Response:
         )
 
     found = sorted(
-        (life for life in reg.lives(q.state) if wanted(life)),
+        (life for life in reg.lives(state) if wanted(life)),
         key=lambda life: (life.pid, life.start_ticks),
     )
     enc = request.app[ENCODER]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +28,23 @@ def _types(v: object) -> object:
     return v
 
 
+def _when(v: object) -> object:
+    """A moment as epoch seconds or an ISO 8601 date (with a zone, or Z)."""
+    if not isinstance(v, str):
+        return v
+    try:
+        return float(v) if v.replace(".", "", 1).isdigit() else _date(v)
+    except ValueError:
+        raise ValueError("a date (2026-01-02T03:04:05Z) or epoch seconds") from None
+
+
+def _date(text: str) -> float:
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError("no time zone")
+    return when.timestamp()
+
+
 class LivesQuery(Query):
     state: str | None = Field(None, pattern="^(alive|dead)$")
     comm: str | None = None
@@ -34,7 +52,13 @@ class LivesQuery(Query):
     ppid: int | None = Field(None, ge=0)
     canary: bool | None = None
     limit: int = Field(100, ge=1, le=10_000)
-    after: str | None = Field(None, pattern=r"^\d+\.\d+$")
+    after: str | None = Field(None, pattern=r"^h?\d{1,20}\.\d{1,20}$")
+    # Death time bounds (ISO 8601 date or epoch seconds): the whole retained history
+    # (app/api/history.py).
+    since: float | None = None
+    until: float | None = None
+
+    _check_since = field_validator("since", "until", mode="before")(_when)
 
 
 class EventsQuery(Query):

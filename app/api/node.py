@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from app.api.keys import SERVICE
+from app.api.storemetrics import store_json
 from app.core.life import iso
 from app.core.service import Service
 
@@ -53,6 +54,7 @@ def node_json(service: Service) -> dict[str, Any]:
             "max_10s": round(service.loop_lag.recent_max, 6),
         },
         "sources": sources,
+        "store": store_json(service),
     }
 
 

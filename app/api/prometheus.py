@@ -37,6 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from app.api.storemetrics import store_metrics
 from app.core.journal import Event, Journal, Subscriber
 from app.core.life import source_names
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, SourceHealth
@@ -227,6 +228,7 @@ class LifewatchCollector(Collector):
         yield from self._watches()
         yield from self._canary()
         yield from self._loop()
+        yield from store_metrics(self.service)
 
     def _loop(self) -> Iterator[Metric]:
         """How late the event loop (kernel readers and API alike) runs its timers."""
@@ -286,7 +288,7 @@ class LifewatchCollector(Collector):
         g.add_metric([], j.last_cursor)
         yield g
         g = GaugeMetricFamily("lifewatch_journal_window_events", "Events held for replay")
-        g.add_metric([], j.last_cursor - j.oldest_cursor + 1)
+        g.add_metric([], j.held)
         yield g
         internal = (c.subscribed if c else 0) + self.service.watches.subscribed
         ws = self.websockets() if self.websockets else max(0, j.subscribers - internal)

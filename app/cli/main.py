@@ -85,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
         ("resync", "repair the daemon's state from /proc (root or the admin token)"),
         ("nodes", "show the cluster's nodes as this daemon sees them"),
         ("partners", "show a process's connections and the lives at their other ends"),
+        ("history", "list dead lives of the whole retained history (every boot kept)"),
     ):
         c = sub.add_parser(name, help=text)
         c.add_argument(
@@ -107,6 +108,10 @@ def parser() -> argparse.ArgumentParser:
         elif name == "partners":
             c.add_argument("pid", type=int, help="a process of this node")
             c.add_argument("--follow", action="store_true", help="then print each partner's death")
+        elif name == "history":
+            from app.cli.history import add_arguments
+
+            add_arguments(c)
         elif name == "watch":
             c.add_argument("name", help="the watch's name (GET /v1/watches lists them)")
             c.add_argument("--once", action="store_true", help="print the state and exit")
@@ -159,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_partners(args))
+    elif args.command == "history":
+        from app.cli.history import run_history
+
+        run_history(args)
     elif args.command == "watch":
         from app.cli.console import run_watch
 

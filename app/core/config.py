@@ -70,9 +70,10 @@ class Config(BaseModel):
         "(LIFEWATCH_WATCHES takes JSON)",
     )
     state_dir: Path | None = Field(
-        Path("/run/lifewatch"),
-        description="where btime is pinned per boot, and watches changed over the API are "
-        "kept (watches.json); the default is a tmpfs: both last until reboot",
+        Path("/var/lib/lifewatch"),
+        description="where the durable journal (lifewatch.db, see `store`) is kept, btime is "
+        "pinned per boot and watches changed over the API are kept (watches.json); empty or "
+        "`none`: nothing on disk, history lasts as long as the run",
     )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     max_batch: int = Field(10_000, ge=1, description="most lives in one POST /v1/lives/check")
@@ -198,6 +199,36 @@ class Config(BaseModel):
         1.0, gt=0,
         description="most seconds one connection lookup spends on that scan (503 past it)",
     )  # fmt: skip
+
+    # -- durable journal (app/core/store.py, docs/storage.md) --
+    store: bool = Field(
+        True,
+        description="keep events and lives in SQLite (state_dir/lifewatch.db): lookups, "
+        "cursors and history survive a restart; false: memory only",
+    )
+    store_queue: int = Field(
+        100_000, ge=16,
+        description="events waiting for the database writer; past it they are not written "
+        "(counted, and replayed after a restart as a gap), the event loop never waits",
+    )  # fmt: skip
+    store_commit_interval: float = Field(
+        0.1, gt=0, le=10,
+        description="seconds between group commits: an event older than this plus one "
+        "commit is on disk",
+    )  # fmt: skip
+    store_retention_days: float = Field(
+        7.0, gt=0, description="events and dead lives older than this are deleted"
+    )
+    store_max_bytes: int = Field(
+        256 << 20, ge=1 << 20,
+        description="the database's size bound: past it the oldest events and dead lives "
+        "are deleted (the file shrinks by incremental vacuum)",
+    )  # fmt: skip
+    store_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="SQLite synchronous mode: NORMAL survives a daemon crash (kill -9) with "
+        "every commit; FULL also survives power loss, at an fsync per commit",
+    )
 
     # Each source gets only its own settings: the sources sit below the domain and never see
     # Config. Their modules are imported here, not at the top, so that a source's module is

@@ -1,15 +1,18 @@
 """The event journal: numbered events, a bounded replay window and live subscribers.
 
-Cursors are integers that grow by one per event. Each daemon run starts numbering at the
-wall clock in microseconds, so a cursor from an earlier run is below this run's first and is
-recognised as such (as long as no run averaged more than one event per microsecond).
-A cursor that the window no longer holds, or that belongs to another run, gets an explicit
-`reset`: the client must re-read state. Nothing is ever skipped silently.
+Cursors are integers that grow by one per event. With the durable journal
+(app/core/store.py) they are per-boot sequence numbers that go on across daemon restarts:
+the window is read back from the database at start (`load`), so a client resumes across a
+restart. Without it (memory only) each run starts numbering at the wall clock in
+microseconds, so a cursor from an earlier run is below this run's first and is recognised
+as such. A cursor that the window no longer holds, or that belongs to another run or boot,
+gets an explicit `reset`: the client must re-read state. Nothing is ever skipped silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import logging
 import time
@@ -201,13 +204,27 @@ class Subscriber:
         self._wake.set()
 
 
+def _cursor(ev: Event) -> int:
+    return ev.cursor
+
+
 class Journal:
-    def __init__(self, size: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, size: int, clock: Callable[[], float] = time.time, first_cursor: int | None = None
+    ) -> None:
         self.size = size
         self._clock = clock
         self._events: deque[Event] = deque(maxlen=size)
-        self.first_cursor = int(clock() * 1_000_000)  # this run's first cursor
+        # This run's first cursor (given by the durable store: its boot's next).
+        self.first_cursor = int(clock() * 1_000_000) if first_cursor is None else first_cursor
         self._next = self.first_cursor
+        # Cursors above `floor` are this journal's (this run's, or this boot's once `load`ed).
+        self.floor = self.first_cursor - 1
+        self.evicted = self.floor  # the newest cursor the window no longer holds
+        # Every appended event, for the durable store (Store.put): never blocks.
+        self.sink: Callable[[Event], object] | None = None
+        # The reset reason for a cursor of another run or boot (Store.cursor_reason).
+        self.foreign: Callable[[int], str] | None = None
         # Stream clients (events pushed onto their sockets) are offered each event before
         # the internal readers (metrics, watches), whose wakeups need not delay a client; and
         # only the subscribers whose filter could match it (app/core/fanout.py).
@@ -219,6 +236,11 @@ class Journal:
     def last_cursor(self) -> int:
         """The cursor of the newest event (first_cursor - 1 before any)."""
         return self._next - 1
+
+    @property
+    def held(self) -> int:
+        """Events in the replay window."""
+        return len(self._events)
 
     @property
     def oldest_cursor(self) -> int:
@@ -234,11 +256,27 @@ class Journal:
     ) -> Event:
         ev = Event(self._next, type, self._clock() if at is None else at, life, fields, sources)
         self._next += 1
+        if len(self._events) == self.size:
+            self.evicted = self._events[0].cursor  # the window forgets it now
         self._events.append(ev)
         self.counts[type] = self.counts.get(type, 0) + 1
         for sub in self._subs.candidates(ev):  # an idle client is sent it now (push)
             sub.offer(ev)
+        if self.sink is not None:
+            self.sink(ev)
         return ev
+
+    def load(self, events: list[Event], floor: int, complete: bool) -> None:
+        """The window as an earlier run of this boot left it (oldest first, cursors below
+        this run's first, before any append): a client resumes from any of them. Cursors
+        above `floor` are this boot's; `complete` when `events` are all of them since."""
+        assert not self._events, "load before the first append"
+        events = [e for e in events if floor < e.cursor < self.first_cursor][-self.size :]
+        self._events.extend(events)
+        self.floor = floor
+        self.evicted = floor
+        if events and not complete:
+            self.evicted = events[0].cursor - 1
 
     def synthetic(self, type: str, fields: dict[str, Any]) -> Event:
         """An event for one reader only (reset, overflow gap): carries the current cursor."""
@@ -257,19 +295,22 @@ class Journal:
 
     def since(self, after: int) -> list[Event] | None:
         """Events after `after`, or None when they cannot all be given (reset needed).
-        `after=0` means from the start of this run."""
+        `after=0` means from the start of this run (this boot, with the durable store)."""
         if after == 0:
-            after = self.first_cursor - 1
-        if after > self.last_cursor or after < self.first_cursor - 1:
+            after = self.floor
+        if after > self.last_cursor or after < self.floor:
             return None  # another run's cursor
-        if after < self.oldest_cursor - 1:
+        if after < self.evicted:
             return None  # older than the replay window
-        start = after + 1 - self.oldest_cursor
-        return list(itertools.islice(self._events, start, None))
+        events = self._events
+        # Cursors may skip (a restart after a crash goes on past every cursor the dead run
+        # may have handed out): found by bisection, not by arithmetic.
+        start = bisect.bisect_right(events, after, key=_cursor)
+        return list(itertools.islice(events, start, None))
 
     def reset_reason(self, after: int) -> str:
-        if after != 0 and (after > self.last_cursor or after < self.first_cursor - 1):
-            return "other_run"
+        if after != 0 and (after > self.last_cursor or after < self.floor):
+            return "other_run" if self.foreign is None else self.foreign(after)
         return "cursor_too_old"
 
     def subscribe(

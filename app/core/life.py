@@ -125,6 +125,7 @@ class Life:
         "canary",
         "cause",
         "comm",
+        "died_after",
         "died_at",
         "exe",
         "execs",
@@ -165,6 +166,9 @@ class Life:
         self.uid = uid
         self.born_at = born_at
         self.died_at: float | None = None
+        # Set only for a death not seen (the daemon was down): it happened after this and
+        # before died_at (app/core/restart.py).
+        self.died_after: float | None = None
         self.exit: Exit | None = None
         self.cause: str | None = None
         self.sources = sources
@@ -226,6 +230,7 @@ class Life:
             self.sources,
             self.pidfd_ino,
             self.canary,
+            self.died_after,
         )
 
 
@@ -248,6 +253,7 @@ class LifeView(NamedTuple):
     sources: int
     pidfd_ino: int | None
     canary: bool
+    died_after: float | None = None
 
     @property
     def state(self) -> str:
@@ -284,11 +290,11 @@ class LifeView(NamedTuple):
 
     def head_key(self) -> tuple[Any, ...]:
         """Everything head_json depends on: equal keys, equal heads."""
-        return self[:10] + self[14:]
+        return self[:10] + self[14:16]
 
     def tail_json(self) -> dict[str, Any]:
         ex = self.exit
-        return {
+        out: dict[str, Any] = {
             "state": self.state,
             "died_at": iso(self.died_at),
             "exit": None
@@ -297,6 +303,9 @@ class LifeView(NamedTuple):
             "cause": self.cause,
             "sources": source_names(self.sources),
         }
+        if self.died_after is not None:  # a death the daemon did not see: its bounds
+            out["died_between"] = [iso(self.died_after), iso(self.died_at)]
+        return out
 
 
 # head_key is the view without these: what a death changes.

@@ -65,6 +65,8 @@ class Registry:
         self.dead: dict[int, Life] = {}
         self._dead_order: deque[int] = deque()
         self.evicted = 0
+        # Where lives changed outside events go (the durable store's put), if anywhere.
+        self.keep: Callable[[LifeView], object] | None = None
         # Lives dead before this moment and not in `dead` are unknown, not "never existed".
         self.history_since = clock()
 
@@ -104,14 +106,17 @@ class Registry:
     # -- changing ------------------------------------------------------------------------
     def load(self, infos: Iterable[ProcInfo], source: int) -> int:
         """Add lives found in /proc without a birth event (the start-up snapshot)."""
-        n = 0
+        new = []
         for info in infos:
             if info.stat.pid not in self.alive:
-                self.alive[info.stat.pid] = self._from_proc(info, source, born_at=None)
-                n += 1
+                life = self.alive[info.stat.pid] = self._from_proc(info, source, born_at=None)
+                new.append(life)
         for life in self.alive.values():
             self._link_parent(life)
-        return n
+        if self.keep is not None:
+            for life in new:
+                self.keep(life.snapshot())
+        return len(new)
 
     def _from_proc(self, info: ProcInfo, source: int, born_at: float | None) -> Life:
         st = info.stat
@@ -156,8 +161,17 @@ class Registry:
         if enc is not None and self.journal.pushers:  # stream clients, not metrics or watches
             enc.head(view)
 
-    def died(self, life: Life, exit: Exit | None, at: float, cause: str, sources: int) -> Event:
+    def died(
+        self,
+        life: Life,
+        exit: Exit | None,
+        at: float,
+        cause: str,
+        sources: int,
+        died_after: float | None = None,
+    ) -> Event:
         life.died_at = at
+        life.died_after = died_after
         life.exit = exit
         life.cause = cause
         life.sources |= sources
@@ -185,6 +199,28 @@ class Registry:
     def completed(self, died: Event, life: Life, sources: int) -> None:
         """`life`'s death, journaled as `died`, is now known better (its exit report came)."""
         died.amend(life.snapshot(), sources)
+        self.touched(life)  # the store keeps the life; the event stays as first written
+
+    def touched(self, life: Life) -> None:
+        """`life` changed without an event (a second report of its death brought its exit):
+        the durable store keeps the change."""
+        if self.keep is not None:
+            self.keep(life.snapshot())
+
+    def restore(self, alive: Iterable[Life], dead: Iterable[Life], since: float) -> None:
+        """Lives an earlier run of this boot recorded (app/core/restart.py), before any
+        event: dead ones oldest first. History then began at `since`."""
+        for life in alive:
+            self.alive[life.pid] = life
+        for life in dead:
+            key = life_key(life.pid, life.start_ticks)
+            self.dead[key] = life
+            size = min(retained_bytes(life), SIZE_MASK)
+            self._dead_order.append(key << SIZE_BITS | size)
+            self.dead_bytes += size
+        if len(self._dead_order) > self.history or self.dead_bytes > self.history_bytes:
+            self._evict()
+        self.history_since = min(self.history_since, since)
 
     def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
         """A journal event about the node rather than a life (gap, resync, source...)."""

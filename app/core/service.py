@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import time
@@ -17,6 +18,8 @@ from app.core.journal import Journal
 from app.core.looplag import LoopLag
 from app.core.partners import Bounds, Resolver
 from app.core.registry import Registry
+from app.core.restart import reconcile
+from app.core.storeopen import attach_store, open_store
 from app.core.tracker import Tracker
 from app.core.watches import WatchEngine
 from app.core.watchstore import WatchStore
@@ -82,9 +85,12 @@ class Service:
         self.node = load_node_identity(
             config.state_dir, proc, config.node_name, config.boot_id_file
         )
-        self.journal = Journal(config.journal_size)
+        self.store, self.restored = open_store(config, self.node)
+        first = None if self.restored is None else self.restored.first_cursor
+        self.journal = Journal(config.journal_size, first_cursor=first)
         self.registry = Registry(self.node, self.journal, config.history, config.history_bytes)
         self.tracker = Tracker(self.registry, clocks, proc, config.argv_max)
+        self._restored_alive = attach_store(self.store, self.restored, self.tracker)
         self._mono = self.tracker.clocks.mono
         state = config.state_dir
         self.watch_store = WatchStore(state / "watches.json" if state else None, config.watches)
@@ -154,7 +160,12 @@ class Service:
                     "source", {"source": source.name, "state": FAILED, "reason": str(e)}
                 )
         t0 = self._mono()
-        n = self.tracker.load_snapshot(procfs.snapshot(self.proc, self.config.argv_max))
+        infos = list(procfs.snapshot(self.proc, self.config.argv_max))
+        if self.restored is not None:
+            reconcile(self.tracker, self.restored, self._restored_alive, infos,
+                      self.tracker.clocks.wall())  # fmt: skip
+            self._restored_alive = []
+        n = self.tracker.load_snapshot(infos)
         log.info("snapshot: %d lives in %.3f s", n, self._mono() - t0)
         self.watches.start()
         self.loop_lag.start()
@@ -183,6 +194,9 @@ class Service:
                 await source.stop()
             except Exception:
                 log.exception("stopping source %s", source.name)
+        if self.store is not None:
+            # Last: what the sources reported until they stopped is written, then `clean`.
+            await asyncio.to_thread(self.store.close)
 
     def source_health(self, source: Source) -> SourceHealth:
         """A source's health as clients see it: its own, made `degraded` by a missed canary."""

@@ -320,9 +320,11 @@ class Tracker:
         bit = source_bit(o.source)
         recent.sources |= bit
         known = o.code is not None or o.signal is not None
-        if known and (recent.exit is None or (o.signal and o.source in ("proc", "pidfd"))):
+        better = recent.exit is None or (o.signal and o.source in ("proc", "pidfd"))
+        if known and better and recent.exit != info:
             recent.exit = info
             recent.cause = "signal" if o.signal else "exit"
+            self.registry.touched(recent)
         vanished = self._vanished.confirm(recent)
         if vanished is None:
             self.counters["duplicates"] += 1

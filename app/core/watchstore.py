@@ -2,8 +2,8 @@
 
 The file holds the API's changes only, `{name: spec}` for a watch defined or redefined and
 `{name: null}` for a configured watch that was removed. At start they are applied over the
-config file's watches. The default state directory is /run/lifewatch (tmpfs): changes last
-until the node reboots; point `state_dir` at a disk to keep them longer.
+config file's watches. The default state directory is /var/lib/lifewatch, on disk: changes
+last across reboots too.
 """
 
 from __future__ import annotations

@@ -206,6 +206,7 @@ def test_cli_check_and_port_in_use() -> None:
         out = subprocess.run(
             [sys.executable, "-m", "app", "serve", "--port", str(port), "--sources", ""],
             capture_output=True, text=True, timeout=30,
+            env=dict(os.environ, LIFEWATCH_STATE_DIR=""),  # nothing written under /var/lib
         )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (

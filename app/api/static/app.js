@@ -1,6 +1,6 @@
 // lifewatch dashboard: reads the REST API once, then follows /v1/stream.
-// On a lost connection it reconnects with the last cursor; on `reset` (cursor too old, or a
-// new daemon run) it re-reads state. Rendering is throttled: at thousands of events per
+// On a lost connection it reconnects with the last cursor (a daemon restarted on the same
+// boot resumes it); on `reset` (cursor too old, another boot) it re-reads state. Rendering is throttled: at thousands of events per
 // second the page applies every event but redraws a few times a second.
 "use strict";
 
@@ -154,8 +154,9 @@ function connect() {
 }
 async function reconnect() {
   try {
-    // If the daemon restarted, its cursors are all larger than ours and the stream will
-    // answer `reset`; reading the node first also tells us it is up again.
+    // A daemon restarted on the same boot resumes our cursor (its restart's gap, deaths and
+    // births follow); otherwise the stream answers `reset`. Reading the node first also
+    // tells us it is up again.
     await getJSON("/v1/node");
     connect();
   } catch (e) {

@@ -1,0 +1,250 @@
+"""The durable journal (app/core/store.py) on real SQLite files: what a restart reads back,
+what a crash loses and says, what is moved aside, what the queue and retention do."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.argv import CutArgv
+from app.core.identity import NodeIdentity, TickClock
+from app.core.journal import Event, Journal
+from app.core.life import Life, LifeView, exit_of
+from app.core.store import RESERVE, SEQ_BITS, Resolver, Restored, Store, StoreSettings
+from app.core.storecodec import CodecError, pack_view, unpack_view
+
+BOOT_A, BOOT_B = "boot-a", "boot-b"
+
+
+def node(boot: str = BOOT_A) -> NodeIdentity:
+    return NodeIdentity("h", boot, TickClock(1_700_000_000, 100), "kernel")
+
+
+def view(pid: int, died: float | None = None, comm: str = "sleep") -> LifeView:
+    life = Life(pid, 1000 + pid, 1, comm, 4, exe="/bin/sleep", argv=("sleep", "9"), born_at=5.0)
+    if died is not None:
+        life.died_at, life.exit, life.cause = died, exit_of(3, None), "exit"
+    return life.snapshot()
+
+
+def open_store(tmp: Path, boot: str = BOOT_A, **kw: Any) -> tuple[Store, Restored]:
+    clock = kw.pop("clock", lambda: 1_800_000_000.0)
+    st = Store(StoreSettings(tmp / "lifewatch.db", **kw), clock=clock)
+    got = st.open(node(boot), history=100, window=100)
+    return st, got
+
+
+def test_codec_round_trip_and_refusal() -> None:
+    life = Life(7, 8, 1, "a\udcff", 4, argv=CutArgv(("x\udcfe", "y")), born_at=1.5)
+    life.died_at, life.exit, life.cause, life.died_after = 3.0, exit_of(None, 9), "signal", 2.0
+    v = life.snapshot()
+    back = unpack_view(pack_view(v))
+    assert back == v and type(back.argv) is CutArgv
+    with pytest.raises(CodecError):
+        unpack_view(b"\x00garbage")
+    with pytest.raises(CodecError):
+        unpack_view(pack_view(v)[:-3])
+
+
+def test_a_clean_restart_reads_the_boot_back(tmp_path: Path) -> None:
+    st, got = open_store(tmp_path)
+    first = got.first_cursor
+    assert first == got.boot.ord << SEQ_BITS | 1
+    j = Journal(100, first_cursor=first)
+    j.sink = st.put
+    st.last_cursor = lambda: j.last_cursor
+    j.append("born", view(10))
+    j.append("born", view(11))
+    j.append("died", view(11, died=9.0))
+    j.append("gap", None, {"reason": "x", "list": [1, "a", None]})
+    st.close()
+    st2, again = open_store(tmp_path)
+    assert again.resumed and again.boot.clean
+    assert again.first_cursor == j.last_cursor + 1
+    assert [v.pid for v in again.alive] == [10]
+    assert [v.pid for v in again.dead] == [11]
+    assert again.dead[0].exit == exit_of(3, None)
+    evs = again.events
+    assert [e.type for e in evs] == ["born", "born", "died", "gap"]
+    assert evs[3].fields == {"reason": "x", "list": [1, "a", None]}
+    assert again.lost is None
+    st2.close()
+
+
+def test_a_crash_loses_the_tail_and_says_which_cursors(tmp_path: Path) -> None:
+    st, got = open_store(tmp_path)
+    j = Journal(100, first_cursor=got.first_cursor)
+    j.sink = st.put
+    st.last_cursor = lambda: j.last_cursor
+    j.append("born", view(10))
+    st._commit()  # committed
+    j.append("born", view(11))  # queued, never committed: the "kill -9" below
+    assert st._db is not None
+    st._db.close()
+    st2, again = open_store(tmp_path)
+    assert again.resumed and not again.boot.clean
+    lost = again.lost
+    assert lost is not None and lost[0] == j.first_cursor + 1
+    assert lost[1] >= j.last_cursor and again.first_cursor == lost[1] + 1
+    assert lost[1] - lost[0] < RESERVE + 2
+    assert [v.pid for v in again.alive] == [10]
+    st2.close()
+
+
+def test_a_new_boot_kills_the_old_boots_lives(tmp_path: Path) -> None:
+    st, got = open_store(tmp_path, BOOT_A)
+    st.put(view(10))
+    st.put(view(12, died=4.0))
+    st.close()
+    st2, again = open_store(tmp_path, BOOT_B)
+    assert not again.resumed
+    assert again.rebooted is not None and again.rebooted[:2] == (BOOT_A, 1)
+    assert again.boot.ord == got.boot.ord % 65535 + 1
+    old = got.boot.ord << SEQ_BITS | 5
+    assert st2.cursor_reason(old) == "node_rebooted"
+    assert st2.cursor_reason((again.boot.ord + 7) << SEQ_BITS) == "other_run"
+    db = st2.reader()
+    lives = Resolver(db)
+    rows = [
+        lives.view(c, b) for (c, b) in db.execute("SELECT cursor, life FROM lives ORDER BY key")
+    ]
+    db.close()
+    assert [(v.pid, v.cause) for v in rows if v] == [(10, "node_rebooted"), (12, "exit")]
+    assert rows[0] and rows[0].died_after is not None and rows[0].died_at is not None
+    st2.close()
+
+
+def test_damaged_and_newer_files_are_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "lifewatch.db").write_bytes(b"this is not a database" * 300)
+    st, got = open_store(tmp_path)
+    assert got.moved_aside and "moved to" in got.moved_aside
+    st.close()
+    assert len(list(tmp_path.glob("lifewatch.db.aside-*"))) == 1
+    c = sqlite3.connect(tmp_path / "lifewatch.db")
+    c.execute("PRAGMA user_version = 99")
+    c.close()
+    st, got = open_store(tmp_path, clock=lambda: 1_800_000_100.0)
+    assert "newer" in (got.moved_aside or "")
+    assert not got.resumed
+    st.close()
+
+
+def test_a_full_queue_drops_and_writes_a_gap_in_place(tmp_path: Path) -> None:
+    st, got = open_store(tmp_path, queue=16)
+    j = Journal(100, first_cursor=got.first_cursor)
+    j.sink = st.put
+    st.last_cursor = lambda: j.last_cursor
+    for i in range(20):
+        j.append("born", view(100 + i))
+    assert st.dropped == 4 and st.depth == 16
+    st._commit()
+    j.append("born", view(200))  # room again: the dropped span is written as a gap
+    st.close()
+    _, again = open_store(tmp_path)
+    evs = again.events
+    gap = [e for e in evs if e.type == "gap"]
+    assert len(gap) == 1 and gap[0].fields is not None
+    first = j.first_cursor
+    assert gap[0].fields["lost_cursors"] == [first + 16, first + 19]
+    assert gap[0].cursor == first + 19
+    assert evs[-1].life is not None and evs[-1].life.pid == 200
+
+
+def test_retention_by_age_and_size(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    st, got = open_store(tmp_path, retention=100.0, max_bytes=1 << 20, clock=lambda: now[0])
+    j = Journal(100_000, clock=lambda: now[0], first_cursor=got.first_cursor)
+    j.sink = st.put
+    st.last_cursor = lambda: j.last_cursor
+    j.append("born", view(77), at=now[0])  # alive throughout: never forgotten
+    for i in range(50):
+        j.append("died", view(i, died=now[0]), at=now[0])
+    st._commit()
+    now[0] += 1000  # all of them older than the retention now
+    j.append("died", view(999, died=now[0]), at=now[0])
+    st._commit()
+    st._maintain()
+    db = st.reader()
+    assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM lives").fetchone()[0] == 2
+    (blob,) = db.execute("SELECT life FROM lives WHERE died_at IS NULL").fetchone()
+    assert unpack_view(blob) == view(77)  # its born event is gone: its state kept in its row
+    # Size: 4 KiB argv per life passes 1 MiB; the oldest go until the file fits again.
+    for i in range(600):
+        big = (f"{i:04d}" + "x" * 4000,)  # distinct: marshal writes a repeated string once
+        life = Life(5000 + i, 9, 1, "big", 4, argv=big, born_at=now[0])
+        life.died_at = now[0]
+        j.append("died", life.snapshot(), at=now[0])
+    st._commit()
+    assert st.used_bytes() > 1 << 20
+    st._maintain()
+    assert st.used_bytes() <= 1 << 20
+    assert st.deleted > 50
+    assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0  # pages given back
+    db.close()
+    st.close()
+
+
+def test_a_component_keeps_its_own_table(tmp_path: Path) -> None:
+    st, _ = open_store(tmp_path)
+
+    def migrate(c: sqlite3.Connection, have: int) -> None:
+        if have < 1:
+            c.execute("CREATE TABLE outbox(id INTEGER PRIMARY KEY, body BLOB)")
+
+    st.component("outbox", 1, migrate)
+    st.write(lambda c: c.execute("INSERT INTO outbox(body) VALUES (x'01')"))
+    st.write(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"))  # fails alone
+    st._commit()
+    db = st.reader()
+    assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1
+    assert db.execute("SELECT version FROM components").fetchall() == [(1,)]
+    db.close()
+    st.close()
+
+
+def test_journal_with_skipped_cursors_and_a_loaded_window() -> None:
+    base = 5 << SEQ_BITS
+    old = [Event(base + i, "born", 1.0, view(i), None, 4) for i in (1, 2, 3)]
+    j = Journal(100, first_cursor=base + 1000)  # cursors 4..999 skipped (a crash)
+    j.load(old, base, complete=True)
+    j.append("gap", None, {"reason": "daemon_crashed"})
+    got = j.since(base + 2)
+    assert got is not None and [e.cursor for e in got] == [base + 3, base + 1000]
+    got = j.since(base + 500)  # a cursor in the lost span: what came after it
+    assert got is not None and [e.cursor for e in got] == [base + 1000]
+    got = j.since(0)
+    assert got is not None and len(got) == 4
+    assert j.since(base - 1) is None and j.reset_reason(base - 1) == "other_run"
+    j.foreign = lambda c: "node_rebooted"
+    assert j.reset_reason(base - 1) == "node_rebooted"
+    partial = Journal(100, first_cursor=base + 1000)
+    partial.load(old[1:], base, complete=False)  # the first event of the boot is gone
+    assert partial.since(base) is None and partial.reset_reason(base + 1) == "cursor_too_old"
+    assert partial.since(base + 1) is not None
+
+
+def test_a_damaged_chunk_is_skipped_and_counted(tmp_path: Path) -> None:
+    st, got = open_store(tmp_path)
+    j = Journal(100, first_cursor=got.first_cursor)
+    j.sink = st.put
+    st.last_cursor = lambda: j.last_cursor
+    j.append("died", view(11, died=9.0))
+    st._commit()
+    j.append("died", view(12, died=9.5))
+    st.close()
+    db = sqlite3.connect(tmp_path / "lifewatch.db")
+    (first,) = db.execute("SELECT min(first) FROM chunks").fetchone()
+    (blob,) = db.execute("SELECT data FROM chunks WHERE first = ?", (first,)).fetchone()
+    flipped = blob[:-5] + bytes([blob[-5] ^ 0x40]) + blob[-4:]  # one bit, as a disk might
+    db.execute("UPDATE chunks SET data = ? WHERE first = ?", (flipped, first))
+    db.commit()
+    db.close()
+    st2, again = open_store(tmp_path)
+    assert [life.pid for life in again.dead] == [12]  # the other one's state is unreadable
+    assert again.skipped == 2  # its chunk (the window) and its life row
+    assert [e.life.pid for e in again.events if e.life] == [12]
+    st2.close()
