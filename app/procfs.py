@@ -3,6 +3,7 @@ snapshot, and the node's boot facts. Nothing else in the daemon opens a /proc pa
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -149,6 +150,16 @@ def read_image(
         return None
 
 
+def read_owner(pid: int, proc: Path = PROC) -> int | None:
+    """The effective uid of `pid` (the owner of /proc/<pid>, proc(5)), None when gone. An
+    exec may change it (a process forked by root that dropped to a user, then exec'd): the
+    proc connector's EXEC event carries no uid (issue 10)."""
+    try:
+        return os.stat(f"{proc}/{pid}").st_uid
+    except OSError:
+        return None
+
+
 def _program(base: str, argv_max: int) -> tuple[str | None, tuple[str, ...]]:
     """exe and argv of the process at /proc path `base` (None and () when unreadable)."""
     try:
@@ -165,7 +176,14 @@ def _program(base: str, argv_max: int) -> tuple[str | None, tuple[str, ...]]:
         return exe, ()
 
 
-def capture(pid: int, proc: Path = PROC, argv_max: int = ARGV_MAX) -> tuple[ProcInfo, int] | None:
+# Out of descriptors or memory: not evidence that a process is gone (issue 10: a follow
+# with one fd left answered 404 "no process running").
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def capture(
+    pid: int, proc: Path = PROC, argv_max: int = ARGV_MAX, strict: bool = False
+) -> tuple[ProcInfo, int] | None:
     """Capture one life race-free: open a pidfd, read `stat`, then check that the pidfd's
     process has not been reaped. Returns the facts and the open pidfd (the caller owns it),
     or None when the pid is gone or is not a process (a thread).
@@ -173,17 +191,22 @@ def capture(pid: int, proc: Path = PROC, argv_max: int = ARGV_MAX) -> tuple[Proc
     A reaped pid may be reused; the pidfd pins the life it was opened on. If that life
     can still be signalled (signal 0) after the read, it was not reaped before the read,
     so the stat we read was its own. A zombie still answers, and still has its `stat`.
+    With `strict`, running out of descriptors or memory raises (OSError) instead.
     """
     try:
         pidfd = os.pidfd_open(pid)
-    except OSError:
+    except OSError as e:
+        if strict and e.errno in EXHAUSTED:
+            raise
         return None
     try:
         info = read_proc(pid, proc=proc, argv_max=argv_max)
         signal.pidfd_send_signal(pidfd, 0)
         ino = os.fstat(pidfd).st_ino
-    except (OSError, StatError):
+    except (OSError, StatError) as e:
         os.close(pidfd)
+        if strict and isinstance(e, OSError) and e.errno in EXHAUSTED:
+            raise
         return None
     return ProcInfo(info.stat, info.exe, info.argv, info.uid, ino), pidfd
 

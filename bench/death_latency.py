@@ -44,6 +44,8 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from bench.auth import AUTH, ENV
+
 MONO = time.CLOCK_MONOTONIC
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # asm-generic/socket.h
 
@@ -123,7 +125,7 @@ Victim = Killed | Exits
 
 async def wait_ready(url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=AUTH) as s:
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientError):
                 async with s.get(f"{url}/v1/node") as r:
@@ -141,7 +143,7 @@ async def died_stream(url: str, client: str) -> AsyncIterator[Callable[[], Await
     if client == "websockets":
         from websockets.asyncio.client import connect
 
-        async with connect(path, compression=None, max_size=None) as ws:
+        async with connect(path, compression=None, max_size=None, additional_headers=AUTH) as ws:
 
             async def text() -> str:
                 msg = await ws.recv()
@@ -149,7 +151,7 @@ async def died_stream(url: str, client: str) -> AsyncIterator[Callable[[], Await
 
             yield text
         return
-    async with aiohttp.ClientSession() as s, s.ws_connect(path) as aws:
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.ws_connect(path) as aws:
 
         async def atext() -> str:
             msg = await aws.receive()
@@ -210,6 +212,7 @@ class RawStream:
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Authorization: {AUTH['Authorization']}\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )
@@ -272,7 +275,11 @@ def measure_raw(
     latencies: list[float] = []
     deaths: Counter[int] = Counter()
     victims: list[Victim] = []
-    host = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/node").read())["host"]
+    host = json.loads(
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}/v1/node", headers=AUTH)
+        ).read()
+    )["host"]
     ws = None if by_life else RawStream(port, "/v1/stream?types=died", stamps)
     clock = time.CLOCK_REALTIME if stamps else MONO  # the kernel stamps on CLOCK_REALTIME
     time.sleep(0.2)
@@ -327,7 +334,8 @@ def start_ticks(pid: int) -> int:
 STREAMERS = """
 import asyncio, sys, signal, aiohttp, uvloop
 async def one(url, counts, i):
-    async with aiohttp.ClientSession() as s, s.ws_connect(url, max_msg_size=0) as ws:
+    auth = {"Authorization": "Bearer bench-token"}  # bench/auth.py
+    async with aiohttp.ClientSession(headers=auth) as s, s.ws_connect(url, max_msg_size=0) as ws:
         async for msg in ws:
             counts[i] += 1
 async def main(url, n):
@@ -346,13 +354,14 @@ uvloop.run(main(sys.argv[1], int(sys.argv[2])))
 CHECKERS = """
 import asyncio, sys, signal, aiohttp, uvloop
 async def one(url, lives, done, i):
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench-token"}) as s:
         while True:
             async with s.post(url + "/v1/lives/check", json={"lives": lives}) as r:
                 await r.read()
                 done[i] += r.status == 200
 async def main(url, n):
-    async with aiohttp.ClientSession() as s, s.get(url + "/v1/node") as r:
+    auth = {"Authorization": "Bearer bench-token"}  # bench/auth.py
+    async with aiohttp.ClientSession(headers=auth) as s, s.get(url + "/v1/node") as r:
         host = (await r.json())["host"]
     lives = [f"{host}/{1 + k % 30000}/{k}" for k in range(10000)]
     done = [0] * n
@@ -378,7 +387,9 @@ def start_load(kind: str, workers: int) -> list[subprocess.Popen[bytes]]:
 
 
 def node(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/node", timeout=30) as r:
+    with urllib.request.urlopen(
+        urllib.request.Request(f"http://127.0.0.1:{port}/v1/node", headers=AUTH), timeout=30
+    ) as r:
         got: dict[str, Any] = json.load(r)
         return got
 
@@ -426,7 +437,7 @@ def main() -> None:
                     help="kill -9 by the bench, or _exit by the victim (see above)")  # fmt: skip
     args = ap.parse_args()
     url = f"http://127.0.0.1:{args.port}"
-    env = dict(os.environ, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
+    env = dict(os.environ, **ENV, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
     daemon = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(args.port),
          "--sources", args.sources, "--log-level", "WARNING"],

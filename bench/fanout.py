@@ -34,6 +34,7 @@ import aiohttp
 import uvloop
 
 from bench.audit_forks import status
+from bench.auth import AUTH, ENV
 from bench.death_latency import now_ns, pct, stop_daemon, wait_ready
 
 NOFILE = 16_384
@@ -105,7 +106,7 @@ async def measure(
     run, killed = Run(), {}
     host = socket.gethostname()
     conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as s:
+    async with aiohttp.ClientSession(connector=conn, headers=AUTH) as s:
         socks = []
         for i in range(0, len(lives), 100):  # connect in slices: the daemon's accept backlog
             chunk = lives[i : i + 100]
@@ -139,7 +140,7 @@ async def measure(
 
 
 def start_daemon(args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
+    env = dict(os.environ, **ENV, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
     return subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(args.port),
          "--sources", args.sources, "--log-level", "WARNING"],

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from bench.auth import AUTH, ENV
+
 MINIMAL = """
 import uvloop
 from aiohttp import web
@@ -48,7 +50,9 @@ def wait_port(port: int) -> None:
 
 def wrk(url: str, seconds: int, conns: int) -> tuple[float, str]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url],
+        # The bench daemon's throwaway token (bench/auth.py), not a secret.
+        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-H",
+         f"Authorization: {AUTH['Authorization']}", url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -60,7 +64,7 @@ def main(seconds: int = 5, conns: int = 32) -> None:
     lw_port, min_port = free_port(), free_port()
     # As deployed: both kernel sources when root (alive answers then take the cheap check).
     sources = "audit,proc" if os.geteuid() == 0 else ""
-    env = dict(os.environ, LIFEWATCH_PORT=str(lw_port), LIFEWATCH_SOURCES=sources,
+    env = dict(os.environ, **ENV, LIFEWATCH_PORT=str(lw_port), LIFEWATCH_SOURCES=sources,
                LIFEWATCH_STATE_DIR="")  # fmt: skip
     print(f"lifewatch sources: {sources or 'none'}")
     lw = subprocess.Popen([sys.executable, "-m", "app", "serve", "--log-level", "WARNING"], env=env)
@@ -74,7 +78,9 @@ def main(seconds: int = 5, conns: int = 32) -> None:
         path = f"/v1/lives/{target.pid}/{ticks}"
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{lw_port}{path}") as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{lw_port}{path}", headers=AUTH)
+        ) as r:
             answer = json.load(r)
         assert answer["state"] == "alive", answer
         results: dict[str, list[tuple[float, str]]] = {"lifewatch": [], "minimal": []}

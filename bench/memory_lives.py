@@ -34,6 +34,7 @@ import time
 
 import aiohttp
 
+from bench.auth import AUTH, ENV
 from bench.death_latency import stop_daemon, wait_ready
 
 # The helper: forks N children that exec `sleep 600`, prints "ready", then waits for its
@@ -157,7 +158,7 @@ async def fill_journal(s: aiohttp.ClientSession, url: str) -> None:
 
 async def grow(url: str, daemon: int, n: int, fill: bool) -> tuple[int, int, float]:
     """RSS before and after N sleepers are alive, and seconds until the daemon had them."""
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=AUTH) as s:
         await asyncio.sleep(1.0)  # start-up garbage, first canary round
         if fill:
             await fill_journal(s, url)
@@ -187,7 +188,7 @@ async def grow(url: str, daemon: int, n: int, fill: bool) -> tuple[int, int, flo
 
 def one_run(n: int, port: int, fill: bool) -> float:
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
+    env = dict(os.environ, **ENV, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
     daemon = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port), "--sources", "proc",
          "--log-level", "WARNING"],

@@ -25,6 +25,7 @@ import time
 import urllib.request
 from typing import Any
 
+from bench.auth import AUTH, ENV
 from bench.death_latency import RawStream, stop_daemon, wait_ready
 from bench.fanout import FORKER
 
@@ -34,7 +35,7 @@ def journal_deaths(port: int, after: int, until: int) -> list[int]:
     out: list[int] = []
     while after < until:
         url = f"http://127.0.0.1:{port}/v1/events?types=died&limit=10000&after={after}"
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH), timeout=30) as r:
             page: dict[str, Any] = json.load(r)
         if page["reset"]:
             raise SystemExit(f"the journal no longer holds cursor {after}")
@@ -47,7 +48,7 @@ def journal_deaths(port: int, after: int, until: int) -> list[int]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     port = args.port
-    env = dict(os.environ, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"),
+    env = dict(os.environ, **ENV, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"),
                LIFEWATCH_CANARY_INTERVAL="0")  # fmt: skip
     cmd = [sys.executable, "-m", "app", "serve", "--port", str(port), "--sources", args.sources,
            "--log-level", "WARNING"]  # fmt: skip
@@ -64,7 +65,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.pause)  # not reading: the daemon's buffer for us fills
         forker.kill()
         forker.wait()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/node", timeout=30) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}/v1/node", headers=AUTH), timeout=30
+        ) as r:
             now = json.load(r)["cursor"]
         truth = journal_deaths(port, first - 1, now)
         closed = read_for(ws, got, time.monotonic() + 60.0, truth[-1])

@@ -44,6 +44,8 @@ from typing import Any
 import aiohttp
 
 from bench.audit_forks import RULES, restore, start_auditd, status
+from bench.auth import AUTH
+from bench.auth import ENV as AUTH_ENV
 
 HERE = Path(__file__).parent
 FORKER = HERE / "out" / "forker"
@@ -95,12 +97,13 @@ class Daemon:
 
     def __init__(self, sources: str, tmp: Path, extra: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        env = dict(os.environ, LIFEWATCH_PORT=str(self.port), LIFEWATCH_STATE_DIR=str(tmp),
-                   LIFEWATCH_AUDIT_MODE="unicast", **(extra or {}))  # fmt: skip
+        env = dict(os.environ, **AUTH_ENV, LIFEWATCH_PORT=str(self.port),
+                   LIFEWATCH_STATE_DIR=str(tmp), LIFEWATCH_AUDIT_MODE="unicast",
+                   **(extra or {}))  # fmt: skip
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--sources", sources],
                                      env=env, stderr=subprocess.DEVNULL)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        self.http = aiohttp.ClientSession(headers=AUTH, timeout=aiohttp.ClientTimeout(total=120))
         self.odd: list[dict[str, Any]] = []  # missed or wrong lives: truth and answers
 
     async def node(self) -> dict[str, Any]:
@@ -165,7 +168,7 @@ class Daemon:
 async def stream_deaths(url: str, counts: list[int], i: int) -> None:
     """A client that reads every death as fast as it comes."""
     ws_url = url.replace("http", "ws") + "/v1/stream?types=died"
-    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url, max_msg_size=0) as ws:
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.ws_connect(ws_url, max_msg_size=0) as ws:
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break

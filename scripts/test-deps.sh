@@ -12,6 +12,8 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v chromium >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)  # tests/unit/test_packaging.py
 command -v setpriv >/dev/null || need+=(util-linux)  # scripts/test-unprivileged.sh
+command -v curl >/dev/null || need+=(curl)  # tests/kernel/test_tokens.py (the README's commands)
+command -v useradd >/dev/null || need+=(passwd)  # tests/kernel/test_who_reads.py
 command -v openssl >/dev/null || need+=(openssl)  # tests/kernel/test_cluster.py (TLS)
 # Debian's python3 makes venvs only with python3-venv (ensurepip); `make` needs one.
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)

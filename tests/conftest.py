@@ -16,13 +16,18 @@ from pathlib import Path
 import pytest
 import uvloop
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from app.api.app import make_app
 from app.core.service import Service
-from tests.helpers import make_config
+from tests.helpers import TOKEN, api_client, make_config
 
 ROOT = Path(__file__).parent
+# Daemons the tests start as processes (lifewatch serve) take their token from here, and
+# so do the clients they run (the CLI, app.client): one place (issue 10). No Unix socket
+# unless a test names one: runs must not meet each other's, or a system daemon's, socket.
+os.environ.setdefault("LIFEWATCH_TOKEN", TOKEN)
+os.environ.setdefault("LIFEWATCH_SOCKET", "")
 # No test reads the host's /etc/lifewatch/lifewatch.toml (app/cli/settings.py): the daemons
 # the tests start inherit this; a test of the default path removes it.
 os.environ.setdefault("LIFEWATCH_CONFIG", "")
@@ -100,5 +105,5 @@ async def service() -> AsyncIterator[Service]:
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = make_app(service, manage=False)
-    async with TestClient(TestServer(app)) as c:
+    async with api_client(app) as c:
         yield c

@@ -8,19 +8,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from app.api.callers import TOKENS
 from app.core.config import Config
 from app.core.journal import Event, Subscriber
 from app.procfs import parse_stat
 
 DATA = Path(__file__).parent / "data"
 T = TypeVar("T")
+# The admin token of test daemons: TCP needs a token for everything but /healthz, and the
+# tests' clients (api_client) send it unless a test says otherwise.
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def make_config(**kw: object) -> Config:
-    """A Config for tests: no kernel source, nothing on disk, any free port, unless asked."""
-    base: dict[str, object] = {"sources": (), "state_dir": None, "port": 0}
+    """A Config for tests: no kernel source, nothing on disk, any free port, no Unix socket,
+    the admin token TOKEN, unless asked."""
+    base: dict[str, object] = {
+        "sources": (), "state_dir": None, "port": 0, "socket": None, "token": TOKEN,
+    }  # fmt: skip
     base.update(kw)
     return Config.model_validate(base)
+
+
+def api_client(app: web.Application) -> TestClient[web.Request, web.Application]:
+    """A TCP test client of `app` that sends the app's admin token (if it has one) on every
+    request: the one place tests get their credentials from."""
+    admin = app[TOKENS].admin
+    auth = {"Authorization": f"Bearer {admin.decode()}"} if admin else {}
+    return TestClient(TestServer(app), headers=auth)
 
 
 async def wait_until(cond: Callable[[], T | None], timeout: float = 10.0, step: float = 0.01) -> T:

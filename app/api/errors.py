@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from pydantic import ValidationError
 
 from app.api.keys import SERVICE
@@ -61,7 +62,58 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             detail = (
                 f"request body larger than {request.app[SERVICE].config.max_request_bytes} bytes"
             )
-        return error_response(e.status, name, detail or "")
+        # 405 says which methods the route has (RFC 9110 15.5.6): keep aiohttp's Allow.
+        allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+        return error_response(e.status, name, detail or "", allow)
+    except ConnectionError as e:
+        # The client went away mid-request: ordinary, not an error of the daemon's.
+        log.info("client %s went away during %s %s: %s", request.remote, request.method,
+                 request.path, e)  # fmt: skip
+        return error_response(400, "client_gone", "the connection was lost")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; see the daemon's log")
+
+
+class JsonErrorsHandler(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses as JSON. Each
+    connection's handler is made one of these by app/api/limits.py (no slots are added, so
+    its class can be swapped); aiohttp has no setting for this answer."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        return handle_protocol_error(request, status, exc, message)
+
+
+def handle_protocol_error(
+    request: web.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """aiohttp's answer to a request its parser refused (a bad request line or header, a
+    header too large), as JSON like every other error and logged without a traceback at
+    INFO (a hostile or broken client, not a fault of the daemon)."""
+    if status >= 500:
+        log.error("error handling request from %s", request.remote, exc_info=exc)
+        error, detail = "internal", "internal error; see the daemon's log"
+    else:
+        log.info("refused a malformed request from %s: %s", request.remote,
+                 (message or str(exc or "")).splitlines()[0:1])  # fmt: skip
+        error, detail = "bad_http", " ".join((message or str(exc or "")).split())[:300]
+    if request.writer.output_size > 0:
+        raise ConnectionError("an answer was already sent; cannot send another")
+    resp = web.Response(
+        status=status,
+        text=json.dumps({"error": error, "detail": detail}),
+        content_type="application/json",
+    )
+    resp.force_close()
+    return resp

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from app.api.callers import caller_of
 from app.api.jsontext import BytePage, dumps
 from app.api.keys import ENCODER, SERVICE
 from app.api.models import EventsQuery
@@ -29,14 +30,19 @@ async def events(request: web.Request) -> web.Response:
         # The cursor cannot be served: say so, and give what the window holds from its start.
         got = journal.since(journal.oldest_cursor - 1) or []
     page = BytePage(service.config.page_bytes)
+    caller = caller_of(request)
     nxt = q.after if not reset else journal.oldest_cursor - 1
     for ev in got:
         if len(page) >= q.limit:
             break
-        wanted = q.types is None or ev.type in q.types
+        lv = ev.life
+        wanted = (q.types is None or ev.type in q.types) and (lv is None or caller.shows(lv.uid))
         # Not ev.json(enc): that keeps the bytes in the journal, for every event replayed.
-        if wanted and not page.add(enc.event_bytes(ev)):
-            break
+        if wanted:
+            full = lv is None or caller.details(lv.uid)
+            data = enc.event_bytes(ev) if full else enc.event_bytes_redacted(ev)
+            if not page.add(data):
+                break
         nxt = ev.cursor
     tail: dict[str, object] = {"next": nxt, "reset": reset}
     if reset:

@@ -9,18 +9,59 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.api.callers import NOBODY, Caller, caller_of
 from app.api.connections import GATE, connection_json, connections_of
 from app.api.errors import ApiError
 from app.api.keys import CLUSTER, ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
+from app.api.limits import Refusals
 from app.core.follow import FollowError
-from app.core.identity import LifeId, parse_life_id
+from app.core.identity import LifeId, parse_life_id, same_host
 from app.core.partners import Resolution
 from app.core.service import Service
 
 routes = web.RouteTableDef()
 
-STATUS = {"follow_limit": 409, "not_found": 404}
+STATUS = {"follow_limit": 409, "not_found": 404, "no_descriptors": 503}
+
+
+class FollowBudget:
+    """Lives each caller has followed (Config.max_follow_per_caller): one caller cannot fill
+    the daemon's follow table for everyone (issue 10: 1,023 follows, then 409 for all). A
+    hold ends when the follower lets the life go (its death, a stream's close)."""
+
+    def __init__(self, limit: int, refused: Refusals) -> None:
+        self.limit = limit
+        self.refused = refused
+        self._held: dict[str, set[tuple[int, int]]] = {}
+
+    def held(self, key: str, service: Service) -> int:
+        lives = self._held.get(key)
+        if not lives:
+            return 0
+        for pid, ticks in list(lives):
+            life = service.follower.following(pid)
+            if life is None or life.start_ticks != ticks:
+                lives.discard((pid, ticks))
+        return len(lives)
+
+    def check(self, key: str, service: Service, pid: int) -> None:
+        lives = self._held.get(key, set())
+        if any(p == pid for p, _ in lives):
+            return  # following it again costs nothing
+        if self.held(key, service) >= self.limit:
+            self.refused("follow_per_caller")
+            raise ApiError(
+                429, "follow_limit_per_caller",
+                f"this caller ({key}) already follows {self.limit} lives "
+                "(max_follow_per_caller); they are released when they die",
+            )  # fmt: skip
+
+    def add(self, key: str, pid: int, ticks: int) -> None:
+        self._held.setdefault(key, set()).add((pid, ticks))
+
+
+BUDGET = web.AppKey("follow_budget", FollowBudget)
 
 
 class FollowRequest(BaseModel):
@@ -39,12 +80,14 @@ class FollowRequest(BaseModel):
 
 
 def _ticks(service: Service, lid: LifeId) -> int:
-    if lid.host != service.node.hostname:
+    if not same_host(lid.host, service.node.hostname):
         raise ApiError(404, "not_found", f"{lid.host} is another host; follow it there")
     return lid.ticks(service.node.clock)
 
 
-def follow_json(service: Service, enc: LifeEncoder, lid: LifeId) -> dict[str, Any]:
+def follow_json(
+    service: Service, enc: LifeEncoder, lid: LifeId, caller: Caller = NOBODY
+) -> dict[str, Any]:
     """Follow `lid`; the answer says whether a pidfd now holds it, and the life."""
     try:
         life = service.follower.follow(lid.pid, _ticks(service, lid))
@@ -56,7 +99,7 @@ def follow_json(service: Service, enc: LifeEncoder, lid: LifeId) -> dict[str, An
         "following": life.alive,
         "followed": len(service.follower),
         "max_follow": service.follower.limit,
-        "life": enc.life_json(life.snapshot()),
+        "life": enc.life_json(life.snapshot(), not caller.details(life.uid)),
     }
 
 
@@ -67,8 +110,8 @@ def follow_for_stream(service: Service, pid: int, ticks: int) -> bool:
     try:
         life = service.follower.follow(pid, ticks)
     except FollowError as e:
-        if e.error == "follow_limit":
-            raise ApiError(409, e.error, e.detail) from None
+        if e.error in ("follow_limit", "no_descriptors"):
+            raise ApiError(STATUS[e.error], e.error, e.detail) from None
         return False
     return life.alive
 
@@ -90,6 +133,7 @@ async def follow_partners(request: web.Request, of: LifeId) -> dict[str, Any]:
     """Follow every life at the other end of `of`'s connections on this node (and those
     found for it before: their deaths, if they died since, are answered as they are)."""
     service, enc = request.app[SERVICE], request.app[ENCODER]
+    caller = caller_of(request)
     res = await connections_of(request.app, of)
     me = service.node.life_id(res.pid, res.start_ticks)
     partners = []
@@ -102,7 +146,8 @@ async def follow_partners(request: web.Request, of: LifeId) -> dict[str, Any]:
             raise ApiError(STATUS.get(e.error, 409), e.error, e.detail) from None
         partners.append({
             "id": service.node.life_id(pid, ticks), "state": life.state,
-            "following": life.alive, "via": via, "life": enc.life_json(life.snapshot()),
+            "following": life.alive, "via": via,
+            "life": enc.life_json(life.snapshot(), not caller.details(life.uid)),
         })  # fmt: skip
     return {"partners_of": me, "partners": partners, "followed": len(service.follower),
             "max_follow": service.follower.limit}  # fmt: skip
@@ -118,8 +163,18 @@ async def follow(request: web.Request) -> web.Response:
     enc = request.app[ENCODER]
     lid = parse_life_id(body.life)
     cluster = request.app.get(CLUSTER)
-    if cluster is not None and lid.host != service.node.hostname:
+    if cluster is not None and not same_host(lid.host, service.node.hostname):
         # Its owner follows it with a pidfd; the death comes back on the deaths subject.
         status, answer = await cluster.asker.follow(body.life, lid.host)
         return web.json_response(answer, status=status)
-    return web.json_response(follow_json(service, enc, lid))
+    caller = caller_of(request)
+    if same_host(lid.host, service.node.hostname):
+        known = service.registry.find(lid.pid, lid.ticks(service.node.clock))
+        if known is not None and not caller.shows(known.uid):
+            raise ApiError(404, "not_found", f"no process {lid.pid} is running now")
+    budget = request.app[BUDGET]
+    budget.check(caller.key, service, lid.pid)
+    answer = follow_json(service, enc, lid, caller)
+    if answer["following"]:
+        budget.add(caller.key, lid.pid, answer["life"]["start_ticks"])
+    return web.json_response(answer)

@@ -13,6 +13,7 @@ import asyncio
 
 from aiohttp import web
 
+from app.api.callers import caller_of
 from app.api.errors import ApiError
 from app.api.jsontext import BytePage, dumps
 from app.api.keys import SERVICE
@@ -49,9 +50,12 @@ async def history_page(request: web.Request, q: LivesQuery) -> web.Response:
     encoders: dict[int, LifeEncoder] = {}
     page = BytePage(service.config.page_bytes)
     last = None
+    caller = caller_of(request)  # the same rules as every other answer (docs/security.md)
     for boot, view in got.lives:
+        if not caller.shows(view.uid):
+            continue
         enc = encoders.get(boot.ord) or encoders.setdefault(boot.ord, _encoder(boot))
-        if not page.add(dumps(enc.life_json(view))):
+        if not page.add(enc.life_bytes(view, not caller.details(view.uid))):
             break
         last = (boot.ord, view.start_ticks << 23 | view.pid)
     more = got.last is not None or len(page) < len(got.lives)

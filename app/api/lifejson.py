@@ -26,10 +26,53 @@ if TYPE_CHECKING:
 
 HEADS = 4096  # lives whose head is kept: the recently born or exec'd
 HEAD_MAX = 16 * 1024  # bytes: a longer head (a huge argv) is encoded when needed, not kept
+MESSAGE_MAX = 1 << 20  # bytes of one event or life (Config.max_message_bytes)
+REDACTED = ["argv", "exe"]  # what a caller who may not see a life's details is not shown
+
+
+def redact(life: dict[str, Any]) -> dict[str, Any]:
+    """`life` as shown to a caller who may not see its details (docs/security.md, "Who may
+    read what"): argv and exe null, and `redacted` naming them."""
+    out = dict(life, exe=None, argv=None, argv_truncated=False, redacted=REDACTED)
+    escaped = out.get("bytes_escaped")
+    if escaped is not None:
+        kept = [f for f in escaped if f not in REDACTED]
+        if kept:
+            out["bytes_escaped"] = kept
+        else:
+            del out["bytes_escaped"]
+    return out
+
+
+def fit(life: dict[str, Any], over: int) -> dict[str, Any]:
+    """`life` with its argv cut so that its JSON is about `over` bytes shorter (at least):
+    an event is never larger than the largest message (no poison pill for a client's
+    message limit). The cut is marked as a cut at argv_max is: `argv_truncated`."""
+    argv = life.get("argv") or []
+    keep: list[str] = []
+    budget = max(sum(len(dumps(a)) + 1 for a in argv) - over - 64, 0)
+    for arg in argv:
+        size = len(dumps(arg)) + 1
+        if size > budget:
+            # Up to 6 bytes of JSON per character (\u0001): cut to what surely fits.
+            if budget > 16:
+                keep.append(arg[: (budget - 3) // 6])
+            break
+        keep.append(arg)
+        budget -= size
+    return dict(life, argv=keep, argv_truncated=True)
 
 
 class LifeEncoder:
-    def __init__(self, host: str, boot_id: str, clock: TickClock, heads: int = HEADS) -> None:
+    def __init__(
+        self,
+        host: str,
+        boot_id: str,
+        clock: TickClock,
+        heads: int = HEADS,
+        message_max: int = MESSAGE_MAX,
+    ) -> None:
+        self.message_max = message_max
         self.host = host
         self.boot_id = boot_id
         self.clock = clock
@@ -41,12 +84,37 @@ class LifeEncoder:
         self._sources: dict[int, bytes] = {}
 
     @classmethod
-    def for_node(cls, node: NodeIdentity) -> LifeEncoder:
-        return cls(node.hostname, node.boot_id, node.clock)
+    def for_node(cls, node: NodeIdentity, message_max: int = MESSAGE_MAX) -> LifeEncoder:
+        return cls(node.hostname, node.boot_id, node.clock, message_max=message_max)
 
-    def life_json(self, view: LifeView) -> dict[str, Any]:
-        """The API's life object, argv/comm/exe escaped if not UTF-8 (app/api/bytetext.py)."""
-        return escape_life(view.head_json(self.host, self.boot_id, self.clock)) | view.tail_json()
+    def life_json(self, view: LifeView, redacted: bool = False) -> dict[str, Any]:
+        """The API's life object, argv/comm/exe escaped if not UTF-8 (app/api/bytetext.py);
+        `redacted`: without argv and exe (docs/security.md)."""
+        d = escape_life(view.head_json(self.host, self.boot_id, self.clock)) | view.tail_json()
+        return redact(d) if redacted else d
+
+    def life_bytes(self, view: LifeView, redacted: bool = False) -> bytes:
+        """life_json as JSON, at most `message_max` bytes (argv cut when longer)."""
+        d = self.life_json(view, redacted)
+        out = dumps(d)
+        if len(out) > self.message_max:
+            out = dumps(fit(d, len(out) - self.message_max))
+        return out
+
+    def event_bytes_redacted(self, ev: Event) -> bytes:
+        """The event for callers who may not see its life's details: made once per event
+        and shared by all of them (Event.json_redacted), never per client."""
+        if ev.life is None:
+            return self.event_bytes(ev)
+        d = ev.to_dict(self)
+        d["life"] = redact(d["life"])
+        return dumps(d)
+
+    def _fitted(self, ev: Event) -> bytes:
+        d = ev.to_dict(self)
+        over = len(dumps(d)) - self.message_max
+        d["life"] = fit(d["life"], over)
+        return dumps(d)
 
     def head(self, view: LifeView) -> bytes:
         """The encoded head of `view`, from the cache when the life has not changed."""
@@ -91,7 +159,9 @@ class LifeEncoder:
         head = hit[1] if hit is not None and hit[0] == view.head_key() else self.head(view)
         # A death's event is dated by the death: one date to write, not two.
         died = at if view.died_at == ev.at else self._date(view.died_at)
-        return b'%s,"life":%s%s}' % (out, head, self._rest(view, died))
+        out = b'%s,"life":%s%s}' % (out, head, self._rest(view, died))
+        # A huge argv (argv_max up to 1 MiB, escaped up to 6 bytes a byte) is cut to fit.
+        return out if len(out) <= self.message_max else self._fitted(ev)
 
     def _date(self, epoch: float | None) -> bytes:
         return b"null" if epoch is None else b'"%s"' % (iso(epoch) or "").encode()

@@ -8,11 +8,12 @@ import math
 
 from aiohttp import web
 
-from app.api.auth import require_token
+from app.api.callers import caller_of, require_admin
 from app.api.errors import ApiError
 from app.api.history import history_page, is_history
 from app.api.jsontext import BytePage, dumps
 from app.api.keys import ANSWERS, CLUSTER, ENCODER, SERVICE
+from app.api.limits import REFUSALS
 from app.api.models import CheckRequest, LivesQuery
 from app.core.identity import LifeId, LifeIdError, parse_life_id, parse_pid, parse_start
 from app.core.life import Life
@@ -35,7 +36,7 @@ async def is_alive(request: web.Request) -> web.Response:
         parse_pid(request.match_info["pid"]),
         parse_start(request.match_info["start"]),
     )
-    text = request.app[ANSWERS].text(lid, request.match_info["start"])
+    text = request.app[ANSWERS].text(lid, request.match_info["start"], caller_of(request))
     return web.Response(text=text, content_type="application/json")
 
 
@@ -49,6 +50,7 @@ async def list_lives(request: web.Request) -> web.Response:
     if (q.after or "").startswith("h"):
         raise ApiError(400, "bad_query", "an h… `next` continues a history query")
     after = tuple(int(x) for x in q.after.split(".")) if q.after else (-1, -1)
+    caller = caller_of(request)
 
     if is_history(q) and q.state == "alive":
         raise ApiError(400, "bad_query", "since/until select lives by death time: not alive")
@@ -62,6 +64,7 @@ async def list_lives(request: web.Request) -> web.Response:
         return (
             (not dated or (died is not None and since <= died < until))
             and (life.pid, life.start_ticks) > after
+            and caller.shows(life.uid)
             and (q.comm is None or life.comm == q.comm)
             and (q.exe is None or life.exe == q.exe)
             and (q.ppid is None or life.ppid == q.ppid)
@@ -77,7 +80,7 @@ async def list_lives(request: web.Request) -> web.Response:
     # of argv each would be a 45 MB answer. The first life always goes: the page advances.
     page = BytePage(service.config.page_bytes)
     for life in found[: q.limit]:
-        if not page.add(dumps(enc.life_json(life.snapshot()))):
+        if not page.add(enc.life_bytes(life.snapshot(), not caller.details(life.uid))):
             break
     last = found[len(page) - 1] if page else None
     more = last is not None and len(found) > len(page)
@@ -86,14 +89,17 @@ async def list_lives(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-@routes.get("/v1/lives/{pid}")
+# Not `check`: POST /v1/lives/check is another resource, and a 405 there must not list GET.
+@routes.get(r"/v1/lives/{pid:(?!check$)[^/]+}")
 async def holder(request: web.Request) -> web.Response:
     pid = parse_pid(request.match_info["pid"])
     service = request.app[SERVICE]
     life = service.registry.holder(pid)
-    if life is None:
+    caller = caller_of(request)
+    if life is None or not caller.shows(life.uid):
         raise ApiError(404, "not_found", f"no live process holds pid {pid}")
-    return web.json_response(request.app[ENCODER].life_json(life.snapshot()))
+    body = request.app[ENCODER].life_bytes(life.snapshot(), not caller.details(life.uid))
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.post("/v1/lives/check")
@@ -101,10 +107,12 @@ async def check_many(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     body = CheckRequest.model_validate_json(await request.read())
     if len(body.lives) > service.config.max_batch:
+        request.app[REFUSALS]("batch_too_large")
         raise ApiError(
             413, "batch_too_large", f"{len(body.lives)} lives; at most {service.config.max_batch}"
         )
     answers = request.app[ANSWERS]
+    caller = caller_of(request)
     results: list[str] = []
     lives = body.lives
     cluster, me = request.app.get(CLUSTER), service.node.hostname
@@ -119,7 +127,7 @@ async def check_many(request: web.Request) -> web.Response:
                     remote.append((len(results), lid, text))
                     results.append("")
                 else:
-                    results.append(answers.text(lid, text))
+                    results.append(answers.text(lid, text, caller))
             except LifeIdError as e:
                 # One bad entry does not spoil the batch: it gets its own error.
                 results.append(json.dumps({"id": text, "state": "invalid", "error": str(e)}))
@@ -136,7 +144,7 @@ async def resync(request: web.Request) -> web.Response:
     """A repair reads all of /proc on the event loop (0.76 s for 10,000 processes, bench/
     snapshot_10k.py) and marks lives dead: an operator's action, with the token, and no
     more often than the daemon's own repairs after gaps."""
-    require_token(request)
+    require_admin(request)
     tracker = request.app[SERVICE].tracker
     wait = tracker.resync_wait()
     if wait > 0:

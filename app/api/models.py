@@ -19,7 +19,8 @@ class Query(BaseModel):
 
 def _types(v: object) -> object:
     if isinstance(v, str):
-        names = tuple(t.strip() for t in v.split(",") if t.strip())
+        # Exactly a comma list of names (openapi.yaml's pattern): no blanks, no empty entries.
+        names = tuple(v.split(","))
         bad = [t for t in names if t not in EVENT_TYPES]
         if bad:
             raise ValueError(f"unknown event type(s) {bad}; known: {', '.join(EVENT_TYPES)}")
@@ -74,8 +75,8 @@ class StreamQuery(Query):
     pid: int | None = Field(None, ge=1)
     comm: str | None = None
     exe: str | None = None
-    life: str | None = None
-    partners_of: str | None = None
+    life: str | None = Field(None, max_length=400)  # host/pid/start, as POST /v1/follow
+    partners_of: str | None = Field(None, max_length=400)
     canary: bool | None = None
     # scope=cluster: every node's events, each with its `host` (docs/cluster.md)
     scope: Literal["node", "cluster"] = "node"

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from app.api.callers import WS_PROTOCOL, Caller, caller_of
 from app.api.connections import connections_of
 from app.api.errors import ApiError
-from app.api.follow import follow_for_stream, partner_notes
+from app.api.follow import BUDGET, follow_for_stream, partner_notes
 from app.api.heartbeat import Liveness, keepalive
 from app.api.jsontext import dumps
 from app.api.keys import CLUSTER, ENCODER, SERVICE, SOCKETS
@@ -30,8 +31,8 @@ from app.api.models import StreamQuery
 from app.api.wsframe import text_frame
 from app.cluster.view import parse_cluster_cursor, resume_from
 from app.core.fanout import Interest
-from app.core.identity import LifeId, parse_life_id
-from app.core.journal import Accept, Event, Journal, Push, Subscriber
+from app.core.identity import LifeId, parse_life_id, same_host
+from app.core.journal import Accept, Encoder, Event, Journal, Push, Subscriber
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -40,7 +41,9 @@ TRY_AGAIN_LATER = 1013  # RFC 6455 7.4.1 (IANA registry): "Try Again Later"
 Frame = Callable[[Event], bytes]  # an event as the WebSocket frame this client is sent
 
 
-def make_interest(q: StreamQuery, life: tuple[int, int] | None) -> Interest:
+def make_interest(
+    q: StreamQuery, life: tuple[int, int] | None, only_uid: int | None = None
+) -> Interest:
     return Interest(
         types=frozenset(q.types) if q.types else None,
         pid=life[0] if life else q.pid,
@@ -48,6 +51,7 @@ def make_interest(q: StreamQuery, life: tuple[int, int] | None) -> Interest:
         comm=q.comm,
         exe=q.exe,
         canary=q.canary,
+        uid=only_uid,
     )
 
 
@@ -145,15 +149,33 @@ async def stream(request: web.Request) -> web.StreamResponse:
     life: tuple[int, int] | None = None
     if q.life is not None:
         lid: LifeId = parse_life_id(q.life)
+        if not same_host(lid.host, service.node.hostname):
+            # Another host's life must not match a local one of the same pid and start.
+            raise ApiError(
+                404, "not_found", f"{lid.host} is another host; no cluster peer is configured"
+            )
         life = (lid.pid, lid.ticks(service.node.clock))
+    if request.headers.get("Upgrade", "").lower() != "websocket":  # after the query's 400s
+        raise ApiError(
+            426, "upgrade_required", "/v1/stream is a WebSocket: send `Upgrade: websocket`",
+            {"Upgrade": "websocket", "Connection": "Upgrade"},
+        )  # fmt: skip
     # A stream about one life holds a pidfd on it while open: its death is then reported
     # even if the event sources lose it (app/core/follow.py).
+    caller = caller_of(request)
+    budget = request.app[BUDGET]
+    if life is not None:
+        budget.check(caller.key, service, life[0])
     followed = life is not None and follow_for_stream(service, *life)
+    if followed and life is not None:
+        budget.add(caller.key, *life)
     # Uncompressed: permessage-deflate of each ~0.6 kB event cost more time than the rest of
     # the send (bench/death_latency.py); events are small and mostly go to nearby clients.
     # No aiohttp heartbeat and no autoping: app/api/heartbeat.py keeps the connection alive
     # and sees every frame the client sends.
-    ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
+    ws = web.WebSocketResponse(
+        autoping=False, max_msg_size=64 * 1024, compress=False, protocols=(WS_PROTOCOL,)
+    )
     try:
         await ws.prepare(request)
     except BaseException:
@@ -162,7 +184,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise
     request.app[SOCKETS].add(ws)
     try:
-        await _serve(request, ws, make_interest(q, life), q.after)
+        only = caller.uid if caller.hidden else None
+        await _serve(request, ws, make_interest(q, life, only), q.after)
     finally:
         if followed and life is not None:
             service.follower.release(life[0])
@@ -189,15 +212,19 @@ async def _partners_stream(request: web.Request, q: StreamQuery, of: LifeId) -> 
             pid: dumps({"of": me, "via": via}) for (pid, _), via in notes.items()
         }  # fmt: skip
 
+        encode = encoding_for(caller_of(request), enc)  # argv/exe only for who may see them
+
         def frame(ev: Event) -> bytes:
-            data = ev.json(enc)
+            data = encode(ev)
             note = by_pid.get(ev.life.pid) if ev.life is not None else None
             if note is None or not data.endswith(b"}"):
                 return text_frame(data)
             return text_frame(data[:-1] + b', "partner": ' + note + b"}")
 
+        caller = caller_of(request)
         interest = Interest(types=frozenset(q.types) if q.types else None,
-                            lives=frozenset(notes))  # fmt: skip
+                            lives=frozenset(notes),
+                            uid=caller.uid if caller.hidden else None)  # fmt: skip
         await _serve(request, ws, interest, q.after, frame)
     finally:
         for pid in held:
@@ -221,11 +248,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     live = Liveness(cfg.heartbeat, loop.time())
     if frame is None:
-        enc = request.app[ENCODER]
-
-        def frame(ev: Event) -> bytes:
-            return text_frame(ev.json(enc))
-
+        frame = frame_for(caller_of(request), request.app[ENCODER])
     push = make_push(ws, transport, frame)
     sub = (journal or service.journal).subscribe(interest, cfg.subscriber_queue, after, push)
     jobs = [asyncio.create_task(_send(request, ws, sub, cfg.slow_client_close, frame))]
@@ -306,6 +329,35 @@ async def _send(
     return None
 
 
+Encode = Callable[[Event], bytes]
+
+
+def encoding_for(caller: Caller, enc: Encoder) -> Encode:
+    """How this caller's events are written: whole, or without the argv and exe of lives it
+    may not see in full. Each variant is encoded once per event and shared by every client
+    that gets it (Event.json, Event.json_redacted): the choice costs a comparison."""
+    if caller.sees_all:
+        return lambda ev: ev.json(enc)
+    uid = caller.uid
+
+    def encode(ev: Event) -> bytes:
+        lv = ev.life
+        if lv is None or (uid is not None and lv.uid == uid):
+            return ev.json(enc)
+        return ev.json_redacted(enc)
+
+    return encode
+
+
+def frame_for(caller: Caller, enc: Encoder) -> Frame:
+    """The WebSocket frame of each event for this caller (see encoding_for). A caller who
+    sees everything takes the path it took before redaction existed: no call more."""
+    if caller.sees_all:
+        return lambda ev: text_frame(ev.json(enc))
+    encode = encoding_for(caller, enc)
+    return lambda ev: text_frame(encode(ev))
+
+
 def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, frame: Frame) -> Push:
     """Write an event straight onto the client's socket from the journal's append, on the
     kernel reader's callback: no wakeup of this handler's task between the kernel and the
@@ -322,7 +374,10 @@ def make_push(ws: web.WebSocketResponse, transport: asyncio.Transport | None, fr
             or transport.get_write_buffer_size() > PUSH_LIMIT
         ):
             return False
-        transport.write(frame(ev))
+        try:
+            transport.write(frame(ev))
+        except ConnectionError:  # the client just left: ordinary, no traceback (issue 10)
+            return False
         return True
 
     return push

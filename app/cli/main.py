@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import gc
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app import __version__
+from app.cli.http import default_url
 from app.core.config import Config, load_config
 
 EPILOG = """\
@@ -54,6 +56,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 7878)")
     serve.add_argument("--sources", help="comma list of kernel sources (default audit,proc)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
+    serve.add_argument("--socket", help="Unix socket path ('' for none; default "
+                       "/run/lifewatch/lifewatch.sock)")  # fmt: skip
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow --host beyond loopback (tokens cross the network in clear)",
+    )
     serve.add_argument(
         "--log-format", choices=("text", "json"), default="text",
         help="json: one JSON object per line (journald, collectors)",
@@ -71,12 +81,19 @@ def parser() -> argparse.ArgumentParser:
         ("tail", "print the event stream, one colored line per event"),
         ("ps", "show the live processes as a tree"),
         ("watch", "show a watch's state, then each change"),
+        ("whoami", "who the daemon thinks you are, and what you may see"),
+        ("resync", "repair the daemon's state from /proc (root or the admin token)"),
         ("nodes", "show the cluster's nodes as this daemon sees them"),
         ("partners", "show a process's connections and the lives at their other ends"),
         ("history", "list dead lives of the whole retained history (every boot kept)"),
     ):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--url", default=os.environ.get("LIFEWATCH_URL", "http://127.0.0.1:7878"))
+        c.add_argument(
+            "--url", default=default_url(),
+            help="the daemon: its Unix socket (unix:PATH, the default) or "
+            "http://HOST:PORT (TCP; the token comes from LIFEWATCH_TOKEN or the daemon's token "
+            "files, never from the command line)",
+        )  # fmt: skip
         if name in ("tail", "ps", "watch"):
             c.add_argument(
                 "--color", choices=("auto", "always", "never"), default="auto",
@@ -98,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
         elif name == "watch":
             c.add_argument("name", help="the watch's name (GET /v1/watches lists them)")
             c.add_argument("--once", action="store_true", help="print the state and exit")
+        elif name in ("whoami", "resync"):
+            pass
         else:
             c.add_argument("--after", type=int, help="resume after this cursor")
             c.add_argument("--types", help="comma list: born,exec,died,gap,...")
@@ -131,6 +150,13 @@ def main(argv: list[str] | None = None) -> None:
         from app.cli.console import run_ps
 
         run_ps(args)
+    elif args.command in ("whoami", "resync"):
+        from app.cli.http import fetch
+
+        if args.command == "whoami":
+            print(json.dumps(fetch(f"{args.url}/v1/whoami"), indent=2))
+        else:
+            print(json.dumps(fetch(f"{args.url}/v1/resync", method="POST"), indent=2))
     elif args.command == "nodes":
         nodes(args)
     elif args.command == "partners":
@@ -159,7 +185,13 @@ def serve(args: argparse.Namespace) -> None:
         config = load_config(
             file,
             dict(os.environ),
-            {"host": args.host, "port": args.port, "sources": args.sources},
+            {
+                "host": args.host,
+                "port": args.port,
+                "sources": args.sources,
+                "socket": args.socket,
+                "insecure": args.insecure,
+            },
         )
     except ValidationError as e:
         die("bad settings: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}"
@@ -203,24 +235,39 @@ async def _serve(config: Config) -> None:
     from aiohttp import web
 
     from app.api.app import make_app
+    from app.api.callers import TOKENS
+    from app.api.listen import ListenError, exposure_problem, open_listeners, remove_socket
     from app.core.sdnotify import Notifier
     from app.core.service import Service
     from app.core.watchdog import Watchdog
 
     service = Service(config)
-    runner = web.AppRunner(make_app(service), handle_signals=False, access_log=None)
+    app = make_app(service)
+    problem = exposure_problem(config, app[TOKENS].any)
+    if problem:
+        die(problem)
+    # keepalive_timeout: an idle kept-alive connection is closed (Config.idle_timeout).
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           keepalive_timeout=config.idle_timeout)  # fmt: skip
     await runner.setup()  # starts the service (sources, snapshot)
     watchdog = Watchdog(service, Notifier())  # systemd's notify socket, when it gave one
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        try:
+            port = await open_listeners(runner, app, config)
+        except ListenError as e:
+            die(str(e))
+        log = logging.getLogger("lifewatch")
         # What start-up made (modules, the snapshot's lives) lives as long as the daemon: out
         # of the collector's reach, collections walk only what came since.
         gc.collect()
         gc.freeze()
-        logging.getLogger("lifewatch").info(
-            "lifewatch %s serving on http://%s:%d", __version__, config.host, config.port
-        )
+        log.info("lifewatch %s serving on http://%s:%d%s", __version__, config.host, port,
+                 f" and {config.socket}" if config.socket else "")  # fmt: skip
+        login = app[TOKENS].login
+        if login:
+            # In the fragment: a browser never sends it to a server, and the dashboard
+            # moves it to its session storage and takes it out of the address bar.
+            log.info("dashboard: http://%s:%d/#token=%s", _url_host(config.host), port, login)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -231,6 +278,13 @@ async def _serve(config: Config) -> None:
     finally:
         await watchdog.stop()  # STOPPING=1
         await runner.cleanup()  # closes sockets, stops sources, removes kernel rules
+        remove_socket(config)
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def check(args: argparse.Namespace) -> None:

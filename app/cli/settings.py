@@ -12,7 +12,7 @@ from typing import Any
 from app.core.config import Config
 
 DEFAULT_CONFIG = Path("/etc/lifewatch/lifewatch.toml")
-SECRETS = frozenset({"token"})
+SECRETS = frozenset({"token", "read_token"})
 MASK = "********"
 
 

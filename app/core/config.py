@@ -130,6 +130,50 @@ class Config(BaseModel):
     canary_deadline: float = Field(
         2.0, gt=0, description="seconds a source has to report a canary's birth and death"
     )
+    # -- who may read what (app/api/callers.py, docs/security.md; issue 10) --
+    socket: Path | None = Field(
+        Path("/run/lifewatch/lifewatch.sock"),
+        description="Unix socket serving the same API as TCP; callers are identified by "
+        "their uid (SO_PEERCRED) and need no token; any local user may connect (mode "
+        "0666); empty: no socket",
+    )
+    read_token: str | None = Field(
+        None,
+        description="bearer token for reads over TCP (argv and exe of every life, no "
+        "changes); generated into <state_dir>/read-token at first start when unset",
+    )
+    metrics_open: bool = Field(
+        False, description="serve /metrics over TCP without a token (for a Prometheus scraper)"
+    )
+    insecure: bool = Field(
+        False,
+        description="allow a non-loopback `host` although TCP carries the token in clear "
+        "(lifewatch has no TLS: put it behind a TLS proxy instead)",
+    )
+    max_connections: int = Field(
+        4096, ge=1,
+        description="open TCP connections at once; lowered at start to fit the descriptor "
+        "limit (ulimit -n) with room kept for the Unix socket, follows and the kernel sources",
+    )  # fmt: skip
+    max_connections_per_peer: int = Field(
+        1024, ge=1, description="open connections at once from one address (TCP) or one uid (Unix)"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a new connection has to send its request's headers"
+    )
+    idle_timeout: float = Field(
+        60.0, gt=0, description="seconds a kept-alive HTTP connection may stay idle"
+    )
+    max_follow_per_caller: int = Field(
+        256, ge=0,
+        description="lives one caller (uid on the Unix socket, token on TCP) may have followed "
+        "at once (POST /v1/follow and life= streams)",
+    )  # fmt: skip
+    max_message_bytes: int = Field(
+        1 << 20, ge=64 << 10,
+        description="largest event or life in one WebSocket message or list entry; a longer "
+        "one has its argv cut (argv_truncated) so that it fits",
+    )  # fmt: skip
     # -- cluster (app/cluster/, docs/cluster.md) --
     node_name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.:-]{1,253}$",
@@ -211,6 +255,11 @@ class Config(BaseModel):
     @classmethod
     def _no_dir(cls, v: Any) -> Any:
         return None if v in ("", "none") else v  # an empty value turns pinning to disk off
+
+    @field_validator("socket", mode="before")
+    @classmethod
+    def _no_socket(cls, v: Any) -> Any:
+        return None if v in ("", "none") else v
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -35,12 +35,13 @@ class Interest:
     # A set of lives, (pid, start ticks) (a stream of a life's partners): an event about a
     # life matches when it is one of them.
     lives: frozenset[tuple[int, int]] | None = None
+    uid: int | None = None  # only lives run by this uid (a caller under hidepid)
 
     def matcher(self) -> Accept:
         """The filter as a closure specialised to the fields set: it runs once per offered
         event, on the kernel reader's callback."""
         types, pid, ticks = self.types, self.pid, self.ticks
-        comm, exe, canary = self.comm, self.exe, self.canary
+        comm, exe, canary, uid = self.comm, self.exe, self.canary, self.uid
         if self.lives is not None:
             lives = dict(self.lives)
 
@@ -50,11 +51,13 @@ class Interest:
                 lv = ev.life
                 if lv is None:
                     return True
+                if uid is not None and lv.uid != uid:
+                    return False
                 start = lives.get(lv.pid)
                 return start is not None and abs(lv.start_ticks - start) <= max(lv.start_slack, 0)
 
             return one_of
-        if pid is None and comm is None and exe is None and canary is None:
+        if pid is None and comm is None and exe is None and canary is None and uid is None:
 
             def by_type(ev: Event) -> bool:
                 return types is None or ev.type in types
@@ -73,6 +76,7 @@ class Interest:
                 and (comm is None or lv.comm == comm)
                 and (exe is None or lv.exe == exe)
                 and (canary is None or lv.canary == canary)
+                and (uid is None or lv.uid == uid)
             )
 
         return accept

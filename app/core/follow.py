@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from app.core.life import Life, SourceSet
 from app.core.tracker import Tracker
 from app.netlink.pidfd import pidfd_exit_status
 from app.sources.observations import Exit, wait_status
+
+FD_RESERVE = 32  # descriptors a follow leaves free (app/api/limits.py keeps its own)
 
 
 class FollowError(Exception):
@@ -67,6 +70,10 @@ class Follower:
         self._wall = wall
         self._by_pid: dict[int, _Followed] = {}
         self.stats = FollowStats()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        # Descriptors are numbered lowest free first: a pidfd numbered this high means that
+        # fewer than FD_RESERVE are left.
+        self.fd_ceiling = soft - FD_RESERVE if soft != resource.RLIM_INFINITY else 1 << 30
 
     def __len__(self) -> int:
         return len(self._by_pid)
@@ -93,7 +100,18 @@ class Follower:
                 f"already following {len(self._by_pid)} lives; the limit is {self.limit} "
                 "(max_follow)",
             )
-        got = procfs.capture(pid, self.proc, self.tracker.argv_max)
+        try:
+            got = procfs.capture(pid, self.proc, self.tracker.argv_max, strict=True)
+        except OSError as e:
+            self._refuse("no_descriptors")
+            raise FollowError("no_descriptors", f"cannot follow now: {e.strerror}") from None
+        if got is not None and got[1] >= self.fd_ceiling:
+            os.close(got[1])  # the last descriptors are kept for the API and the sources
+            self._refuse("no_descriptors")
+            raise FollowError(
+                "no_descriptors",
+                f"cannot follow now: fewer than {FD_RESERVE} file descriptors left (ulimit -n)",
+            )
         if got is None:
             self._refuse("not_found")
             raise FollowError("not_found", f"no process {pid} is running now")

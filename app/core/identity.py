@@ -195,3 +195,8 @@ def parse_life_id(text: str) -> LifeId:
     if not _HOST.match(host):
         raise LifeIdError(f"host {host!r} is not a valid host name")
     return LifeId(host, parse_pid(pid), parse_start(start))
+
+
+def same_host(a: str, b: str) -> bool:
+    """Host names compare without case (RFC 4343): `VM/1/1` names a life of host `vm`."""
+    return a == b or a.lower() == b.lower()

@@ -34,6 +34,10 @@ class Encoder(Protocol):
 
     def event_bytes(self, ev: Event) -> bytes: ...
 
+    def event_bytes_redacted(self, ev: Event) -> bytes:
+        """The event without its life's argv and exe (callers who may not see them)."""
+        ...
+
     def head(self, view: LifeView) -> bytes:
         """Encode now, and keep, the part of a life's JSON its death will not change."""
         ...
@@ -42,7 +46,7 @@ class Encoder(Protocol):
 class Event:
     """One journal entry. JSON is made lazily, once, and shared by every reader."""
 
-    __slots__ = ("_json", "at", "cursor", "fields", "life", "sources", "type")
+    __slots__ = ("_json", "_redacted", "at", "cursor", "fields", "life", "sources", "type")
 
     def __init__(
         self,
@@ -60,6 +64,7 @@ class Event:
         self.fields = fields
         self.sources = sources
         self._json: bytes | None = None
+        self._redacted: bytes | None = None
 
     def to_dict(self, enc: Encoder) -> dict[str, Any]:
         out: dict[str, Any] = {"cursor": self.cursor, "type": self.type, "at": iso(self.at)}
@@ -77,12 +82,19 @@ class Event:
             self._json = enc.event_bytes(self)
         return self._json
 
+    def json_redacted(self, enc: Encoder) -> bytes:
+        """The event's JSON without its life's argv and exe, made once for every stream of a
+        caller who may not see them (docs/security.md, "Who may read what")."""
+        if self._redacted is None:
+            self._redacted = enc.event_bytes_redacted(self)
+        return self._redacted
+
     def amend(self, life: LifeView, sources: int) -> None:
         """A fuller account of the same transition (a death found by a lookup, then its exit
         report): replays, and readers that have not sent the event yet, get this one."""
         self.life = life
         self.sources |= sources
-        self._json = None
+        self._json = self._redacted = None
 
 
 # Hands an event to an idle reader at once, without waiting; False when it cannot (the

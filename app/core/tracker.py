@@ -271,6 +271,10 @@ class Tracker:
                 image = procfs.read_image(o.pid, self.proc, self.argv_max)
             if image is not None and life.matches(image[0].start_ticks):
                 life.set_program(image[0].comm, image[1], image[2])
+                # Read after the stat that proved the pid still held this life.
+                uid = procfs.read_owner(o.pid, self.proc)
+                if uid is not None and o.uid is None:
+                    life.uid = uid
         else:
             life.set_program(
                 o.comm if o.comm is not None else life.comm,

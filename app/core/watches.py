@@ -48,11 +48,14 @@ class WatchSpec(BaseModel):
     exe: str | None = Field(None, description="glob on the executable path, e.g. /usr/sbin/ntpd")
     comm: str | None = Field(None, description="glob on the command name (15 chars max)")
     argv: str | None = Field(None, description="RE2 regular expression searched in ' '.join(argv)")
-    uid: int | None = Field(None, ge=0, description="real uid")
+    uid: int | None = Field(None, ge=0, strict=True, description="real uid")
     parent: str | None = Field(None, description="glob on the parent's comm or exe")
-    min: int = Field(1, ge=0, description="fewest matching lives that are healthy")
-    max: int | None = Field(None, ge=0, description="most matching lives that are healthy")
-    canary: bool = Field(False, description="also match lifewatch's own canary lives")
+    # strict: `"min": false` or `"canary": 1` is a mistake to report, not a value to coerce
+    min: int = Field(1, ge=0, strict=True, description="fewest matching lives that are healthy")
+    max: int | None = Field(
+        None, ge=0, strict=True, description="most matching lives that are healthy"
+    )
+    canary: bool = Field(False, strict=True, description="also match lifewatch's own canary lives")
 
     @field_validator("argv")
     @classmethod

@@ -15,7 +15,7 @@ from aiohttp import web
 from app.api.app import make_app
 from app.core.service import Service
 from tests.browser.test_dashboard import ARGS, CHROMIUM
-from tests.helpers import make_config
+from tests.helpers import TOKEN, make_config
 from tests.kernel.cluster_nodes import make_nodes
 from tests.natsd import free_port, nats_servers
 
@@ -48,7 +48,7 @@ async def test_the_cluster_panel_shows_peers_and_their_states(two_nodes: tuple[i
             pg = await browser.new_page()
             errors: list[str] = []
             pg.on("pageerror", lambda e: errors.append(str(e)))
-            await pg.goto(f"http://127.0.0.1:{port}/")
+            await pg.goto(f"http://127.0.0.1:{port}/#token={TOKEN}")
             peer = '#cluster [data-peer="b"] .state'
             await pg.wait_for_function(f"document.querySelector('{peer}')?.textContent === 'up'",
                                        timeout=15_000)  # fmt: skip

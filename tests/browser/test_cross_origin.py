@@ -19,6 +19,7 @@ from app.api.app import make_app
 from app.core.config import Config
 from app.core.service import Service
 from tests.browser.test_dashboard import ARGS, CHROMIUM, free_port
+from tests.helpers import AUTH, TOKEN
 
 ATTACK = """
 async ({port, life}) => {
@@ -49,7 +50,9 @@ class Daemon:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.service = Service(Config(sources=("proc",), state_dir=None, port=self.port))
+        self.service = Service(
+            Config(sources=("proc",), state_dir=None, port=self.port, socket=None, token=TOKEN)
+        )
         self.answers: list[tuple[str, str, int]] = []
         self.app = make_app(self.service)
         self.app.on_response_prepare.append(self._record)
@@ -127,5 +130,5 @@ async def test_a_dns_rebinding_request_is_refused(daemon: Daemon) -> None:
         for path in ("/v1/lives?state=alive", "/v1/stream"):
             async with s.get(base + path, headers={"Host": "attacker.example"}) as r:
                 assert r.status == 421 and (await r.json())["error"] == "forbidden_host"
-        async with s.get(base + "/v1/lives?state=alive") as r:
+        async with s.get(base + "/v1/lives?state=alive", headers=AUTH) as r:
             assert r.status == 200  # the same request naming the daemon is answered

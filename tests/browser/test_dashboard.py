@@ -24,6 +24,7 @@ from app.api.app import make_app
 from app.core.config import Config
 from app.core.service import Service
 from app.core.watches import WatchSpec
+from tests.helpers import TOKEN
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -51,6 +52,7 @@ class Server:
     async def start(self) -> None:
         cfg = Config(
             sources=("proc",), state_dir=None, port=self.port, heartbeat=2.0,
+            socket=None, token=TOKEN,
             watches={"sleeper": WatchSpec(argv=f"^sleep {SLEEP}$")},
         )  # fmt: skip
         service = Service(cfg)
@@ -126,8 +128,15 @@ async def test_dashboard_follows_lives_and_survives_a_restart(
     server: Server, page: Any, tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{server.port}/"
-    await page.goto(url)
+    await page.goto(f"{url}#token={TOKEN}")  # the login URL the daemon prints at start
     await page.wait_for_function("document.getElementById('conn').textContent === 'live'")
+    # The token left the address bar and the history for the tab's session storage.
+    assert page.url == url
+    assert await page.evaluate("sessionStorage.getItem('lifewatch-token')") == TOKEN
+    # What a process names itself is shown, never applied: bidi overrides and controls as
+    # \uXXXX (U+202E would turn "gpj.exe" around), HTML escaped.
+    shown = await page.evaluate("esc('evil\u202egpj.exe\u0007<b>')")
+    assert shown == "evil\\u202egpj.exe\\u0007&lt;b&gt;"
     assert await page.inner_text("#host") == socket.gethostname()
     await watch_state(page, "not running")
     await see_a_life_and_its_death(page, server)
@@ -174,7 +183,7 @@ async def test_process_detail_shows_partners_and_their_death(
                            text=True)  # fmt: skip
     try:
         assert cli.stdout is not None and cli.stdout.readline().strip() == "ok"
-        await page.goto(f"http://127.0.0.1:{server.port}/")
+        await page.goto(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
         await page.wait_for_function("document.getElementById('conn').textContent === 'live'")
         row = await page.wait_for_selector(f'#tree .p[data-pid="{cli.pid}"]', timeout=10_000)
         await row.click()

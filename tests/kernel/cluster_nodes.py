@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import AUTH
 from tests.natsd import free_port, wait_port
 
 # Reads a command per line: "spawn ARGV..." starts a child and prints its pid.
@@ -124,15 +125,16 @@ class Node:
     # -- HTTP ------------------------------------------------------------------------------
     def get(self, path: str) -> Any:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=AUTH)
+            with urllib.request.urlopen(req, timeout=5) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:
             return json.load(e)
 
     def post(self, path: str, body: Any) -> Any:
+        headers = {"Content-Type": "application/json", **AUTH}
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+                                     data=json.dumps(body).encode(), headers=headers)  # fmt: skip
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return json.load(r)

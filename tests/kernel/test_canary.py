@@ -14,7 +14,7 @@ from app.core.service import Service
 from app.sources.base import Sink
 from app.sources.observations import Observation
 from app.sources.proc import ProcConnectorSource
-from tests.helpers import make_config, read_until
+from tests.helpers import api_client, make_config, read_until
 
 
 class Muted:
@@ -111,7 +111,6 @@ async def test_rounds_run_by_themselves(tmp_path: Path) -> None:
 
 
 async def test_node_and_healthz_show_the_canary_verdict(svc: Service) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
 
     from app.api.app import make_app
     from tests.spec import call
@@ -119,7 +118,7 @@ async def test_node_and_healthz_show_the_canary_verdict(svc: Service) -> None:
     assert svc.canary is not None
     mutable = svc.sources[1]
     assert isinstance(mutable, MutableProc) and mutable.gate is not None
-    async with TestClient(TestServer(make_app(svc, manage=False))) as client:
+    async with api_client(make_app(svc, manage=False)) as client:
         await svc.canary.check_once()
         _, node = await call(client, "GET", "/v1/node")
         assert node["sources"]["proc"]["state"] == "ok"

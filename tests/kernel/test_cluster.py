@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import websockets
 
+from tests.helpers import AUTH
 from tests.kernel.cluster_nodes import Node, make_nodes
 from tests.natsd import NatsServer, nats_servers
 
@@ -104,7 +105,7 @@ class Collector:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        async with websockets.connect(self.url, max_size=None) as ws:
+        async with websockets.connect(self.url, max_size=None, additional_headers=AUTH) as ws:
             self.ready.set()
             async for raw in ws:
                 self.events.append((time.monotonic(), json.loads(raw)))
@@ -266,7 +267,8 @@ async def test_batch_check_across_hosts_and_a_remote_follow(nodes: list[Node]) -
                          capture_output=True, text=True, timeout=20)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     assert "a: up since" in cli.stdout and "b: up since" in cli.stdout
-    with urllib.request.urlopen(f"http://127.0.0.1:{a.port}/metrics", timeout=5) as r:
+    req = urllib.request.Request(f"http://127.0.0.1:{a.port}/metrics", headers=AUTH)
+    with urllib.request.urlopen(req, timeout=5) as r:
         metrics = r.read().decode()
     assert 'lifewatch_cluster_peers{state="up"} 2.0' in metrics
     assert "lifewatch_cluster_outbox 0.0" in metrics

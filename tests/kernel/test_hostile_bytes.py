@@ -14,12 +14,12 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from app.api.app import make_app
 from app.api.bytetext import unescape
 from app.core.service import Service
-from tests.helpers import make_config
+from tests.helpers import api_client, make_config
 
 Client = TestClient[Any, Any]
 ARGV = [b"sleep\xff\xfe", b"3"]
@@ -28,7 +28,7 @@ ARGV = [b"sleep\xff\xfe", b"3"]
 @pytest.fixture
 async def proc_client(tmp_path: Path) -> AsyncIterator[Client]:
     svc = Service(make_config(sources=("proc",), state_dir=tmp_path, canary_interval=0))
-    async with TestClient(TestServer(make_app(svc))) as c:
+    async with api_client(make_app(svc)) as c:
         yield c
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
 from app.core.config import Config
 from app.core.service import Service
-from tests.helpers import wait_until
+from tests.helpers import api_client, wait_until
 from tests.kernel.audit_kernel import KEY, kernel_audit_state, wait_unicast_free
 
 CHILDREN = 300
@@ -126,7 +125,7 @@ async def test_a_lookup_that_beats_the_exit_event_keeps_the_exit_code(svc: Servi
     gaps_before = gaps(svc)
     helper = Helper()
     app = make_app(svc, manage=False)
-    async with TestClient(TestServer(app)) as client:
+    async with api_client(app) as client:
         try:
             code = {helper.ask(f"f {i % 200 + 1}")[0]: i % 200 + 1 for i in range(CHILDREN)}
             # Every child known alive, with its start, before any of them exits.

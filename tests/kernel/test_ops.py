@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.app import make_app
 from app.core.service import Service
 from app.core.watches import NOT_RUNNING, RUNNING, WatchSpec
-from tests.helpers import make_config, wait_until
+from tests.helpers import api_client, make_config, wait_until
 
 SOURCES = ("proc", "audit")
 
@@ -71,7 +70,7 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 async def test_metrics_move_when_the_test_forks(svc: Service) -> None:
-    async with TestClient(TestServer(make_app(svc, manage=False))) as c:
+    async with api_client(make_app(svc, manage=False)) as c:
         source = svc.sources[0].name
         born = ("lifewatch_source_events_total", frozenset({("type", "born"),
                                                            ("source", source)}))  # fmt: skip

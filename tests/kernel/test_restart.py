@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 
 from app.core.store import SEQ_BITS, Resolver
-from tests.helpers import start_ticks, wait_until
+from tests.helpers import AUTH, start_ticks, wait_until
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -65,7 +65,8 @@ class Daemon:
 
     def get(self, path: str) -> Any:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            req = urllib.request.Request(self.url + path, headers=AUTH)
+            with urllib.request.urlopen(req, timeout=10) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:
             return json.load(e)
@@ -100,7 +101,7 @@ async def events_after(url: str, after: int, until: Callable[[dict[str, Any]], b
     """A stream client resuming after `after`: what it is sent until `until` holds."""
     got: list[dict[str, Any]] = []
     ws_url = url.replace("http", "ws") + f"/v1/stream?after={after}"
-    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url) as ws:
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.ws_connect(ws_url) as ws:
         async with asyncio.timeout(10):
             async for msg in ws:
                 ev = json.loads(msg.data)
@@ -250,7 +251,7 @@ async def test_kill_9_during_a_storm(daemons: Callable[..., Daemon], tmp_path: P
     body = {"lives": [f"{d2.get('/v1/node')['host']}/{v.pid}/{v.start_ticks}"
                       for v in storm_dead]}  # fmt: skip
     req = urllib.request.Request(d2.url + "/v1/lives/check", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})  # fmt: skip
+                                 {"Content-Type": "application/json", **AUTH})  # fmt: skip
     with urllib.request.urlopen(req, timeout=30) as r:
         results = json.load(r)["results"]
     for v, got in zip(storm_dead, results, strict=True):

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from app.netlink.audit_proto import AuditStatus
-from tests.helpers import wait_until
+from tests.helpers import AUTH, TOKEN, wait_until
 from tests.kernel.audit_kernel import (
     KEY,
     kernel_audit_state,
@@ -48,7 +48,8 @@ def free_port() -> int:
 
 def get(port: int, path: str) -> Any:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=AUTH)
+        with urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)
     except urllib.error.HTTPError as e:
         return json.load(e)
@@ -61,7 +62,8 @@ async def daemon(
     await wait_unicast_free()  # so that `auto` picks unicast, as on a node without auditd
     port = free_port()
     env = dict(os.environ, LIFEWATCH_PORT=str(port), LIFEWATCH_AUDIT_KEY=KEY,
-               LIFEWATCH_STATE_DIR=str(tmp_path), LIFEWATCH_CANARY_INTERVAL="1")  # fmt: skip
+               LIFEWATCH_STATE_DIR=str(tmp_path), LIFEWATCH_CANARY_INTERVAL="1",
+               LIFEWATCH_TOKEN=TOKEN, LIFEWATCH_SOCKET=str(tmp_path / "lw.sock"))  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--sources", "audit,proc"],
                             env=env, stderr=subprocess.PIPE)  # fmt: skip
     try:

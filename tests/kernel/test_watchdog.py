@@ -16,14 +16,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
 from app.core.sdnotify import Notifier
 from app.core.service import Service
 from app.core.watchdog import Watchdog
 from app.sources.proc import ProcConnectorSource
-from tests.helpers import make_config
+from tests.helpers import api_client, make_config
 
 WATCHDOG_USEC = 600_000  # a check every 0.3 s
 
@@ -99,7 +98,7 @@ async def test_frozen_reader_stops_the_pings_while_http_answers(
         frozen_at = time.monotonic()
         for _ in range(5):
             subprocess.run(["true"], check=True)
-        async with TestClient(TestServer(make_app(svc, manage=False))) as client:
+        async with api_client(make_app(svc, manage=False)) as client:
             await asyncio.sleep(5 * interval)
             r = await client.get("/v1/node")  # the HTTP side still answers
             assert r.status == 200

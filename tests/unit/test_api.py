@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from app import procfs
 from app.api.app import make_app
 from app.core.service import Service
-from tests.helpers import make_config
+from tests.helpers import AUTH, make_config
 from tests.spec import SPEC_PATH, call
 
 Client = TestClient[Any, Any]
@@ -240,7 +240,7 @@ async def test_shutdown_closes_streams_cleanly() -> None:
     await site.start()
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(f"http://127.0.0.1:{port}/v1/stream")
+        ws = await session.ws_connect(f"http://127.0.0.1:{port}/v1/stream", headers=AUTH)
         cleanup = asyncio.create_task(runner.cleanup())
         msg = await ws.receive(timeout=5)
         assert msg.type == aiohttp.WSMsgType.CLOSE

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from app import procfs
 from app.api.app import make_app
@@ -24,7 +24,7 @@ from app.core.registry import Registry
 from app.core.service import Service
 from app.netlink.audit_records import execve_argv, proctitle_argv
 from app.sources.observations import Exec, Fork, Observation
-from tests.helpers import make_config
+from tests.helpers import api_client, make_config
 from tests.scripted import ScriptedSource
 from tests.spec import call
 
@@ -129,7 +129,7 @@ async def big_argv() -> AsyncIterator[Service]:
 
 
 async def test_argv_truncated_in_the_life_json(big_argv: Service) -> None:
-    async with TestClient(TestServer(make_app(big_argv, manage=False))) as client:
+    async with api_client(make_app(big_argv, manage=False)) as client:
         _, life = await call(client, "GET", f"/v1/lives/{P}")  # validated against the spec
         assert life["argv_truncated"] is True and len(life["argv"][0]) == 4095
         _, other = await call(client, "GET", f"/v1/lives/{P + 1}")
@@ -160,7 +160,7 @@ async def test_event_pages_stop_at_their_byte_budget_and_continue() -> None:
         script.append(Exec("script", P + i, 10.5 + i, exe="/x", argv=("x" * 4000,), comm="x"))
     svc = await scripted(script, page_bytes=64 << 10)
     try:
-        async with TestClient(TestServer(make_app(svc, manage=False))) as client:
+        async with api_client(make_app(svc, manage=False)) as client:
             want = [e.cursor for e in svc.journal.since(0) or []]
             got: list[int] = []
             after, pages = 0, 0
@@ -190,15 +190,15 @@ async def test_event_pages_stop_at_their_byte_budget_and_continue() -> None:
 # -- batch checks in slices -----------------------------------------------------------------
 async def test_a_big_batch_check_lets_the_loop_run_between_slices(service: Service) -> None:
     app = make_app(service, manage=False)
-    async with TestClient(TestServer(app)) as client:
+    async with api_client(app) as client:
         answers = app[ANSWERS]
         turns = 0
         seen: list[int] = []
         real = answers.text
 
-        def text(lid: Any, asked: str) -> str:
+        def text(lid: Any, asked: str, caller: Any = None) -> str:
             seen.append(turns)
-            return real(lid, asked)
+            return real(lid, asked, caller)
 
         async def ticker() -> None:
             nonlocal turns

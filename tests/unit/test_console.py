@@ -81,7 +81,10 @@ def test_hostile_names_stay_on_one_line_and_cannot_drive_the_terminal() -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, Service, ScriptedSource]]:
+async def server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[str, Service, ScriptedSource]]:
+    monkeypatch.setenv("LIFEWATCH_TOKEN", "t")  # the CLI's token on TCP: never in argv
     src = ScriptedSource("proc")
     service = Service(Config(sources=(), state_dir=None, token="t"), sources=[src])
     await service.start()

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from app.api.app import make_app
 from app.cli.main import main
 from app.core.life import Life, SourceSet, exit_of
 from app.core.service import Service
-from tests.helpers import make_config
+from tests.helpers import api_client, make_config
 from tests.spec import call
 
 Client = TestClient[Any, Any]
@@ -55,7 +55,7 @@ async def test_history_pages_across_two_runs(state: Path) -> None:
     await asyncio.sleep(0.3)  # one commit interval
     app = make_app(svc, manage=False)
     try:
-        async with TestClient(TestServer(app)) as client:
+        async with api_client(app) as client:
             seen: list[dict[str, Any]] = []
             url = f"/v1/lives?since={t0 - 1}&comm=histA&limit=7"
             while url:
@@ -108,7 +108,7 @@ async def test_memory_only_says_so_and_filters_by_death(state: Path) -> None:
     t0 = time.time()
     die_many(svc, 5, "histM", t0)
     try:
-        async with TestClient(TestServer(make_app(svc, manage=False))) as client:
+        async with api_client(make_app(svc, manage=False)) as client:
             _, node = await call(client, "GET", "/v1/node")
             assert node["store"]["state"] == "off"
             _, page = await call(client, "GET", f"/v1/lives?since={t0 - 1}&comm=histM")

@@ -11,12 +11,12 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from app.api.app import make_app
 from app.core.identity import LifeIdError, TickClock
 from app.core.service import Service
-from tests.helpers import make_config
+from tests.helpers import api_client, make_config
 from tests.spec import call
 
 Client = TestClient[Any, Any]
@@ -62,7 +62,7 @@ async def guarded() -> AsyncIterator[Client]:
     """A daemon with a token, for the mutating routes' bearer check."""
     svc = Service(make_config(token="s3cret"))
     app: web.Application = make_app(svc, manage=False)
-    async with TestClient(TestServer(app)) as c:
+    async with api_client(app) as c:
         yield c
 
 

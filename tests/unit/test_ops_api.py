@@ -42,6 +42,7 @@ class Canary(ScriptedSource):
 async def _client(config: Config, sources: list[Any]) -> AsyncIterator[tuple[Client, Service]]:
     service = Service(config, sources=sources)
     await service.start()
+    # No token by default: each test says what it sends (AUTH).
     async with TestClient(TestServer(make_app(service, manage=False))) as c:
         yield c, service
     await service.stop()
@@ -74,8 +75,10 @@ async def test_mutations_need_the_token(api: Any, open_api: Client) -> None:
     body = await r.json()
     assert r.status == 403 and body["error"] == "no_token_configured"
     assert "LIFEWATCH_TOKEN" in body["detail"]
-    assert (await c.get("/v1/watches")).status == 200  # reads stay open
-    assert (await c.get("/v1/watches/ntpd")).status == 404
+    # On TCP, reads need a token too (the read token suffices; docs/security.md)
+    assert (await c.get("/v1/watches")).status == 401
+    assert (await c.get("/v1/watches", headers=AUTH)).status == 200
+    assert (await c.get("/v1/watches/ntpd", headers=AUTH)).status == 404
 
 
 async def checked(
@@ -126,11 +129,11 @@ async def test_watch_crud_and_validation(api: Any) -> None:
     assert r.status == 400
     r = await c.put("/v1/watches/bad%20name", json={"comm": "x"}, headers=AUTH)
     assert r.status == 400 and (await r.json())["error"] == "bad_name"
-    status, listed = await checked(c, "GET", "/v1/watches", auth=False)
+    status, listed = await checked(c, "GET", "/v1/watches")
     assert [x["name"] for x in listed["watches"]] == ["web"]
-    status, one = await checked(c, "GET", "/v1/watches/web", auth=False)
+    status, one = await checked(c, "GET", "/v1/watches/web")
     assert one["spec"]["exe"] == "/usr/sbin/nginx"
-    status, text = await checked(c, "GET", "/metrics", auth=False)
+    status, text = await checked(c, "GET", "/metrics")
     assert status == 200 and "lifewatch_watch_ok" in text
     status, page = await checked(c, "GET", "/", auth=False)
     assert status == 200 and "/static/app.js" in page
@@ -143,7 +146,7 @@ async def test_watch_crud_and_validation(api: Any) -> None:
 async def test_watch_events_reach_the_stream(api: Any) -> None:
     c, _, src = api
     await c.put("/v1/watches/fake", json={"comm": "fakeprog"}, headers=AUTH)
-    async with c.ws_connect("/v1/stream?types=watch") as ws:
+    async with c.ws_connect("/v1/stream?types=watch", headers=AUTH) as ws:
         src.push(Fork("proc", FAKE, 1, 1.0, start_ticks=900))
         src.push(Exec("proc", FAKE, 1.0, exe="/f", argv=("f",), comm="fakeprog"))
         src.push(Exit("proc", FAKE, 2.0, code=3, start_ticks=900))
@@ -168,7 +171,7 @@ def sample(fams: dict[str, Any], name: str, **labels: str) -> float:
 
 
 async def scrape(c: Client) -> dict[str, Any]:
-    r = await c.get("/metrics")
+    r = await c.get("/metrics", headers=AUTH)
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     return families(await r.text())
 
@@ -220,7 +223,7 @@ async def test_metrics_parse_and_move_when_processes_fork(api: Any) -> None:
 
 async def test_metrics_count_stream_subscribers_and_overflows(api: Any) -> None:
     c, _, _ = api
-    async with c.ws_connect("/v1/stream"):
+    async with c.ws_connect("/v1/stream", headers=AUTH):
         await asyncio.sleep(0.02)
         fams = await scrape(c)
         assert sample(fams, "lifewatch_stream_subscribers") == 1

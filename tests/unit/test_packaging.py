@@ -77,4 +77,4 @@ def test_the_unit_asks_for_what_the_code_knows_it_needs() -> None:
 def test_sysusers_and_tmpfiles_name_the_same_user_and_dirs() -> None:
     assert (PACKAGING / "lifewatch.sysusers").read_text().count("u lifewatch ") == 1
     tmpfiles = (PACKAGING / "lifewatch.tmpfiles").read_text()
-    assert "d /run/lifewatch 0750 lifewatch lifewatch" in tmpfiles
+    assert "d /run/lifewatch 0755 lifewatch lifewatch" in tmpfiles

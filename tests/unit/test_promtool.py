@@ -8,13 +8,12 @@ import shutil
 import subprocess
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
 from app.api.prometheus import LatencyHistogram
-from app.core.config import Config
 from app.core.service import Service
 from app.sources.observations import Fork, Loss
+from tests.helpers import api_client, make_config
 from tests.scripted import ScriptedSource
 
 
@@ -38,8 +37,7 @@ def promtool() -> str:
 async def test_metrics_pass_promtool() -> None:
     tool = promtool()
     src = AuditLike()
-    service = Service(Config(sources=(), state_dir=None, watches={"w": {"comm": "x"}}),
-                      sources=[src])  # fmt: skip
+    service = Service(make_config(watches={"w": {"comm": "x"}}), sources=[src])
     await service.start()
     try:
         h = src.health()
@@ -48,7 +46,7 @@ async def test_metrics_pass_promtool() -> None:
         src.push(Fork("audit", 4242, 1, 1.0))
         src.push(Loss("audit", "serial_gap", 1.5, "2 records"))
         src.latencies["audit"].observe(0.001)
-        async with TestClient(TestServer(make_app(service, manage=False))) as c:
+        async with api_client(make_app(service, manage=False)) as c:
             await c.get("/v1/node")
             r = await c.get("/metrics")
             text = await r.text()

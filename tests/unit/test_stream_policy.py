@@ -12,12 +12,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from app.api.app import make_app
 from app.api.heartbeat import Liveness
 from app.core.service import Service
-from tests.helpers import make_config
+from tests.helpers import api_client, make_config
 
 Client = TestClient[Any, Any]
 PAD = "x" * 2000  # 6000 events of 2 kB: more than loopback and client buffers hold
@@ -27,7 +27,7 @@ async def served(**kw: object) -> AsyncIterator[tuple[Client, Service]]:
     svc = Service(make_config(**kw))
     await svc.start()
     try:
-        async with TestClient(TestServer(make_app(svc, manage=False))) as c:
+        async with api_client(make_app(svc, manage=False)) as c:
             yield c, svc
     finally:
         await svc.stop()

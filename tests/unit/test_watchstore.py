@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from app.api.app import make_app
 from app.core.service import Service
 from app.core.watches import WatchSpec
 from app.core.watchstore import WatchStore
-from tests.helpers import make_config
+from tests.helpers import api_client, make_config
 
 AUTH = {"Authorization": "Bearer t"}
 
@@ -28,7 +27,7 @@ async def restart(tmp_path: Path, **kw: Any) -> Service:
 async def test_api_changes_are_applied_over_the_config_at_the_next_start(tmp_path: Path) -> None:
     conf = {"ntpd": {"comm": "ntpd"}, "cron": {"comm": "cron"}}
     first = await restart(tmp_path, watches=conf)
-    async with TestClient(TestServer(make_app(first, manage=False))) as c:
+    async with api_client(make_app(first, manage=False)) as c:
         assert (await c.put("/v1/watches/sshd", json={"comm": "sshd"}, headers=AUTH)).status == 201
         r = await c.put("/v1/watches/cron", json={"comm": "crond", "max": 1}, headers=AUTH)
         assert r.status == 200

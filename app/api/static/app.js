@@ -31,11 +31,34 @@ const state = {
 };
 
 // ---------- helpers ----------
+// What a process chooses (comm, argv, exe) may hold control characters and bidi overrides
+// (U+202E turns "txt.exe" around): shown as \uXXXX, never applied (issue 10).
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
 function esc(s) {
-  return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  return String(s ?? "")
+    .replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
+    .replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+// The token comes in the login URL's fragment (#token=..., printed by the daemon at start):
+// a fragment is never sent to a server. It is moved to this tab's session storage at once
+// and taken out of the address bar and history (docs/security.md, "Tokens").
+const TOKEN = (() => {
+  const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem("lifewatch-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("lifewatch-token");
+})();
+function authed(opts = {}) {
+  return TOKEN ? { ...opts, headers: { ...(opts.headers || {}), Authorization: `Bearer ${TOKEN}` } } : opts;
 }
 async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
+  const r = await fetch(url, authed({ cache: "no-store" }));
+  if (r.status === 401 || r.status === 403) {
+    $("stale").textContent = "Not logged in: open the dashboard URL the daemon printed at start (it carries the token).";
+    document.body.classList.add("stale");
+  }
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
   return r.json();
 }
@@ -110,7 +133,10 @@ function setConn(cls, text) {
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const q = state.cursor != null ? `?after=${state.cursor}` : "";
-  const ws = new WebSocket(`${proto}://${location.host}/v1/stream${q}`);
+  // A browser cannot set headers on a WebSocket: the token goes as a subprotocol, next to
+  // "lifewatch", which the daemon selects.
+  const protocols = TOKEN ? ["lifewatch", `bearer.${TOKEN}`] : ["lifewatch"];
+  const ws = new WebSocket(`${proto}://${location.host}/v1/stream${q}`, protocols);
   state.ws = ws;
   ws.onopen = () => { setConn("conn-live", "live"); state.backoff = 500; };
   ws.onmessage = (m) => {
@@ -500,7 +526,7 @@ function quantile(buckets, q) {
 }
 async function pollMetrics() {
   try {
-    const r = await fetch("/metrics", { cache: "no-store" });
+    const r = await fetch("/metrics", authed({ cache: "no-store" }));
     if (!r.ok) return;
     const byLe = new Map();
     for (const s of parseMetrics(await r.text())) {
