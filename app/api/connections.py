@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from app.api.errors import ApiError
-from app.api.keys import SERVICE
+from app.api.keys import CLUSTER, SERVICE
 from app.api.models import Query
 from app.core.identity import LifeId, parse_life_id
 from app.core.partners import Connection, Holder, LifeGone, Resolution
@@ -35,6 +36,7 @@ class PeerQuery(Query):
 
 
 LifeKey = tuple[int, int]  # (pid, start ticks) of a life of this node
+PartnerKey = tuple[str, int, int]  # (host, pid, start ticks) of a life of any node
 REMEMBERED = 1024  # lives whose partners are remembered (the least recently asked go first)
 
 
@@ -47,9 +49,11 @@ class _Gate:
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.waiting = 0
-        self.partners: OrderedDict[LifeKey, dict[LifeKey, list[Any]]] = OrderedDict()
+        self.partners: OrderedDict[LifeKey, dict[PartnerKey, list[Any]]] = OrderedDict()
 
-    def remember(self, of: LifeKey, found: dict[LifeKey, list[Any]]) -> dict[LifeKey, list[Any]]:
+    def remember(
+        self, of: LifeKey, found: dict[PartnerKey, list[Any]]
+    ) -> dict[PartnerKey, list[Any]]:
         """Merge `found` into what is remembered of `of`'s partners; returns all of them."""
         known = self.partners.pop(of, {})
         known.update(found)
@@ -105,19 +109,54 @@ def holder_json(service: Service, h: Holder) -> dict[str, Any]:
     life = service.registry.find(h.pid, h.start_ticks)
     return {
         "id": service.node.life_id(h.pid, h.start_ticks),
+        "host": service.node.hostname,
         "pid": h.pid,
+        "start_ticks": h.start_ticks,
         "comm": life.comm if life is not None else None,
     }
 
 
-def connection_json(service: Service, c: Connection) -> dict[str, Any]:
+def connection_json(
+    service: Service, c: Connection, speaks_for: Callable[[int], bool] | None = None
+) -> dict[str, Any]:
+    """One connection with the lives at its far end on this node: those this node speaks
+    for (all of them, unless the test-only cluster scope narrows it)."""
+    peers = [h for h in c.peers if speaks_for is None or speaks_for(h.pid)]
     out: dict[str, Any] = {
         "proto": c.proto, "state": c.state, "local": c.local, "remote": c.remote,
-        "peers": [holder_json(service, h) for h in c.peers],
+        "peers": [holder_json(service, h) for h in peers],
     }  # fmt: skip
-    out["peer_state"] = "known" if c.peers else "unknown"
+    out["peer_state"] = "known" if peers else "unknown"
     if c.reason is not None:
         out["reason"] = c.reason
+    elif not peers and c.peers:
+        out["reason"] = "the far end is held by processes this node does not speak for"
+    return out
+
+
+async def connections_json(app: web.Application, res: Resolution) -> list[dict[str, Any]]:
+    """Every connection of `res`, each with the lives at its far end: on this node, or, for a
+    TCP peer that is not one of this node's lives, on the cluster member that holds it
+    (app/cluster/partners.py: asked in parallel, each with the cluster's ask timeout)."""
+    service, cluster = app[SERVICE], app.get(CLUSTER)
+    speaks_for = cluster.speaks_for if cluster is not None else None
+    out = [connection_json(service, c, speaks_for) for c in res.connections]
+    if cluster is None:
+        return out
+    todo = [i for i, c in enumerate(res.connections)
+            if c.proto.startswith("tcp") and c.remote and not out[i]["peers"]]  # fmt: skip
+    asks = []
+    for i in todo:
+        c = res.connections[i]
+        assert c.remote is not None
+        asks.append(cluster.partners.holders_elsewhere(parse_address(c.local),
+                                                       parse_address(c.remote)))  # fmt: skip
+    for i, (holders, why) in zip(todo, await asyncio.gather(*asks), strict=True):
+        if holders:
+            out[i]["peers"], out[i]["peer_state"] = holders, "known"
+            out[i].pop("reason", None)
+        elif why:
+            out[i]["reason"] = why
     return out
 
 
@@ -139,7 +178,7 @@ async def connections(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "life": service.node.life_id(res.pid, res.start_ticks),
-            "connections": [connection_json(service, c) for c in res.connections],
+            "connections": await connections_json(request.app, res),
             "scan": scan_json(res),
         }
     )

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.callers import NOBODY, Caller, caller_of
-from app.api.connections import GATE, connection_json, connections_of
+from app.api.connections import GATE, PartnerKey, connections_json, connections_of
 from app.api.errors import ApiError
 from app.api.keys import CLUSTER, ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
@@ -116,28 +116,50 @@ def follow_for_stream(service: Service, pid: int, ticks: int) -> bool:
     return life.alive
 
 
-def partner_notes(app: web.Application, res: Resolution) -> dict[tuple[int, int], list[Any]]:
-    """Each partner life (pid, ticks) with the connections it was found through: the ones
-    found now, and those found for the same life before (connections.GATE remembers)."""
+async def partner_notes(
+    app: web.Application, res: Resolution
+) -> dict[PartnerKey, list[dict[str, Any]]]:
+    """Each partner life (host, pid, ticks) with the connections it was found through: the
+    ones found now (on this node or, with a cluster, on the node holding the far end), and
+    those found for the same life before (connections.GATE remembers)."""
     service = app[SERVICE]
-    notes: dict[tuple[int, int], list[Any]] = {}
+    me = service.node.hostname
+    notes: dict[PartnerKey, list[dict[str, Any]]] = {}
     daemon = os.getpid()  # a client's connection to lifewatch itself makes no partner
-    for c in res.connections:
-        for h in c.peers:
-            if (h.pid, h.start_ticks) != (res.pid, res.start_ticks) and h.pid != daemon:
-                notes.setdefault((h.pid, h.start_ticks), []).append(connection_json(service, c))
+    for conn in await connections_json(app, res):
+        for p in conn["peers"]:
+            key = (p["host"], p["pid"], p["start_ticks"])
+            if key == (me, res.pid, res.start_ticks) or (p["host"] == me and p["pid"] == daemon):
+                continue
+            notes.setdefault(key, []).append(conn)
     return app[GATE].remember((res.pid, res.start_ticks), notes)
 
 
 async def follow_partners(request: web.Request, of: LifeId) -> dict[str, Any]:
-    """Follow every life at the other end of `of`'s connections on this node (and those
-    found for it before: their deaths, if they died since, are answered as they are)."""
+    """Follow every life at the other end of `of`'s connections (and those found for it
+    before: their deaths, if they died since, are answered as they are). A partner on another
+    node is followed there, by its owner, with a pidfd (its death comes back on the cluster's
+    deaths subject)."""
     service, enc = request.app[SERVICE], request.app[ENCODER]
+    cluster = request.app.get(CLUSTER)
     caller = caller_of(request)
     res = await connections_of(request.app, of)
     me = service.node.life_id(res.pid, res.start_ticks)
-    partners = []
-    for (pid, ticks), via in partner_notes(request.app, res).items():
+    partners: list[dict[str, Any]] = []
+    for (host, pid, ticks), via in (await partner_notes(request.app, res)).items():
+        if host != service.node.hostname:
+            if cluster is None:
+                continue
+            text = f"{host}/{pid}/{ticks}"
+            status, body = await cluster.asker.follow(text, host)
+            life_json = body.get("life") if isinstance(body.get("life"), dict) else None
+            partners.append({
+                "id": body.get("id", text) if status == 200 else text,
+                "state": body.get("state", "unknown") if status == 200 else "unknown",
+                "following": bool(status == 200 and body.get("following")), "via": via,
+                "life": life_json, **({} if status == 200 else {"reason": body.get("detail")}),
+            })  # fmt: skip
+            continue
         try:
             life = service.follower.follow(pid, ticks)
         except FollowError as e:

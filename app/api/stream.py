@@ -17,6 +17,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -194,36 +195,69 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _partners_stream(request: web.Request, q: StreamQuery, of: LifeId) -> web.StreamResponse:
-    """The events of `of`'s partners on this node, each with the connections it was found
-    through (`partner`); each partner is followed with a pidfd while the stream is open."""
+    """The events of `of`'s partners, each with the connections it was found through
+    (`partner`). Partners on this node are followed with a pidfd while the stream is open;
+    with partners on other nodes, the stream reads the cluster journal (every node's events)
+    and their owners follow them."""
     service, enc = request.app[SERVICE], request.app[ENCODER]
+    cluster = request.app.get(CLUSTER)
     res = await connections_of(request.app, of)
-    notes = partner_notes(request.app, res)
-    me = service.node.life_id(res.pid, res.start_ticks)
+    notes = await partner_notes(request.app, res)
+    me = service.node.hostname
+    of_id = service.node.life_id(res.pid, res.start_ticks)
+    remote = cluster is not None and any(host != me for host, _, _ in notes)
     held: list[int] = []
     ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024, compress=False)
     try:
-        for pid, ticks in notes:
-            if follow_for_stream(service, pid, ticks):
-                held.append(pid)
+        for host, pid, ticks in notes:
+            if host == me:
+                if follow_for_stream(service, pid, ticks):
+                    held.append(pid)
+            elif cluster is not None:
+                await cluster.asker.follow(f"{host}/{pid}/{ticks}", host)
         await ws.prepare(request)
         request.app[SOCKETS].add(ws)
-        by_pid = {
-            pid: dumps({"of": me, "via": via}) for (pid, _), via in notes.items()
+        by_life: dict[tuple[Any, Any], bytes] = {
+            (host, pid): dumps({"of": of_id, "via": via}) for (host, pid, _), via in notes.items()
         }  # fmt: skip
-
         encode = encoding_for(caller_of(request), enc)  # argv/exe only for who may see them
+        caller = caller_of(request)
+        types = frozenset(q.types) if q.types else None
 
-        def frame(ev: Event) -> bytes:
-            data = encode(ev)
-            note = by_pid.get(ev.life.pid) if ev.life is not None else None
+        def splice(data: bytes, key: tuple[Any, Any] | None) -> bytes:
+            note = by_life.get(key) if key is not None else None
             if note is None or not data.endswith(b"}"):
                 return text_frame(data)
             return text_frame(data[:-1] + b', "partner": ' + note + b"}")
 
-        caller = caller_of(request)
-        interest = Interest(types=frozenset(q.types) if q.types else None,
-                            lives=frozenset(notes),
+        if remote and cluster is not None:
+            starts: dict[tuple[Any, Any], int] = {(h, p): t for h, p, t in notes}
+
+            def accept(ev: Event) -> bool:
+                f = ev.fields or {}
+                if types is not None and ev.type not in types:
+                    return False
+                life = f.get("life")
+                if not isinstance(life, dict):
+                    return True  # node events pass unless types exclude them
+                want = starts.get((f.get("host"), life.get("pid")))
+                return want is not None and abs(life.get("start_ticks", -9) - want) <= int(
+                    bool(life.get("start_derived"))
+                )
+
+            def cluster_frame(ev: Event) -> bytes:
+                f = ev.fields or {}
+                life = f.get("life")
+                key = (f.get("host"), life.get("pid")) if isinstance(life, dict) else None
+                return splice(encode(ev), key)
+
+            await _serve(request, ws, accept, q.after, cluster_frame, journal=cluster.journal)
+            return ws
+
+        def frame(ev: Event) -> bytes:
+            return splice(encode(ev), (me, ev.life.pid) if ev.life is not None else None)
+
+        interest = Interest(types=types, lives=frozenset((p, t) for _, p, t in notes),
                             uid=caller.uid if caller.hidden else None)  # fmt: skip
         await _serve(request, ws, interest, q.after, frame)
     finally:

@@ -65,14 +65,9 @@ class Cluster:
         node = service.node
         self.me = node.hostname
         self.subjects = Subjects(settings.prefix)
-        try:
-            addresses = local_addresses()
-        except OSError as e:  # partners on other nodes then cannot find this one's lives
-            log.warning("cluster: this node's addresses cannot be read: %s", e)
-            addresses = ()
+        # Its addresses are added at start (read in a thread: pyroute2 runs a loop of its own).
         self.presence = Presence(node.boot_id, node.clock.btime, node.clock.hz,
-                                 service.started_at, service.version, api_url,
-                                 addresses)  # fmt: skip
+                                 service.started_at, service.version, api_url)  # fmt: skip
         # The cluster journal: every node's life events and node events, read by
         # /v1/stream?scope=cluster. Its own cursors, like the node's journal.
         self.journal = Journal(settings.journal)
@@ -96,6 +91,11 @@ class Cluster:
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
         s, svc = self.settings, self.service
+        try:
+            addresses = await asyncio.to_thread(local_addresses)
+            self.presence = dataclasses.replace(self.presence, addresses=addresses)
+        except OSError as e:  # partners on other nodes then cannot find this one's lives
+            log.warning("cluster: this node's addresses cannot be read: %s", e)
         scope = Scope(s.scope_pid, svc.registry) if s.scope_pid else None
         self.publisher = Publisher(
             self.me, svc.node.boot_id, self.subjects, svc.journal, self._encoder,
@@ -381,6 +381,7 @@ class Cluster:
             "publish": stats,
             "received": dict(self.view.counters),
             "ask": dict(self.asker.counters),
+            "partners": dict(self.partners.counters),
             "remote_lives": len(self.view.lives),
             "peers_by_state": self.peers.counts(),
             "peers": peers,
