@@ -35,25 +35,33 @@ ROOMS = {"kernel": ("kernel",), "browser": ("kernel", "browser")}
 NOT_ROOT_SKIPS = pytest.StashKey[int]()
 
 
+# Set by scripts/test-unprivileged.sh: this pass runs as the unprivileged `lifewatch` user
+# with only the systemd unit's capabilities (docs/operations.md, "Least privilege").
+UNPRIVILEGED = bool(os.environ.get("LIFEWATCH_TEST_UNPRIVILEGED"))
+ROOT_SIDE = pytest.StashKey[list[str]]()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         room = Path(str(item.path)).relative_to(ROOT).parts[0]
         for mark in ROOMS.get(room, ()):
             item.add_marker(getattr(pytest.mark, mark))
-
-
-# Set by scripts/test-unprivileged.sh: this pass runs as the unprivileged `lifewatch` user
-# with only the systemd unit's capabilities (docs/operations.md, "Least privilege").
-UNPRIVILEGED = bool(os.environ.get("LIFEWATCH_TEST_UNPRIVILEGED"))
+    if UNPRIVILEGED and os.geteuid() != 0:
+        # Tests whose own set-up needs root (never the daemon's part: that is what this pass
+        # checks) are not part of this pass; they ran, as root, in the pass before it. Said
+        # at the end of the run, each with its reason; not reported as skipped.
+        out = [i for i in items if i.get_closest_marker("root_test_side") is not None]
+        if out:
+            config.hook.pytest_deselected(items=out)
+            items[:] = [i for i in items if i.get_closest_marker("root_test_side") is None]
+            config.stash[ROOT_SIDE] = [
+                f"{i.nodeid}: {i.get_closest_marker('root_test_side').args[0]}"  # type: ignore[union-attr]
+                for i in out
+            ]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("kernel") is None or os.geteuid() == 0:
-        return
-    if UNPRIVILEGED:
-        mark = item.get_closest_marker("root_test_side")
-        if mark is not None:  # the test's own set-up needs root, never the daemon's part
-            pytest.skip(f"unprivileged pass: the test side needs root: {mark.args[0]}")
+    if item.get_closest_marker("kernel") is None or os.geteuid() == 0 or UNPRIVILEGED:
         return
     if os.environ.get("CI"):
         pytest.fail("kernel tests must run as root in CI (a skipped kernel test is a failure)")
@@ -68,6 +76,14 @@ def pytest_terminal_summary(
     """The last word of a run without root, after -ra's list and just before the counts: how
     much of the suite it did not run, and why. (The outermost wrapper: it writes last.)"""
     yield
+    root_side = config.stash.get(ROOT_SIDE, [])
+    if root_side:
+        terminalreporter.write_sep(
+            "=", f"unprivileged pass: {len(root_side)} tests left to the root pass above "
+            "(their own set-up needs root; the daemon's part is what this pass checks)",
+        )  # fmt: skip
+        for line in root_side:
+            terminalreporter.write_line(f"  {line}")
     skipped = config.stash.get(NOT_ROOT_SKIPS, 0)
     if skipped:
         terminalreporter.write_sep(

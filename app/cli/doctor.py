@@ -14,8 +14,6 @@ import asyncio
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app import procfs
+from app.client import Lifewatch, LifewatchError
 from app.core.config import Config, load_config
 from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import AuditRule, AuditStatus
@@ -255,15 +254,10 @@ def rmem(have: set[str], config: Config) -> Check:
 
 def daemon(url: str) -> Check:
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=3) as r:
-            return judge_daemon(r.status, json.load(r), "")
-    except urllib.error.HTTPError as e:
-        try:
-            body = json.load(e)
-        except ValueError:
-            body = None
-        return judge_daemon(e.code, body, "")
-    except (OSError, ValueError) as e:
+        return judge_daemon(200, Lifewatch(url, timeout=3).request_sync("GET", "/healthz"), "")
+    except LifewatchError as e:
+        if e.status:
+            return judge_daemon(e.status, e.body, "")
         return judge_daemon(None, None, f"{url}: {e}")
 
 

@@ -18,29 +18,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
-from collections.abc import AsyncGenerator, Iterable, Mapping
+import socket
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
 SOCKET = "/run/lifewatch/lifewatch.sock"
 TCP = "http://127.0.0.1:7878"
-TOKEN_FILES = ("/var/lib/lifewatch/token", "/run/lifewatch/token")
+# The daemon's generated tokens (<state_dir>/token, read-token; state_dir /var/lib/lifewatch by
+# default, /run/lifewatch on older setups): root's to read.
+TOKEN_FILES = ("/var/lib/lifewatch/token", "/var/lib/lifewatch/read-token",
+               "/run/lifewatch/token", "/run/lifewatch/read-token")  # fmt: skip
+AIOHTTP_UNIX = "http://unix:"
+API_ROOTS = ("/v1/", "/healthz", "/metrics")
 # Stream events that are about the stream, not a life: the caller sees them all.
 CONTROL = frozenset({"reset", "lagging", "gap"})
 
 
 class LifewatchError(Exception):
-    """An error answer (`status`, `error`, `detail`), or the daemon unreachable (status 0)."""
+    """An error answer (`status`, `error`, `detail`; `body` the decoded answer), or the
+    daemon unreachable (status 0)."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:
         super().__init__(f"{error}: {detail}" if status else detail)
         self.status, self.error, self.detail = status, error, detail
+        self.body: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +86,66 @@ class Event:
                    data.get("partner"), data)  # fmt: skip
 
 
-def _token(explicit: str | None) -> str | None:
+def split_url(url: str) -> tuple[str | None, str]:
+    """(Unix socket path or None, the URL to ask with). `unix:/run/x.sock` (and with an API
+    path after it: `unix:/run/x.sock/v1/node`) is that socket, as is aiohttp's form
+    `http://unix:/run/x.sock:/v1/node` (a socket path holds no `:`); else a TCP URL."""
+    if url.startswith(AIOHTTP_UNIX):
+        path, _, rest = url[len(AIOHTTP_UNIX) :].partition(":")
+        return path, "http://localhost" + rest
+    if url.startswith("unix:"):
+        rest = url[len("unix:") :]
+        cut = min((i for i in (rest.find(p) for p in API_ROOTS) if i >= 0), default=len(rest))
+        return rest[:cut], "http://localhost" + rest[cut:]
+    return None, url
+
+
+def token_for(tcp: bool, explicit: str | None = None) -> str | None:
+    """The bearer token to send: `explicit`, else LIFEWATCH_TOKEN; on TCP, else the first
+    readable of LIFEWATCH_TOKEN_FILE and the daemon's token files (root's to read). A token
+    is never taken from a command line (docs/security.md)."""
     if explicit is not None:
         return explicit
-    env = os.environ.get("LIFEWATCH_TOKEN")
-    if env:
-        return env
-    for path in TOKEN_FILES:
+    given = os.environ.get("LIFEWATCH_TOKEN")
+    if given:
+        return given.strip()
+    if not tcp:
+        return None  # the Unix socket knows the caller by its uid
+    for f in (os.environ.get("LIFEWATCH_TOKEN_FILE", ""), *TOKEN_FILES):
         with contextlib.suppress(OSError):
-            return Path(path).read_text().strip() or None
+            text = Path(f).read_text().strip() if f else ""
+            if text:
+                return text
     return None
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _error_of(status: int, raw: bytes, where: str) -> LifewatchError:
+    try:
+        got = json.loads(raw) if raw else None
+    except ValueError:
+        got = None
+    if isinstance(got, dict) and "error" in got:
+        err = LifewatchError(status, str(got.get("error")), str(got.get("detail")))
+    else:
+        err = LifewatchError(status, f"http_{status}", f"HTTP {status} from {where}")
+    err.body = got
+    return err
 
 
 class Lifewatch:
@@ -100,20 +159,46 @@ class Lifewatch:
         if url is None:
             url = f"unix:{SOCKET}" if os.path.exists(SOCKET) else TCP
         self.url = url
+        self.timeout = timeout
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        headers: dict[str, str] = {}
-        if url.startswith("unix:"):
-            self._connector: aiohttp.BaseConnector | None = None
-            self._socket: str | None = url.removeprefix("unix:")
-            self._base = "http://localhost"
-        else:
-            self._socket = None
-            self._base = url.rstrip("/")
-            tok = _token(token)
-            if tok is not None:
-                headers["Authorization"] = f"Bearer {tok}"
-        self._headers = headers
+        self._socket, base = split_url(url)
+        self._base = base.rstrip("/")
+        tok = token_for(self._socket is None, token)
+        self._headers = {"Authorization": f"Bearer {tok}"} if tok else {}
         self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None
+
+    def request_sync(self, method: str, target: str, body: Any = None) -> Any:
+        """One JSON request without an event loop (for programs that have none: the command
+        line); `target` is the path and query. Raises LifewatchError as `request` does."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = dict(self._headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        parts = urlsplit(self._base)
+        conn: http.client.HTTPConnection
+        if self._socket is not None:
+            conn = _UnixConnection(self._socket, self.timeout)
+        elif parts.scheme == "https":
+            conn = http.client.HTTPSConnection(parts.netloc, timeout=self.timeout)
+        else:
+            conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+        try:
+            conn.request(method, target, body=data, headers=headers)
+            r = conn.getresponse()
+            raw, status = r.read(), r.status
+        except (OSError, http.client.HTTPException) as e:
+            msg = f"cannot reach lifewatch at {self._socket or self._base}: {e}"
+            raise LifewatchError(0, "unreachable", msg) from None
+        finally:
+            conn.close()
+        if status >= 400:
+            raise _error_of(status, raw, self._socket or self._base)
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            text = raw[:200].decode("utf-8", "replace")
+            raise LifewatchError(status, "bad_answer", text) from None
 
     async def __aenter__(self) -> Lifewatch:
         return self
@@ -122,19 +207,27 @@ class Lifewatch:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._streams):
+            if session is not None:
+                await session.close()
+        self._session = self._streams = None
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = (
-                aiohttp.UnixConnector(path=self._socket) if self._socket is not None else None
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, timeout=self._timeout
-            )
-        return self._session
+    def _http(self, streams: bool = False) -> aiohttp.ClientSession:
+        """The session for requests (`timeout` for the whole request), or for streams (the
+        timeout bounds the connection only: a stream lasts as long as it is wanted)."""
+        have = self._streams if streams else self._session
+        if have is not None:
+            return have
+        connector = aiohttp.UnixConnector(path=self._socket) if self._socket is not None else None
+        timeout = (
+            aiohttp.ClientTimeout(total=None, connect=self.timeout) if streams else (self._timeout)
+        )
+        made = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=timeout)
+        if streams:
+            self._streams = made
+        else:
+            self._session = made
+        return made
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         """One JSON request; raises LifewatchError on an error answer or no daemon."""
@@ -149,15 +242,13 @@ class Lifewatch:
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             msg = f"cannot reach lifewatch at {self.url}: {e}"
             raise LifewatchError(0, "unreachable", msg) from None
+        if status >= 400:
+            raise _error_of(status, raw, self.url)
         try:
-            got = json.loads(raw) if raw else None
+            return json.loads(raw) if raw else None
         except ValueError:
             text = raw[:200].decode("utf-8", "replace")
             raise LifewatchError(status, "bad_answer", text) from None
-        if status >= 400:
-            err = got if isinstance(got, dict) else {}
-            raise LifewatchError(status, str(err.get("error")), str(err.get("detail")))
-        return got
 
     # -- questions --
 
@@ -193,32 +284,36 @@ class Lifewatch:
 
     async def stream(
         self, filters: Mapping[str, str] | None = None, after: int | None = None,
-        retry: float = 1.0,
+        retry: float = 1.0, on_error: Callable[[str], None] | None = None,
     ) -> AsyncGenerator[Event, None]:  # fmt: skip
         """Events for ever, resuming after the last cursor across disconnects and daemon
         restarts. `reset`, `lagging` and `gap` are yielded like any event: a `reset` means
         the daemon could not replay from the cursor (re-read state). A refused subscription
-        (4xx) raises LifewatchError."""
+        (4xx) raises LifewatchError. `on_error` is told of each lost connection and of each
+        close that is not a normal one (the stream goes on)."""
+        tell = on_error or (lambda _: None)
         while True:
             query = dict(filters or {}, **({"after": str(after)} if after is not None else {}))
             url = f"{self._base}/v1/stream?{urlencode(query)}"
             try:
-                async with self._http().ws_connect(url, heartbeat=30, max_msg_size=0,
-                                                   timeout=aiohttp.ClientWSTimeout(ws_close=5)
-                                                   ) as ws:  # fmt: skip
+                async with self._http(streams=True).ws_connect(
+                    url, heartbeat=30, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+                ) as ws:
                     async for msg in ws:
                         if msg.type != aiohttp.WSMsgType.TEXT:
                             break
-                        data = json.loads(msg.data)
-                        ev = Event.of(data)
+                        ev = Event.of(json.loads(msg.data))
                         if ev.type != "lagging":  # lagging names the cursor it resumes after
                             after = ev.cursor
                         yield ev
+                    if ws.close_code not in (None, 1000, 1001, 1013):
+                        tell(f"stream closed: {ws.close_code}; reconnecting")
             except aiohttp.WSServerHandshakeError as e:
                 if e.status < 500:
-                    raise LifewatchError(e.status, "refused", e.message) from None
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
+                    raise LifewatchError(e.status, "refused", f"{e.status} {e.message}") from None
+                tell(f"stream refused ({e.status}); retrying")
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                tell(f"stream lost ({e}); reconnecting")
             await asyncio.sleep(retry)
 
     async def partner_deaths(
