@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from app.api.callers import caller_of
 from app.api.errors import ApiError
 from app.api.keys import CLUSTER, SERVICE
 from app.api.models import Query
@@ -164,21 +165,52 @@ def scan_json(res: Resolution) -> dict[str, Any]:
     return {"fds": res.fds, "processes": res.processes, "seconds": round(res.seconds, 6)}
 
 
-async def connections_of(app: web.Application, lid: LifeId) -> Resolution:
-    service = app[SERVICE]
+FD_PRIVATE = (
+    "a life's connections are shown to root, to the life's own user and to token holders, "
+    "as its /proc/<pid>/fd is (docs/security.md)"
+)
+
+
+async def connections_of(request: web.Request, lid: LifeId) -> Resolution:
+    """The connections of a life of this node, for a caller who may see them."""
+    service = request.app[SERVICE]
     pid, ticks = local_life(service, lid)
-    return await resolve(app, service.partners.connections, pid, ticks)
+    caller = caller_of(request)
+    if not caller.sees_all:
+        life = service.registry.find(pid, ticks)
+        if not caller.details(life.uid if life is not None else None):
+            raise ApiError(403, "forbidden", FD_PRIVATE)
+    return await resolve(request.app, service.partners.connections, pid, ticks)
+
+
+def shown_to(request: web.Request, conns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Under hidepid, a caller is not shown other users' lives at the far ends either."""
+    caller = caller_of(request)
+    if not caller.hidden:
+        return conns
+    service, me = request.app[SERVICE], request.app[SERVICE].node.hostname
+    for c in conns:
+        kept = []
+        for p in c["peers"]:
+            life = service.registry.find(p["pid"], p["start_ticks"]) if p["host"] == me else None
+            if p["host"] != me or (life is not None and caller.shows(life.uid)):
+                kept.append(p)
+        if len(kept) < len(c["peers"]):
+            c["peers"], c["peer_state"] = kept, "known" if kept else "unknown"
+            if not kept:
+                c["reason"] = "the far end is another user's process (hidepid)"
+    return conns
 
 
 @routes.get("/v1/connections")
 async def connections(request: web.Request) -> web.Response:
     q = ConnectionsQuery.model_validate(dict(request.query))
     service = request.app[SERVICE]
-    res = await connections_of(request.app, parse_life_id(q.life))
+    res = await connections_of(request, parse_life_id(q.life))
     return web.json_response(
         {
             "life": service.node.life_id(res.pid, res.start_ticks),
-            "connections": await connections_json(request.app, res),
+            "connections": shown_to(request, await connections_json(request.app, res)),
             "scan": scan_json(res),
         }
     )
@@ -196,6 +228,13 @@ async def peer(request: web.Request) -> web.Response:
         res = await resolve(request.app, service.partners.connection, local, remote)
     except LookupError as e:
         raise ApiError(404, "not_found", str(e)) from None
+    caller = caller_of(request)
+    if not caller.sees_all:
+        mine = [h for h in res.holders
+                if (life := service.registry.find(h.pid, h.start_ticks)) is not None
+                and caller.details(life.uid)]  # fmt: skip
+        if not mine:
+            raise ApiError(403, "forbidden", FD_PRIVATE)
     return web.json_response(
         {
             "holders": [holder_json(service, h) for h in res.holders],

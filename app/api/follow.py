@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.callers import NOBODY, Caller, caller_of
-from app.api.connections import GATE, PartnerKey, connections_json, connections_of
+from app.api.connections import GATE, PartnerKey, connections_json, connections_of, shown_to
 from app.api.errors import ApiError
 from app.api.keys import CLUSTER, ENCODER, SERVICE
 from app.api.lifejson import LifeEncoder
@@ -117,16 +117,17 @@ def follow_for_stream(service: Service, pid: int, ticks: int) -> bool:
 
 
 async def partner_notes(
-    app: web.Application, res: Resolution
+    request: web.Request, res: Resolution
 ) -> dict[PartnerKey, list[dict[str, Any]]]:
     """Each partner life (host, pid, ticks) with the connections it was found through: the
     ones found now (on this node or, with a cluster, on the node holding the far end), and
     those found for the same life before (connections.GATE remembers)."""
+    app = request.app
     service = app[SERVICE]
     me = service.node.hostname
     notes: dict[PartnerKey, list[dict[str, Any]]] = {}
     daemon = os.getpid()  # a client's connection to lifewatch itself makes no partner
-    for conn in await connections_json(app, res):
+    for conn in shown_to(request, await connections_json(app, res)):
         for p in conn["peers"]:
             key = (p["host"], p["pid"], p["start_ticks"])
             if key == (me, res.pid, res.start_ticks) or (p["host"] == me and p["pid"] == daemon):
@@ -143,10 +144,10 @@ async def follow_partners(request: web.Request, of: LifeId) -> dict[str, Any]:
     service, enc = request.app[SERVICE], request.app[ENCODER]
     cluster = request.app.get(CLUSTER)
     caller = caller_of(request)
-    res = await connections_of(request.app, of)
+    res = await connections_of(request, of)
     me = service.node.life_id(res.pid, res.start_ticks)
     partners: list[dict[str, Any]] = []
-    for (host, pid, ticks), via in (await partner_notes(request.app, res)).items():
+    for (host, pid, ticks), via in (await partner_notes(request, res)).items():
         if host != service.node.hostname:
             if cluster is None:
                 continue

@@ -201,8 +201,8 @@ async def _partners_stream(request: web.Request, q: StreamQuery, of: LifeId) -> 
     and their owners follow them."""
     service, enc = request.app[SERVICE], request.app[ENCODER]
     cluster = request.app.get(CLUSTER)
-    res = await connections_of(request.app, of)
-    notes = await partner_notes(request.app, res)
+    res = await connections_of(request, of)
+    notes = await partner_notes(request, res)
     me = service.node.hostname
     of_id = service.node.life_id(res.pid, res.start_ticks)
     remote = cluster is not None and any(host != me for host, _, _ in notes)

@@ -36,7 +36,7 @@ CLIENT = r"""
 import asyncio, json, sys
 import aiohttp
 
-async def main(sock, root, own, after, host):
+async def main(sock, root, own, after, host, alive_root):
     out = {}
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(sock)) as s:
         async def get(path):
@@ -47,6 +47,8 @@ async def main(sock, root, own, after, host):
         out["check"] = (await (await s.post("http://localhost/v1/lives/check",
                                             json={"lives": [host + "/" + root]})).json())
         out["own"] = (await get("/v1/lives/" + own))[1]
+        out["conn_root"] = await get(f"/v1/connections?life={host}/{alive_root}")
+        out["conn_own"] = await get(f"/v1/connections?life={host}/{own}")
         out["lives"] = (await get("/v1/lives?limit=10000"))[1]["lives"]
         out["events"] = (await get(f"/v1/events?after={after}&limit=10000"))[1]["events"]
         async with s.post("http://localhost/v1/resync") as r:
@@ -62,7 +64,7 @@ async def main(sock, root, own, after, host):
         out["stream"] = seen
     print(json.dumps(out))
 
-asyncio.run(main(*sys.argv[1:4], int(sys.argv[4]), sys.argv[5]))
+asyncio.run(main(*sys.argv[1:4], int(sys.argv[4]), sys.argv[5], sys.argv[6]))
 """
 
 
@@ -158,6 +160,9 @@ async def test_a_user_sees_facts_of_roots_lives_and_details_of_its_own(
         assert secret not in json.dumps(evs), where
     # no changes for a plain user
     assert got["resync"][0] == 403 and got["put_watch"] == 403
+    # connections: as /proc/<pid>/fd, a live root process's are not shown; its own are
+    assert got["conn_root"][0] == 403 and got["conn_root"][1]["error"] == "forbidden"
+    assert got["conn_own"][0] == 200 and got["conn_own"][1]["connections"] == []
 
 
 async def _ask_as(
@@ -168,6 +173,7 @@ async def _ask_as(
     proc = await asyncio.create_subprocess_exec(
         "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
         sys.executable, "-c", CLIENT, str(sock), root_id, own_id, str(after), host,
+        f"{os.getpid()}/{start_ticks(os.getpid())}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd="/",
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 30)
