@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from bench.auth import AUTH, ENV
 from bench.death_latency import node, stop_daemon, wait_ready
 from bench.fanout import raise_nofile
 
@@ -61,7 +62,7 @@ def pct(xs: list[float], q: int) -> float:
 async def measure(url: str, life: str, n: int) -> dict[str, Any]:
     times: list[float] = []
     scans: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=AUTH) as s:
         for _ in range(n):
             t0 = time.perf_counter()
             async with s.get(f"{url}/v1/connections", params={"life": life}) as r:
@@ -85,7 +86,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=7893)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="lw-partners-")
-    env = dict(os.environ, LIFEWATCH_STATE_DIR=tmp)
+    env = dict(os.environ, LIFEWATCH_STATE_DIR=tmp, **ENV)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(args.port), "--sources", "proc",
          "--log-level", "WARNING"], env=env, preexec_fn=raise_nofile,
