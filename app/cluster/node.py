@@ -31,6 +31,7 @@ from nats.js.api import (
 )
 
 from app.cluster.ask import Asker
+from app.cluster.outbox import DiskOutbox
 from app.cluster.partners import PartnerFinder
 from app.cluster.peers import Peers, Presence
 from app.cluster.publisher import Publisher, Scope
@@ -102,6 +103,12 @@ class Cluster:
             max(svc.config.subscriber_queue, 16384), s.outbox, s.publish_births, scope,
             lambda mid, body: self.view.received(self.me, mid, body),
         )  # fmt: skip
+        if svc.store is not None:  # the outbox is kept in the durable journal's database
+            disk = DiskOutbox(svc.store)
+            left = self.publisher.restore(await asyncio.to_thread(disk.load))
+            self.publisher.disk = disk
+            if left:
+                log.info("cluster: %d deaths an earlier run left unsent are sent first", left)
         self._tasks = [
             asyncio.create_task(self._connect()),
             asyncio.create_task(self.publisher.run()),
@@ -375,6 +382,7 @@ class Cluster:
             "connection_since": iso(self.connection_since),
             "stored_path": self.stored_path,
             "outbox": len(pub.outbox),
+            "outbox_on_disk": pub.disk is not None,
             "outbox_oldest_seconds": round(pub.oldest_age(), 3),
             "store_latency_p50": lat[len(lat) // 2] if lat else None,
             "store_latency_p99": lat[int(len(lat) * 0.99)] if lat else None,

@@ -7,7 +7,9 @@ one message reaches core subscribers of its subject at once and the stream store
 can (during a leader election it cannot, for seconds). Until the stream acknowledges it, the
 death waits in the outbox and is sent again, oldest first, with the same `Nats-Msg-Id`
 (the stream drops the repeat; receivers drop repeats by the same id). The outbox is in
-memory: bounded, counted, its oldest dropped (and counted) past `outbox`.
+memory, bounded, counted, its oldest dropped (and counted) past `outbox`, and, when the
+durable journal runs, in its database too (app/cluster/outbox.py): a restart sends what a
+stopped or crashed run left.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.cluster.outbox import DiskOutbox
 from app.cluster.subjects import Subjects
 from app.core.fanout import Interest
 from app.core.journal import Encoder, Event, Journal, Subscriber
@@ -121,6 +124,7 @@ class Publisher:
         self._local = local  # this node's own events, into the cluster view without a hop
         self._mono = mono
         self.outbox: OrderedDict[str, Pending] = OrderedDict()
+        self.disk: DiskOutbox | None = None  # the outbox's copy in the store, when one runs
         self.stats = PublishStats()
         # From the start of this run (after=0): what happened while NATS was being reached
         # is sent too; a window that moved on gives gap + reset, counted.
@@ -160,9 +164,13 @@ class Publisher:
             p = Pending(self.subjects.died(self.me), body, self._mono())
             self.outbox[mid] = p
             self.outbox.move_to_end(mid)
+            if self.disk is not None:
+                self.disk.added(mid, p.subject, body)
             while len(self.outbox) > self.limit:
-                self.outbox.popitem(last=False)
+                old, _ = self.outbox.popitem(last=False)
                 self.stats.outbox_dropped += 1
+                if self.disk is not None:
+                    self.disk.removed(old)
             await self._send(mid, p)
         elif self.publish_births:
             self.stats.births += 1
@@ -200,6 +208,8 @@ class Publisher:
                 self._kick.set()
             return
         if self.outbox.pop(mid, None) is not None:
+            if self.disk is not None:
+                self.disk.removed(mid)
             ack = fut.result()
             self.stats.stored += 1
             if getattr(ack, "duplicate", False):
@@ -229,3 +239,13 @@ class Publisher:
 
     def kick(self) -> None:
         self._kick.set()
+
+    def restore(self, rows: list[tuple[str, str, bytes]]) -> int:
+        """Deaths an earlier run left unacknowledged (DiskOutbox.load), queued (before this
+        run's, when called at start) oldest first. Returns how many."""
+        now = self._mono()
+        for mid, subject, body in rows:
+            if mid not in self.outbox:
+                self.outbox[mid] = Pending(subject, body, now)
+        self._kick.set()
+        return len(rows)

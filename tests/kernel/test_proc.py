@@ -143,7 +143,11 @@ async def test_exec_from_a_thread_is_not_a_death(svc: Service) -> None:
     assert await death_of(svc, sub, p.pid) == (4, None, False)
     assert asyncio.get_running_loop().time() - t0 >= 0.3
     (src,) = svc.sources
-    assert src.health().counters["leader_exits_deferred"] >= 1
+    # The old leader's EXIT was seen and not taken for the death: deferred (a 0 exit with
+    # the pid still running), or, when the report came after de_thread swapped the tids,
+    # counted as a thread's (seen once under load, in the unprivileged pass).
+    c = src.health().counters
+    assert c["leader_exits_deferred"] + c["thread_exits"] >= 1, c
     p.wait()
 
 

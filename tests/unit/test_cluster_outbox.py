@@ -5,12 +5,15 @@ timeout, bounded with a counter; births go on core NATS only; the test-only scop
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.api.lifejson import LifeEncoder
 from app.cluster import publisher as pubmod
+from app.cluster.outbox import DiskOutbox
 from app.cluster.publisher import Publisher, Scope
 from app.cluster.subjects import Subjects
 from app.core.identity import TickClock
@@ -120,3 +123,32 @@ async def test_the_scope_admits_only_descendants() -> None:
     await drain(p)
     assert [m for _, m, _ in p.nc.stored] == ["boot.501.1501.died"]
     assert p.stats.out_of_scope == 2
+
+
+async def test_the_outbox_is_kept_in_the_store_across_a_restart(tmp_path: Path) -> None:
+    """Deaths not acknowledged by the stream survive the daemon: written to the durable
+    journal's database as they enter the outbox, removed when acknowledged or dropped, and
+    read back by the next run (real SQLite file)."""
+    from tests.unit.test_store import open_store
+
+    st, _ = open_store(tmp_path)
+    journal = Journal(make_config().journal_size)
+    p = publisher(journal, outbox=3)
+    p.disk = DiskOutbox(st)
+    nc: FakeNats = p.nc
+    for pid in (42, 43, 44, 45):  # 42 is dropped by the bound, 43 acknowledged
+        died(journal, pid)
+    await drain(p)
+    assert list(p.outbox) == ["boot.43.1043.died", "boot.44.1044.died", "boot.45.1045.died"]
+    next(f for _, m, f in nc.stored if m == "boot.43.1043.died").set_result(Ack())
+    await asyncio.sleep(0)
+    st._commit()
+    st.close()
+
+    st2, _ = open_store(tmp_path)
+    rows = DiskOutbox(st2).load()
+    assert [m for m, _, _ in rows] == ["boot.44.1044.died", "boot.45.1045.died"]
+    assert all(s == "lifewatch.a.died" and json.loads(b)["type"] == "died" for _, s, b in rows)
+    again = publisher(Journal(16))
+    assert again.restore(rows) == 2 and list(again.outbox) == [m for m, _, _ in rows]
+    st2.close()
