@@ -1,12 +1,16 @@
-"""Helpers shared by every test room: one config builder, one wait-until, one subscriber reader."""
+"""Helpers shared by every test room: one config builder, one wait-until, one subscriber reader,
+and one way to start and stop a daemon process."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -94,3 +98,36 @@ def exec_done(pid: int) -> None:
 
 def start_ticks(pid: int) -> int:
     return parse_stat(Path(f"/proc/{pid}/stat").read_bytes()).start_ticks
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 20.0) -> None:
+    """Await until the daemon `proc` accepts on `port`; fails the test, with its stderr when
+    it was captured, if it exits first or takes longer than `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "lifewatch serve did not listen"
+            await asyncio.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    """SIGTERM (a daemon removes its audit rules and releases the audit pid), then SIGKILL
+    if it has not exited within `timeout` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

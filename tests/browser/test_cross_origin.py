@@ -18,8 +18,8 @@ from app import procfs
 from app.api.app import make_app
 from app.core.config import Config
 from app.core.service import Service
-from tests.browser.test_dashboard import ARGS, CHROMIUM, free_port
-from tests.helpers import AUTH, TOKEN
+from tests.browser.test_dashboard import ARGS, CHROMIUM
+from tests.helpers import AUTH, TOKEN, free_port
 
 ATTACK = """
 async ({port, life}) => {

@@ -24,7 +24,7 @@ from app.api.app import make_app
 from app.core.config import Config
 from app.core.service import Service
 from app.core.watches import WatchSpec
-from tests.helpers import TOKEN
+from tests.helpers import TOKEN, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -34,12 +34,6 @@ ARGS = [
 SHOTS = os.environ.get("LIFEWATCH_SCREENSHOTS")
 # A duration no other test on the machine uses: the watch matches only our sleeper.
 SLEEP = f"{30 + os.getpid() % 10_000 / 100_000:.5f}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

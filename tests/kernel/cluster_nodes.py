@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import AUTH
-from tests.natsd import free_port, wait_port
+from tests.helpers import AUTH, free_port
+from tests.natsd import wait_port
 
 # Reads a command per line: "spawn ARGV..." starts a child and prints its pid.
 NURSERY = """

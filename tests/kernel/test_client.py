@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ import pytest
 
 from app.client import Lifewatch, LifewatchError
 from app.procfs import read_stat
+from tests.helpers import free_port, listening, stop
 
 README = Path(__file__).parent.parent.parent / "README.md"
 SERVER = """
@@ -41,12 +40,6 @@ def readme_example() -> str:
     return block.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[str]:
     port = free_port()
@@ -55,23 +48,10 @@ async def daemon(tmp_path: Path) -> AsyncIterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--sources", "proc"],
                             env=env, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                assert time.monotonic() < deadline, "lifewatch serve did not listen"
-                await asyncio.sleep(0.05)
+        await listening(proc, port)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 async def test_the_readme_example_is_told_its_partner_died(daemon: str, tmp_path: Path) -> None:

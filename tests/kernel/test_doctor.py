@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.kernel.test_serve import free_port
+from tests.helpers import free_port
 
 RANK = {"ok": 0, "warn": 1, "fail": 2}
 

@@ -10,7 +10,6 @@ import asyncio
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import AUTH, TOKEN, make_config, start_ticks
+from tests.helpers import AUTH, TOKEN, free_port, make_config, start_ticks, stop
 
 CLIENTS = 1005
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ulimit_1024() -> None:
@@ -55,9 +48,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
             time.sleep(0.05)
         yield proc, port, sock
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        stop(proc)
         log.close()
 
 

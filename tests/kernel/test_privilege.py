@@ -6,14 +6,10 @@ bounding set (uid 0 keeps no capability outside it), in the unprivileged pass (u
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +18,9 @@ import pytest
 
 from app.netlink.audit_proto import AuditStatus
 from app.sources.privilege import NEEDED
-from tests.helpers import wait_until
+from tests.helpers import free_port, listening, stop, wait_until
 from tests.kernel.audit_kernel import KEY, kernel_audit_state, ours, rules, status
-from tests.kernel.test_serve import free_port, get
+from tests.kernel.test_serve import get
 
 
 @pytest.fixture
@@ -49,25 +45,8 @@ async def serve(
         [*argv, sys.executable, "-m", "app", "serve", "--sources", sources],
         env={**os.environ, **env, "LIFEWATCH_PORT": str(port)}, stderr=subprocess.PIPE,
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "lifewatch serve did not listen"
-            await asyncio.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    await listening(proc, port)
+    return proc, port
 
 
 @pytest.mark.parametrize(

@@ -26,15 +26,9 @@ import aiohttp
 import pytest
 
 from app.core.store import SEQ_BITS, Resolver
-from tests.helpers import AUTH, start_ticks, wait_until
+from tests.helpers import AUTH, free_port, start_ticks, wait_until
 
 ROOT = Path(__file__).parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:

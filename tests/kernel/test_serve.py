@@ -6,14 +6,11 @@ The daemon is a separate process here, so the test process's own children are au
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -23,7 +20,7 @@ from typing import Any
 import pytest
 
 from app.netlink.audit_proto import AuditStatus
-from tests.helpers import AUTH, TOKEN, wait_until
+from tests.helpers import AUTH, TOKEN, free_port, listening, stop, wait_until
 from tests.kernel.audit_kernel import (
     KEY,
     kernel_audit_state,
@@ -38,12 +35,6 @@ from tests.kernel.audit_kernel import (
 async def kernel_audit() -> AsyncIterator[AuditStatus]:
     async for found in kernel_audit_state():
         yield found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str) -> Any:
@@ -67,24 +58,10 @@ async def daemon(
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--sources", "audit,proc"],
                             env=env, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                assert time.monotonic() < deadline, "lifewatch serve did not listen"
-                await asyncio.sleep(0.05)
+        await listening(proc, port)
         yield proc, port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 async def test_serve_end_to_end(daemon: tuple[subprocess.Popen[bytes], int]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -26,15 +25,10 @@ from typing import Any
 import pytest
 
 from app.cli.http import fetch
+from tests.helpers import free_port
 
 UNIX = "http://unix:{}:"
 pytestmark = pytest.mark.root_test_side("root's own commands are replayed (root on the socket)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TOKEN
+from tests.helpers import TOKEN, free_port, stop
 
 ROOT = Path(__file__).parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -44,8 +36,7 @@ def daemon(tmp_path: Path) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        stop(proc)
         log.close()
         assert "Traceback" not in (tmp_path / "daemon.log").read_text()
 
