@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
-        help="run the daemon (needs root for the kernel sources)",
+        help="run the daemon (root, or the capabilities of docs/operations.md)",
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
