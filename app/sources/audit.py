@@ -34,7 +34,7 @@ from app.netlink.audit_proto import ARCH_NAMES, AuditStatus
 from app.netlink.audit_reader import RecordSocket
 from app.netlink.audit_records import Record, parse_datagram
 from app.sources.audit_assembler import Assembler
-from app.sources.audit_lives import LifeEvents
+from app.sources.audit_lives import UNUSED, LifeEvents
 from app.sources.audit_rules import KernelChanges, pid_alive
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
@@ -254,6 +254,7 @@ class AuditSource:
             return
         push = self.asm.push
         tap = self.tap
+        skip = UNUSED
         n = 0
         while n < BATCH:
             try:
@@ -270,7 +271,7 @@ class AuditSource:
             n += 1
             if tap is not None:
                 tap(data)
-            for rec in parse_datagram(data):
+            for rec in parse_datagram(data, skip):
                 push(rec)
         self.counters["datagrams"] += n
         if n == BATCH:  # the budget ran out with datagrams left: the reader is behind
@@ -292,7 +293,7 @@ class AuditSource:
                 return
             except OSError:
                 return
-            for rec in parse_datagram(data):
+            for rec in parse_datagram(data, UNUSED):
                 self.asm.push(rec)
 
     def _flush(self) -> None:

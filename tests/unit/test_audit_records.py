@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from app.argv import ARGV_MAX, cap_argv, is_cut
-from app.netlink.audit_proto import AUDIT_CONFIG_CHANGE, AUDIT_EOE, AUDIT_SYSCALL
+from app.netlink.audit_proto import (
+    AUDIT_CONFIG_CHANGE,
+    AUDIT_EOE,
+    AUDIT_PATH,
+    AUDIT_PROCTITLE,
+    AUDIT_SYSCALL,
+)
 from app.netlink.audit_records import (
     Record,
     execve_argv,
@@ -26,7 +32,7 @@ from app.netlink.audit_records import (
 )
 from app.netlink.socket import NLMSGHDR
 from app.sources.audit_assembler import Assembler
-from app.sources.audit_lives import LifeEvents
+from app.sources.audit_lives import UNUSED, LifeEvents
 from app.sources.observations import Exec, Exit, Fork, Observation
 
 DATA = Path(__file__).parent.parent / "data"
@@ -186,6 +192,33 @@ def test_recorded_stream_assembles_without_gaps(unicast: list[bytes]) -> None:
     assert asm.counters["timed_out"] == len(sink.events) - len(syscall_events)
 
 
+def test_skipped_types_are_not_parsed_and_events_still_close(unicast: list[bytes]) -> None:
+    whole = all_records(unicast)
+    kept = [r for d in unicast for r in parse_datagram(d, UNUSED)]
+    assert {AUDIT_PATH, AUDIT_PROCTITLE} <= {r.type for r in whole}
+    assert kept == [r for r in whole if r.type not in UNUSED]
+    # the general path (several messages in one datagram) skips them too
+    data = b"".join(
+        NLMSGHDR.pack(16 + len(b), t, 0, 0, 0) + b + b"\0" * (-len(b) % 4)
+        for t, b in (
+            (1300, b"audit(1.5:7): a=1"),
+            (1327, b"audit(1.5:7): x"),
+            (1320, b"audit(1.5:7): "),
+        )
+    )
+    assert [r.type for r in parse_datagram(data, UNUSED)] == [1300, 1320]
+    # the same events close, at the same records (EOE), with the same serials and no gap
+    closed = []
+    for records in (whole, kept):
+        sink = Collect()
+        asm = Assembler(sink, clock=lambda: 0.0)
+        for r in records:
+            asm.push(r)
+        assert sink.gaps == []
+        closed.append([[r for r in e if r.type not in UNUSED] for e in sink.events])
+    assert closed[0] == closed[1] and len(closed[0]) > 100
+
+
 def rec(serial: int, type: int = AUDIT_SYSCALL, stamp: float = 1.0) -> Record:
     return Record(type, stamp, serial, b"")
 
@@ -267,8 +300,9 @@ def replay(datagrams: list[bytes], proc: Path, known: list[int]) -> list[Observa
             lives.event(records)
 
     asm = Assembler(Sink(), clock=lambda: 0.0)
-    for r in all_records(datagrams):
-        asm.push(r)
+    for d in datagrams:  # as the audit source reads them: the types it never uses unparsed
+        for r in parse_datagram(d, UNUSED):
+            asm.push(r)
     asm.flush(force=True)
     lives.tick(force=True)
     return out
