@@ -27,7 +27,14 @@ from pathlib import Path
 from bench.audit_forks import restore, status
 from bench.storm import Daemon, build_forker, cpu_seconds, storm
 
-IDLE = ("select (selectors.py", "run (asyncio/runners.py", "_run_once (asyncio/base_events.py")
+# Leaves that mean "waiting": uvloop's run loop (epoll, in C: sampled as Runner.run's own
+# time), the default loop's select, the store's writer thread and the executor waiting.
+IDLE = (
+    "Runner.run (asyncio/runners.py",
+    "select (selectors.py",
+    "Condition.wait (threading.py",
+    "_worker (concurrent/futures/thread.py",
+)
 
 
 def frame_name(frame: str) -> str:

@@ -258,6 +258,11 @@ class Tracker:
         if n < before:
             self.counters["duplicates"] += 1  # an earlier exec, already told and superseded
             return
+        if n == before and o.exe is None and o.argv is None:
+            # Told again without fields (the connector, after audit): the first report set
+            # them, from the exec itself or from /proc. No second read of /proc for it.
+            self.counters["duplicates"] += 1
+            return
         self._exec_fields(life, o)
         if n == before or not life.alive:
             self.counters["duplicates"] += 1

@@ -9,9 +9,11 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from app import procfs
 from app.core.journal import Event
 from app.core.service import Service
 from app.sources.observations import Exec, Exit, Fork, Observation
@@ -164,6 +166,28 @@ async def test_exec_chains_are_counted_per_source(tmp_path: Path) -> None:
     assert transitions(events, c.pid) == ["born", "exec", "exec"]
     life = svc.registry.alive[c.pid]
     assert life.exe == "/usr/bin/env" and life.argv == ("env",)  # audit's, of the last exec
+
+
+async def test_an_exec_told_by_audit_first_is_not_read_again_from_proc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    real = procfs.read_image
+
+    def counted(pid: int, *args: Any, **kw: Any) -> Any:
+        reads.append(pid)
+        return real(pid, *args, **kw)
+
+    monkeypatch.setattr(procfs, "read_image", counted)
+    a, b = Child(free_pid()), Child(free_pid(1))
+    script: list[Observation] = [a.f_p, a.x_a, a.x_p, b.f_p, b.x_p, b.x_a]
+    svc, events = await run(tmp_path, script)
+    assert transitions(events, a.pid) == ["born", "exec"]
+    assert transitions(events, b.pid) == ["born", "exec"]
+    assert reads == [b.pid]  # the connector first: /proc asked once; audit first: never
+    for c in (a, b):  # audit's fields, the exec's own, kept either way
+        life = svc.registry.alive[c.pid]
+        assert life.exe == "/usr/bin/true" and life.argv == ("true", "--audit")
 
 
 async def test_audit_alone_still_works_with_its_fork_record_last(tmp_path: Path) -> None:
