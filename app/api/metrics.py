@@ -8,7 +8,6 @@ process, as in the tests, never collide. The service is read at scrape time by
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,14 +68,6 @@ def install(app: web.Application) -> None:
     )
     app[METRICS] = Metrics(reg, requests, counter)
     app.middlewares.insert(0, _timed)  # outermost: sees the status the client gets
-    app.cleanup_ctx.append(_count_events)
-
-
-async def _count_events(app: web.Application) -> AsyncIterator[None]:
-    counter = app[METRICS].counter
-    counter.start()
-    yield
-    await counter.stop()
 
 
 @web.middleware

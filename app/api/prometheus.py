@@ -2,8 +2,8 @@
 
 Everything here is computed when `/metrics` is scraped, from state the service keeps anyway
 (registry sizes, journal counts, source health, watch states), except two things that need
-counting as they happen: events by source (a journal subscriber, `EventCounter`) and
-latencies (`LatencyHistogram`, observed by whoever measures them).
+counting as they happen: events by source (counted by the journal as it appends them, named
+by `EventCounter`) and latencies (`LatencyHistogram`, observed by whoever measures them).
 
 The canary interface, read duck-typed so that either side can change alone:
 - `service.canary.stats.verdicts`: a mapping `source name -> verdict` where a verdict has
@@ -19,9 +19,7 @@ Each path becomes `lifewatch_canary_latency_seconds{path=...}`.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import contextlib
 import logging
 import time
 from collections import deque
@@ -38,7 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from app.api.storemetrics import store_metrics
-from app.core.journal import Event, Journal, Subscriber
+from app.core.journal import Journal
 from app.core.life import source_names
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, SourceHealth
 
@@ -138,63 +136,25 @@ def canary_latencies(
 
 
 class EventCounter:
-    """Counts journal events by (type, source) and gaps by (source, reason): the only
-    per-event work the metrics do, done off the event path in its own task."""
-
-    QUEUE = 1 << 16
+    """Journal events by (type, source) and gaps by (source, reason), named at scrape time
+    from the journal's own counts (Journal.by_sources, Journal.gaps: one dict update per
+    event as it is appended). It used to be a journal subscriber counting in its own task;
+    waking that task cost the fork storm more than counting inline (docs/performance.md)."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
-        self._by_bits: dict[tuple[str, int], int] = {}  # (type, SourceSet bits) -> n
-        self.gaps: dict[tuple[str, str], int] = {}
-        self.resets = 0  # times it fell behind the journal window: counts are then low
-        self._sub: Subscriber | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._sub = self.journal.subscribe(lambda _e: True, self.QUEUE)
-        self._task = asyncio.create_task(self._run(self._sub), name="event-counter")
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     @property
-    def subscribed(self) -> int:
-        return 0 if self._sub is None else 1
-
-    async def _run(self, sub: Subscriber) -> None:
-        while True:
-            batch = await sub.next_batch()
-            if not batch:
-                return
-            self.count(batch)
-
-    def count(self, events: Iterable[Event]) -> None:
-        """Per event: one dict update. Names are made at scrape time (`by_source`)."""
-        counts = self._by_bits
-        for ev in events:
-            kind = ev.type
-            if ev.sources:
-                key = (kind, ev.sources)
-                counts[key] = counts.get(key, 0) + 1
-            elif kind == "gap" and ev.fields:
-                gkey = (str(ev.fields.get("source", "?")), str(ev.fields.get("reason", "?")))
-                self.gaps[gkey] = self.gaps.get(gkey, 0) + 1
-            elif kind == "reset":
-                self.resets += 1
+    def gaps(self) -> dict[tuple[str, str], int]:
+        return dict(self.journal.gaps)
 
     @property
     def by_source(self) -> dict[tuple[str, str], int]:
         """(type, source name) -> events; an event seen by two sources counts for each."""
         out: dict[tuple[str, str], int] = {}
-        for (kind, bits), n in list(self._by_bits.items()):
+        for (kind, bits), n in list(self.journal.by_sources.items()):
+            if not bits:
+                continue  # node events (gap, resync, source...) have no source bits
             for name in source_names(bits):
                 out[(kind, name)] = out.get((kind, name), 0) + n
         return out
@@ -290,7 +250,7 @@ class LifewatchCollector(Collector):
         g = GaugeMetricFamily("lifewatch_journal_window_events", "Events held for replay")
         g.add_metric([], j.held)
         yield g
-        internal = (c.subscribed if c else 0) + self.service.watches.subscribed
+        internal = self.service.watches.subscribed
         ws = self.websockets() if self.websockets else max(0, j.subscribers - internal)
         g = GaugeMetricFamily("lifewatch_stream_subscribers", "WebSocket stream clients")
         g.add_metric([], ws)

@@ -230,12 +230,24 @@ class Journal:
         # only the subscribers whose filter could match it (app/core/fanout.py).
         self._subs: SubscriberIndex[Subscriber] = SubscriberIndex()
         self.overflows = 0
-        self.counts: dict[str, int] = {}
+        # Events by (type, SourceSet bits) and gaps by (source, reason), counted as they are
+        # appended: one dict update each, cheaper than a subscriber that wakes to count them
+        # (docs/performance.md). Names are made when /metrics or /v1/node read them.
+        self.by_sources: dict[tuple[str, int], int] = {}
+        self.gaps: dict[tuple[str, str], int] = {}
 
     @property
     def last_cursor(self) -> int:
         """The cursor of the newest event (first_cursor - 1 before any)."""
         return self._next - 1
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Events appended by type."""
+        out: dict[str, int] = {}
+        for (kind, _), n in list(self.by_sources.items()):
+            out[kind] = out.get(kind, 0) + n
+        return out
 
     @property
     def held(self) -> int:
@@ -259,7 +271,12 @@ class Journal:
         if len(self._events) == self.size:
             self.evicted = self._events[0].cursor  # the window forgets it now
         self._events.append(ev)
-        self.counts[type] = self.counts.get(type, 0) + 1
+        key = (type, sources)
+        counts = self.by_sources
+        counts[key] = counts.get(key, 0) + 1
+        if type == "gap" and fields:
+            gkey = (str(fields.get("source", "?")), str(fields.get("reason", "?")))
+            self.gaps[gkey] = self.gaps.get(gkey, 0) + 1
         for sub in self._subs.candidates(ev):  # an idle client is sent it now (push)
             sub.offer(ev)
         if self.sink is not None:
