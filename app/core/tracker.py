@@ -96,6 +96,8 @@ class Tracker:
             "vanished": 0,  # lives a lookup found gone before any exit report
             "vanished_reported": 0,  # ... whose exit report then came: nothing was lost
             "missed_deaths": 0,  # ... whose report never came: a gap
+            "exec_reads": 0,  # execs whose exe and argv were read from /proc (no audit first)
+            "early_forks": 0,  # fork reports dated before the pid's alive life: not a rebirth
         }
         self._resync_listeners: list[ResyncListener] = []
         self._canary: CanaryObserver | None = None
@@ -172,7 +174,13 @@ class Tracker:
             self.counters["duplicates"] += 1
             self._seen(known, o.source, "born")
             return
-        start = start_of(o, est, self.proc)
+        alive = self.registry.alive.get(o.pid)
+        if alive is not None and est is not None and _dated_before(alive, *est):
+            start = self._newer_holder(alive, o, bit)
+            if start is None:
+                return
+        else:
+            start = start_of(o, est, self.proc)
         if start is None:
             self.counters["undated_forks"] += 1  # gone, and no kernel timestamp to date it
             return
@@ -197,6 +205,25 @@ class Tracker:
                 self._exec(ex)
             if early.exit is not None and early.exit.at >= o.at - SAME_MOMENT:
                 self._exit(early.exit)
+
+    def _newer_holder(self, alive: Life, o: Fork, bit: int) -> tuple[int, int, str | None] | None:
+        """A fork report dated before the start of the pid's alive life. Audit dates a child
+        by its parent's syscall entry, a lower bound that a slow fork (preempted, under a
+        storm) puts ticks early: such a report is most likely `alive`'s own birth, or an
+        older holder's told late. Neither is evidence that `alive` is gone, so it is not
+        replaced on the report's word: only /proc showing a later start is (a newer holder,
+        dated exactly). Returns that start, or None when the report changes nothing."""
+        try:
+            st: procfs.Stat | None = procfs.read_stat(o.pid, self.proc)
+        except (OSError, procfs.StatError):
+            st = None
+        if st is not None and st.start_ticks > alive.start_ticks + alive.start_slack:
+            return st.start_ticks, 0, st.comm
+        if st is not None and alive.matches(st.start_ticks):
+            alive.sources |= bit  # /proc says: the same life, dated early
+            self._seen(alive, o.source, "born")
+        self.counters["early_forks"] += 1
+        return None
 
     def _known(self, pid: int, est: tuple[int, int] | None) -> Life | None:
         """The life a second report of a birth refers to, if already recorded."""
@@ -273,6 +300,7 @@ class Tracker:
         if o.exe is None and o.argv is None:
             image = None
             if life.alive:
+                self.counters["exec_reads"] += 1
                 image = procfs.read_image(o.pid, self.proc, self.argv_max)
             if image is not None and life.matches(image[0].start_ticks):
                 life.set_program(image[0].comm, image[1], image[2])
@@ -465,6 +493,11 @@ class Tracker:
         if self._settle is not None:
             self._settle.cancel()
             self._settle = None
+
+
+def _dated_before(life: Life, ticks: int, slack: int) -> bool:
+    """Does a start estimated as `ticks` (+-`slack`) lie wholly before `life`'s start?"""
+    return ticks + slack < life.start_ticks - life.start_slack
 
 
 def _close(life: Life, ticks: int, slack: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,3 +249,36 @@ async def test_gaps_are_journaled_at_once_and_repairs_are_spaced(tmp_path: Path)
         assert time.monotonic() - t0 >= 0.45
     finally:
         await svc.stop()
+
+
+async def test_a_fork_dated_before_the_alive_life_does_not_replace_it(tmp_path: Path) -> None:
+    """Audit dates a child by its parent's syscall entry: a fork slowed under a storm dates it
+    ticks early. Such a report is the same life (or an older holder's), never a rebirth that
+    kills the life /proc shows (bench.storm saw one `pid_reused` death of a live process)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    real_minus_boot = time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(
+        time.CLOCK_BOOTTIME
+    )
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        st = procfs.read_stat(child.pid)
+        gone = free_pid()
+        now = time.time()
+        script: list[Observation] = []
+        for pid, ticks in ((child.pid, st.start_ticks), (gone, st.start_ticks)):
+            early = (ticks - 5) / hz + real_minus_boot  # the parent's entry, 5 ticks before
+            script += [
+                Fork("proc", pid, os.getpid(), now, start_ticks=ticks),
+                Fork("audit", pid, os.getpid(), early, audit_stamp=early, uid=0),
+            ]
+        svc, events = await run(tmp_path, script)
+        # the sleep was in the start-up snapshot already: no event at all; the other is born
+        assert transitions(events, child.pid) == [] and transitions(events, gone) == ["born"]
+        for pid in (child.pid, gone):
+            life = svc.registry.alive[pid]
+            assert life.start_ticks == st.start_ticks and life.start_slack == 0
+        assert svc.registry.alive[child.pid].sources & 6 == 6  # /proc showed it: the same life
+        assert svc.tracker.counters["early_forks"] == 2
+    finally:
+        child.kill()
+        child.wait()
