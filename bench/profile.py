@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -92,7 +93,7 @@ async def main(args: argparse.Namespace) -> None:
             )  # fmt: skip
             await asyncio.sleep(0.5)
             lives = await storm(args.mode, args.seconds, tmp)
-            await d.drained()
+            node = await d.drained()
             cpu = cpu_seconds(d.proc.pid) - cpu0
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             await asyncio.to_thread(spy.wait, 30)
@@ -101,6 +102,7 @@ async def main(args: argparse.Namespace) -> None:
                 Path(args.raw).write_text(text)
             print(f"fork+{args.mode}, sources {args.sources}: {len(lives)} lives, "
                   f"{cpu / len(lives) * 1e6:.1f} µs of daemon CPU per life")  # fmt: skip
+            print("tracker:", json.dumps(node.get("tracker", {})))
             print(summarise(text, args.top))
         finally:
             if spy is not None and spy.poll() is None:
