@@ -152,8 +152,24 @@ class Daemon:
                 if len(self.odd) < 5:  # what lifewatch says of the first few, for the record
                     async with self.http.get(f"{self.url}/v1/lives/{pid}") as r:
                         now = await r.json()
-                    self.odd.append({"truth": [pid, ticks, code], "answer": got, "pid_now": now})
+                    near = await self.near(host, pid, ticks)
+                    self.odd.append({"truth": [pid, ticks, code], "answer": got, "pid_now": now,
+                                     "near": near})  # fmt: skip
         return {"missed": missed, "wrong_exit": wrong}
+
+    async def near(self, host: str, pid: int, ticks: int) -> list[dict[str, Any]]:
+        """Lives lifewatch knows of `pid` started within 20 ticks of `ticks`: a life recorded
+        with a start the kernel did not give shows here."""
+        body = {"lives": [f"{host}/{pid}/{t}" for t in range(ticks - 20, ticks + 21) if t != ticks]}
+        async with self.http.post(f"{self.url}/v1/lives/check", json=body) as r:
+            results = (await r.json())["results"]
+        seen: dict[str, dict[str, Any]] = {}
+        for got in results:
+            life = got.get("life")
+            if got["state"] != "unknown" and life:
+                seen[life["id"]] = {k: life.get(k) for k in ("start_ticks", "start_derived",
+                                    "born_at", "state", "cause", "sources", "comm")}  # fmt: skip
+        return list(seen.values())
 
     async def stop(self) -> None:
         await self.http.close()
@@ -194,6 +210,12 @@ async def run_lifewatch(name: str, mode: str, seconds: float, tmp: Path,
                **await d.check(node0["host"], lives)}  # fmt: skip
         if clients:
             out["client_deaths_min"] = min(counts)
+        # The tracker's own account of reports it could not place (0 in a clean run).
+        t0, t1 = node0.get("tracker", {}), node1.get("tracker", {})
+        odd = {k: t1[k] - t0.get(k, 0) for k in ("undated_forks", "early_forks", "stale_exits",
+               "unidentified_exits", "missed_deaths") if t1.get(k, 0) - t0.get(k, 0)}  # fmt: skip
+        if odd:
+            out["tracker"] = odd
         store = node1.get("store", {})
         if store.get("state") == "on":
             out |= {"db_dropped": store["dropped"], "db_commit_max_ms":

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import procfs
-from app.sources.observations import Fork, boot_minus_mono_ns
+from app.sources.observations import Fork, boot_minus_mono_ns, real_minus_boot
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +21,7 @@ class Clocks:
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
     boot_minus_mono_ns: Callable[[], int] = boot_minus_mono_ns
-    real_minus_boot: Callable[[], float] = lambda: (
-        time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_BOOTTIME)
-    )
+    real_minus_boot: Callable[[], float] = real_minus_boot
 
 
 def estimate(o: Fork, hz: int, clocks: Clocks) -> tuple[int, int] | None:

@@ -11,14 +11,22 @@ the clients (bench/death_latency.py). Nothing writes to an observation after it 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+
+from app.sources.clockoffset import BOOT_MINUS_MONO, REAL_MINUS_BOOT
 
 
 def boot_minus_mono_ns() -> int:
     """CLOCK_BOOTTIME - CLOCK_MONOTONIC now (the time the machine spent suspended): turns a
-    kernel `mono_ns` into time since boot, the clock /proc's start ticks count."""
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    kernel `mono_ns` into time since boot, the clock /proc's start ticks count. Read so
+    that a preemption cannot skew it, and cached (app/sources/clockoffset.py)."""
+    return BOOT_MINUS_MONO()
+
+
+def real_minus_boot() -> float:
+    """CLOCK_REALTIME - CLOCK_BOOTTIME in seconds (turns audit's wall-clock stamps into time
+    since boot), read as `boot_minus_mono_ns` is."""
+    return REAL_MINUS_BOOT.seconds()
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ from app.netlink.cn_proc import (
 )
 from app.netlink.socket import open_netlink, rcvbuf_of
 from app.sources.base import FAILED, OK, STOPPED, Sink, SourceHealth
+from app.sources.clockoffset import REAL_MINUS_MONO
 from app.sources.observations import (
     Exec,
     Exit,
@@ -80,6 +81,12 @@ class ProcConnectorSource:
         self.rcvbuf = settings.rcvbuf
         # `mono` must read CLOCK_MONOTONIC: the connector's timestamps do (design.md fact 8).
         self._wall, self._mono = wall, mono
+        # wall - mono, to date events by the kernel's own timestamps: with the real clocks, the
+        # cached, preemption-proof reading (app/sources/clockoffset.py); with a test's, theirs.
+        real = wall is time.time and mono is time.monotonic
+        self._wall_minus_mono: Callable[[], float] = (
+            REAL_MINUS_MONO.seconds if real else (lambda: wall() - mono())
+        )
         self._boot_minus_mono_ns = boot_offset_ns
         self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
         self._sock: socket.socket | None = None
@@ -220,10 +227,10 @@ class ProcConnectorSource:
         assert sink is not None
         c = self.counters
         c["datagrams"] += 1
-        # Kernel timestamps are CLOCK_MONOTONIC; one offset per datagram turns them into
-        # wall-clock times of the event itself rather than of our read.
+        # Kernel timestamps are CLOCK_MONOTONIC; the offset turns them into wall-clock times
+        # of the event itself rather than of our read.
         wall = self._wall()
-        offset = wall - self._mono()
+        offset = self._wall_minus_mono()
         for ev in decode(data):
             self._check_seq(ev.cpu, ev.seq)  # a loss shows before the event that revealed it
             at = ev.timestamp_ns / 1e9 + offset
