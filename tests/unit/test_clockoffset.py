@@ -43,7 +43,12 @@ def test_real_clocks_agree_with_a_quiet_naive_read() -> None:
 
 def test_cached_until_older_than_every(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(clockoffset, "bracketed_ns", lambda a, b: calls.append(1) or 42)
+
+    def counted(a: int, b: int) -> int:
+        calls.append(1)
+        return 42
+
+    monkeypatch.setattr(clockoffset, "bracketed_ns", counted)
     off = ClockOffset(A, B, every=0.05)
     assert [off() for _ in range(100)] == [42] * 100
     assert len(calls) == 1
