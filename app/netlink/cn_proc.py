@@ -72,6 +72,7 @@ _FORK = _union(proc_event_fork.fields)
 _EXEC = _union(proc_event_exec.fields)
 _EXIT = _union(proc_event_exit.fields)
 _ACK_ERR = struct.Struct("=I")
+_new = tuple.__new__
 
 
 class ForkEvent(NamedTuple):
@@ -132,8 +133,20 @@ def decode(data: bytes | memoryview) -> list[ProcEvent]:
     """Every proc event in one datagram (the kernel sends one per datagram; the loop is for
     robustness). Truncated or foreign messages are skipped, never guessed at. A list, not a
     generator: cheaper for the usual single event, on every death's path."""
+    end = len(data)
+    if end >= _HEAD.size:
+        # Hot path: the datagram is one proc message (every death passes here).
+        head = _HEAD.unpack_from(data)
+        length = head[_LEN]
+        if (
+            length >= _HEAD.size
+            and (length == end or (length < end and (length + 3) & ~3 == end))
+            and head[_IDX] == CN_IDX_PROC
+            and head[_VAL] == CN_VAL_PROC
+        ):
+            return [_event(head, data, _HEAD.size, length)]
     out: list[ProcEvent] = []
-    offset, end = 0, len(data)
+    offset = 0
     while offset + _HEAD.size <= end:
         head = _HEAD.unpack_from(data, offset)
         length = head[_LEN]
@@ -148,12 +161,13 @@ def decode(data: bytes | memoryview) -> list[ProcEvent]:
 def _event(head: tuple[int, ...], data: bytes | memoryview, at: int, end: int) -> ProcEvent:
     what, cpu, seq, ts = head[_WHAT], head[_CPU], head[_SEQ], head[_TS]
     room = end - at
+    # tuple.__new__ skips the NamedTuple's Python-level __new__ (as audit_records does).
     if what == PROC_EVENT_EXIT and room >= _EXIT.size:
-        return ExitEvent(cpu, seq, ts, *_EXIT.unpack_from(data, at))
+        return _new(ExitEvent, (cpu, seq, ts, *_EXIT.unpack_from(data, at)))
     if what == PROC_EVENT_FORK and room >= _FORK.size:
-        return ForkEvent(cpu, seq, ts, *_FORK.unpack_from(data, at))
+        return _new(ForkEvent, (cpu, seq, ts, *_FORK.unpack_from(data, at)))
     if what == PROC_EVENT_EXEC and room >= _EXEC.size:
-        return ExecEvent(cpu, seq, ts, *_EXEC.unpack_from(data, at))
+        return _new(ExecEvent, (cpu, seq, ts, *_EXEC.unpack_from(data, at)))
     if what == PROC_EVENT_NONE:
         err = _ACK_ERR.unpack_from(data, at)[0] if room >= _ACK_ERR.size else 0
         return Ack(cpu, seq, ts, head[_ACK], err)

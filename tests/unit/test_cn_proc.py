@@ -89,6 +89,16 @@ def test_two_messages_in_one_datagram() -> None:
     assert len(list(decode(a + b))) == 2
 
 
+def test_one_message_fast_path_agrees_with_the_general_path() -> None:
+    # Each recorded datagram alone takes the one-message path; all of them in one datagram
+    # (4-byte aligned, as the kernel would pack them) take the general loop.
+    ds = recorded()
+    packed = b"".join(d + b"\0" * (-len(d) % 4) for d in ds)
+    alone = [ev for d in ds for ev in decode(d)]
+    assert decode(packed) == alone and len(alone) == 22
+    assert [type(e) for e in alone] == [type(e) for e in decode(packed)]
+
+
 def test_control_message_layout() -> None:
     msg = control_message(PROC_CN_MCAST_LISTEN, ack=41)
     assert len(msg) == 16 + 20 + 4

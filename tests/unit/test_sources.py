@@ -89,7 +89,7 @@ def test_a_new_loss_restarts_the_quiet_period(
 
 def test_proc_events_are_dated_by_the_monotonic_offset() -> None:
     """The connector stamps events with CLOCK_MONOTONIC; the source turns them into wall
-    time with wall - mono read at delivery (one offset per datagram)."""
+    time with wall - mono as it is at delivery (one offset per datagram)."""
     datagrams = [bytes.fromhex(x) for x in (DATA / "cn_proc.hex").read_text().split()]
     events = [(d, decode(d)[0]) for d in datagrams]
     fork = next(d for d, e in events if isinstance(e, ForkEvent))
