@@ -141,6 +141,10 @@ async def measure(
 
 def start_daemon(args: argparse.Namespace) -> subprocess.Popen[bytes]:
     env = dict(os.environ, **ENV, LIFEWATCH_STATE_DIR=tempfile.mkdtemp(prefix="lw-bench-"))
+    # Every client here is one caller (the bench's token), where a real node's 1,000
+    # watchers would be many: the per-caller cap on followed lives (256 by default, issue 10)
+    # is raised to let this one caller hold them all.
+    env["LIFEWATCH_MAX_FOLLOW_PER_CALLER"] = str(args.lives + args.all + 16)
     return subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(args.port),
          "--sources", args.sources, "--log-level", "WARNING"],
