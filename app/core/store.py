@@ -60,6 +60,7 @@ APP_ID = 0x4C574442  # "LWDB": PRAGMA application_id of lifewatch's database
 SCHEMA = 1
 HEARTBEAT = 5.0  # s between commits when nothing happens: last_seen stays this fresh
 BATCH = 20_000  # most queue items in one transaction
+WRITER_CACHE_KIB = 256  # the writer's page cache once the boot is read back
 STEP = 20  # chunks (commits' worth of events) deleted per retention step: a short one
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -284,6 +285,12 @@ class Store:
             aside = self._move_aside(str(e))
             got = self._open(node, (history, history_bytes), window)
             got.moved_aside = aside
+        if self._db is not None:
+            # The boot is read back: from now on the writer appends, touching the last pages
+            # of each table. SQLite's default page cache (2 MiB) would fill with pages it no
+            # longer reads, and count in the daemon's memory (bench.memory_lives: 1,343
+            # against 1,044 B per live process without the store, 10,000 sleepers).
+            self._db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         return got
 
     def _connect(self) -> sqlite3.Connection:
