@@ -105,13 +105,14 @@ class LifeEvents:
 
     # -- one event ---------------------------------------------------------------------------
     def event(self, records: list[Record]) -> None:
-        syscall = None
-        for rec in records:
-            if rec.type == AUDIT_SYSCALL:
-                syscall = rec
-                break
-        if syscall is None:
-            return
+        syscall = records[0]  # the kernel writes SYSCALL first (audit_log_exit)
+        if syscall.type != AUDIT_SYSCALL:
+            for rec in records:
+                if rec.type == AUDIT_SYSCALL:
+                    syscall = rec
+                    break
+            else:
+                return
         f = parse_syscall(syscall.body)
         if f is None:
             return
@@ -131,9 +132,13 @@ class LifeEvents:
             self._died(_exit_obs(f, syscall.stamp), thread_exit=True)
 
     def _fork(self, name: str, f: Syscall, stamp: float) -> None:
-        child = _int(f.exit)
-        pid = _int(f.pid)
-        if child is None or child <= 0 or pid is None:
+        if f.exit is None:
+            return
+        try:  # one handler for both (hot path: bench/audit_parser.py)
+            child, pid = int(f.exit), int(f.pid)
+        except ValueError:
+            return
+        if child <= 0:
             return
         ppid = pid
         if name == "clone":
