@@ -38,6 +38,8 @@ PENDING = 4096  # pids with reports that came before the birth they belong to
 PENDING_TTL = 10.0  # seconds such a report waits for its birth before it is dropped
 RESYNC_SPACING = 0.5  # s between two repairs from /proc, however many gaps come
 SAME_MOMENT = 0.02  # s: audit stamps are coarse wall clock, up to a tick or two early
+PARK = 0.25  # s an exec the connector told waits for audit's report of it (its fields)
+PARKED_MAX = 4096  # such execs waiting at once; past it the oldest reads /proc
 
 
 @dataclass(slots=True)
@@ -98,9 +100,18 @@ class Tracker:
             "missed_deaths": 0,  # ... whose report never came: a gap
             "exec_reads": 0,  # execs whose exe and argv were read from /proc (no audit first)
             "early_forks": 0,  # fork reports dated before the pid's alive life: not a rebirth
+            "parked_execs": 0,  # execs that waited for audit's fields rather than read /proc
+            "parked_execs_dropped": 0,  # ... whose life died before they could be journaled
         }
         self._resync_listeners: list[ResyncListener] = []
         self._canary: CanaryObserver | None = None
+        # Execs told without exe and argv (the connector), waiting for the report of a
+        # source that gives them (audit: the exec's own, no /proc read): pid -> (since, report,
+        # life). Only while that source is healthy (`park_execs_for`).
+        self._parked: dict[int, tuple[float, Exec, Life]] = {}
+        self._park_source: str | None = None
+        self._park_ok = False
+        self._park_timer: asyncio.TimerHandle | None = None
 
     # -- the Sink interface ------------------------------------------------------------
     def submit(self, obs: Observation) -> None:
@@ -113,6 +124,10 @@ class Tracker:
         elif isinstance(obs, Loss):
             self._loss(obs)
         elif isinstance(obs, Health):
+            if obs.source == self._park_source:
+                self._park_ok = obs.state == "ok"
+                if not self._park_ok:
+                    self.release_parked()
             self.note(
                 "source", {"source": obs.source, "state": obs.state, "reason": obs.reason}, obs.at
             )
@@ -132,6 +147,8 @@ class Tracker:
         """
         if not life.alive:
             return
+        if self._parked:
+            self.release_parked(life.pid)
         died = self.registry.died(life, None, at, "vanished", by)
         self._remember_dead(life)
         self._vanished.add(life, died)
@@ -148,6 +165,62 @@ class Tracker:
     def note(self, type: str, fields: dict[str, Any], at: float | None = None) -> None:
         """A journal event about the node rather than a life (gap, clock, source...)."""
         self.registry.note(type, fields, at)
+
+    # -- parked execs ----------------------------------------------------------------------
+    def park_execs_for(self, source: str, healthy: bool = True) -> None:
+        """From now on, an exec reported without exe and argv waits up to PARK seconds for
+        `source`'s report of the same exec, which carries them (audit: read from the exec
+        itself), instead of reading /proc at once; while `source` is healthy. Released early
+        by that report, by the life's death (told after its exec), by a loss, or at stop."""
+        self._park_source = source
+        self._park_ok = healthy
+
+    def release_parked(self, pid: int | None = None, older_than: float | None = None) -> None:
+        """Journal parked execs now, their fields read from /proc: one pid's, those parked
+        before `older_than` (monotonic), or all."""
+        if pid is not None:
+            got = self._parked.pop(pid, None)
+            if got is not None:
+                self._publish_parked(got[1], got[2], read=True)
+            return
+        for p, (since, o, life) in list(self._parked.items()):
+            if older_than is None or since <= older_than:
+                del self._parked[p]
+                self._publish_parked(o, life, read=True)
+
+    def _publish_parked(self, o: Exec, life: Life, read: bool) -> None:
+        if not life.alive:
+            self.counters["parked_execs_dropped"] += 1  # died by a path that did not ask
+            return
+        if read:
+            self._exec_fields(life, o)
+        self.registry.exec(life, source_bit(o.source), o.at)
+
+    def _park(self, o: Exec, life: Life) -> bool:
+        """Park `o` (see park_execs_for); False when it cannot wait."""
+        if not self._park_ok or o.pid in self._parked:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if len(self._parked) >= PARKED_MAX:
+            oldest = next(iter(self._parked))
+            self.release_parked(oldest)
+        self._parked[o.pid] = (self.clocks.mono(), o, life)
+        self.counters["parked_execs"] += 1
+        if self._park_timer is None:
+            self._park_timer = loop.call_later(PARK, self._expire_parked)
+        return True
+
+    def _expire_parked(self) -> None:
+        self._park_timer = None
+        now = self.clocks.mono()
+        self.release_parked(older_than=now - PARK)
+        if self._parked:
+            first = next(iter(self._parked.values()))[0]
+            wait = max(0.0, first + PARK - now)
+            self._park_timer = asyncio.get_running_loop().call_later(wait, self._expire_parked)
 
     # -- listeners -----------------------------------------------------------------------
     def add_resync_listener(self, listener: ResyncListener) -> None:
@@ -196,6 +269,8 @@ class Tracker:
             born_at=o.at, start_slack=slack,
         )  # fmt: skip
         life.canary = self._is_canary_child(o.ppid) or (parent is not None and parent.canary)
+        if self._parked and o.pid in self._parked:
+            self.release_parked(o.pid)  # the pid's old life's exec, before it is replaced
         self.registry.born(life, bit)
         self._seen(life, o.source, "born")
         early = self._early.pop(o.pid, None)
@@ -285,10 +360,23 @@ class Tracker:
         if n < before:
             self.counters["duplicates"] += 1  # an earlier exec, already told and superseded
             return
-        if n == before and o.exe is None and o.argv is None:
+        bare = o.exe is None and o.argv is None
+        if n == before and bare:
             # Told again without fields (the connector, after audit): the first report set
             # them, from the exec itself or from /proc. No second read of /proc for it.
             self.counters["duplicates"] += 1
+            return
+        parked = self._parked.pop(o.pid, None) if self._parked else None
+        if parked is not None and (parked[2] is not life or n > before):
+            # Not the exec this report tells (another life, a later exec): out first, as is.
+            self._publish_parked(parked[1], parked[2], read=False)
+            parked = None
+        if parked is not None:
+            # The parked exec, told now with the exec's own fields: journaled with them.
+            self._exec_fields(life, o)
+            self.registry.exec(life, source_bit(parked[1].source) | bit, parked[1].at)
+            return
+        if n > before and bare and life.alive and self._park(o, life):
             return
         self._exec_fields(life, o)
         if n == before or not life.alive:
@@ -367,6 +455,8 @@ class Tracker:
         self._seen(recent, o.source, "died")
 
     def _die(self, life: Life, info: ExitInfo, o: Exit) -> None:
+        if self._parked:
+            self.release_parked(life.pid)  # its exec before its death
         known = o.code is not None or o.signal is not None
         cause = "signal" if o.signal else "exit"
         self.registry.died(life, info if known else None, o.at, cause, source_bit(o.source))
@@ -381,6 +471,8 @@ class Tracker:
 
     # -- loss and repair -------------------------------------------------------------------
     def _loss(self, o: Loss) -> None:
+        if o.source == self._park_source:
+            self.release_parked()  # its reports of them may be among the lost
         self.note(
             "gap",
             {"source": o.source, "reason": o.reason, "detail": o.detail,
@@ -417,6 +509,7 @@ class Tracker:
         `resync`); live processes the registry lacks are added."""
         self._resync_pending = False
         self._last_resync = self.clocks.mono()
+        self.release_parked()  # before any life it settles dies
         # After a gap the sources' exec counts no longer line up: start them again.
         reg = self.registry
         for life in reg.alive.values():
@@ -489,10 +582,16 @@ class Tracker:
         return len(self._vanished)
 
     def close(self) -> None:
-        """Stop the grace timer (the service stops)."""
+        """Stop the timers and journal the execs still parked (the service stops); what the
+        sources report while they stop reads /proc as it comes."""
         if self._settle is not None:
             self._settle.cancel()
             self._settle = None
+        self._park_ok = False
+        if self._park_timer is not None:
+            self._park_timer.cancel()
+            self._park_timer = None
+        self.release_parked()
 
 
 def _dated_before(life: Life, ticks: int, slack: int) -> bool:

@@ -74,7 +74,11 @@ def audit_orders(c: Child) -> Iterator[list[Observation]]:
         yield [*rest[:i], c.f_a, *rest[i:]]
 
 
-async def run(tmp_path: Path, script: list[Observation]) -> tuple[Service, list[Event]]:
+async def run(
+    tmp_path: Path, script: list[Observation], park: bool = False
+) -> tuple[Service, list[Event]]:
+    """Replay `script` through a service's tracker. With `park`, as when audit and the
+    connector both run: an exec the connector tells first waits for audit's."""
     svc = Service(make_config(state_dir=tmp_path, canary_interval=0))
     await svc.start()
     first = svc.journal.last_cursor
@@ -82,10 +86,12 @@ async def run(tmp_path: Path, script: list[Observation]) -> tuple[Service, list[
     sources = {n: ScriptedSource(n) for n in names}
     for src in sources.values():
         await src.start(svc.tracker)
+    if park:
+        svc.tracker.park_execs_for("audit")
     for o in script:
         sources[o.source].push(o)
+    await svc.stop()  # releases what is still parked
     events = svc.journal.since(first) or []
-    await svc.stop()
     return svc, [e for e in events if e.life is not None]
 
 
@@ -93,9 +99,10 @@ def transitions(events: list[Event], pid: int) -> list[str]:
     return [e.type for e in events if e.life is not None and e.life.pid == pid]
 
 
+@pytest.mark.parametrize("park", [False, True])
 @pytest.mark.parametrize("signal", [None, 9])
 async def test_every_interleaving_gives_one_life_and_one_event_per_transition(
-    tmp_path: Path, signal: int | None
+    tmp_path: Path, signal: int | None, park: bool
 ) -> None:
     pid = free_pid()
     checked = 0
@@ -103,7 +110,7 @@ async def test_every_interleaving_gives_one_life_and_one_event_per_transition(
         for script in interleavings(Child(pid, signal=signal).proc(), audit):
             c = Child(pid, signal=signal)  # fresh timestamps, same shape
             script = [_renew(o, c) for o in script]
-            svc, events = await run(tmp_path, script)
+            svc, events = await run(tmp_path, script, park)
             assert transitions(events, pid) == ["born", "exec", "died"], script
             life = events[-1].life
             assert life is not None
@@ -282,3 +289,42 @@ async def test_a_fork_dated_before_the_alive_life_does_not_replace_it(tmp_path: 
     finally:
         child.kill()
         child.wait()
+
+
+async def test_a_parked_exec_waits_for_audits_fields_and_never_follows_the_death(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    real = procfs.read_image
+
+    def counted(pid: int, *args: Any, **kw: Any) -> Any:
+        reads.append(pid)
+        return real(pid, *args, **kw)
+
+    monkeypatch.setattr(procfs, "read_image", counted)
+    svc = Service(make_config(state_dir=tmp_path, canary_interval=0))
+    await svc.start()
+    first = svc.journal.last_cursor
+    proc, audit = ScriptedSource("proc"), ScriptedSource("audit")
+    for src in (proc, audit):
+        await src.start(svc.tracker)
+    svc.tracker.park_execs_for("audit")
+    told, dies, waits = Child(free_pid()), Child(free_pid(1)), Child(free_pid(2))
+    for o in (told.f_p, told.x_p, dies.f_p, dies.x_p, waits.f_p, waits.x_p):
+        proc.push(o)
+    assert svc.tracker.counters["parked_execs"] == 3
+    audit.push(told.x_a)  # audit's report of the first: journaled with its fields
+    proc.push(dies.e_p)  # the second dies before audit tells its exec
+    events = svc.journal.since(first) or []
+    assert transitions(events, told.pid) == ["born", "exec"]
+    assert transitions(events, dies.pid) == ["born", "exec", "died"]
+    assert transitions(events, waits.pid) == ["born"]  # still waiting
+    exec_ev = next(e for e in events if e.type == "exec" and e.life and e.life.pid == told.pid)
+    assert exec_ev.life is not None and exec_ev.life.exe == "/usr/bin/true"
+    assert exec_ev.sources == 6  # the connector told it first, audit gave its fields
+    assert reads == [dies.pid]  # the dying one asked /proc (as before parking); not the told
+    await asyncio.sleep(0.4)  # PARK passes: the third reads /proc and is journaled
+    events = svc.journal.since(first) or []
+    assert transitions(events, waits.pid) == ["born", "exec"]
+    assert reads == [dies.pid, waits.pid]
+    await svc.stop()
