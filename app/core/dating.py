@@ -46,10 +46,8 @@ def start_of(
 ) -> tuple[int, int, str | None] | None:
     """(start ticks, slack, comm): read from /proc while the child is there (exact),
     else the report's own estimate (+-1 tick, design.md fact 11)."""
-    if est is not None and (est[1] == 0 or o.gone):
-        # Exact, or the process already ended (its exit came in the same read): not asked
-        # of /proc, which could at best show its zombie (issue 9: a read per short life).
-        return est[0], est[1], None
+    if est is not None and est[1] == 0:
+        return est[0], 0, None
     if est is not None:
         # Hot path (every fork): `stat` alone, 15 us instead of 50 for a pidfd capture.
         # A pid reaped and reused since would show another parent or a later start than

@@ -176,9 +176,6 @@ class LifeEvents:
             self._unresolved[obs.pid] = (self.clock(), obs)
 
     def _born(self, obs: Fork) -> None:
-        held = self._held.get(obs.pid)
-        if held is not None and any(type(x) is Exit for x in held[1]):
-            obs.gone = True  # its exit came first: /proc would show at best a zombie
         self.counters["forks"] += 1
         self._remember(obs.pid)
         self.emit(obs)

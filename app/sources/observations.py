@@ -39,9 +39,6 @@ class Fork:
     mono_ns: int | None = None  # kernel CLOCK_MONOTONIC of the fork (proc connector)
     audit_stamp: float | None = None  # audit's coarse wall-clock stamp of the syscall
     uid: int | None = None
-    # The source already holds this process's exit, read after the fork: /proc can at best
-    # show a zombie, so the start is dated from the report alone (design.md fact 11).
-    gone: bool = False
 
 
 @dataclass(slots=True)

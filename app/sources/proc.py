@@ -30,7 +30,6 @@ from app.netlink.cn_proc import (
     ExecEvent,
     ExitEvent,
     ForkEvent,
-    ProcEvent,
     control_message,
     decode,
 )
@@ -192,20 +191,12 @@ class ProcConnectorSource:
         sock = self._sock
         if sock is None:
             return
-        # What is queued is read first, then delivered in order: a fork whose process's exit
-        # is among the same datagrams is marked `gone`, and its start is dated from the
-        # kernel's timestamp without a /proc read that could at best find a zombie.
-        batch: list[bytes] = []
-        full = True
         for _ in range(READ_BUDGET):
             try:
-                batch.append(sock.recv(256))
+                data = sock.recv(256)
             except BlockingIOError:
-                full = False
-                break
+                return
             except OSError as e:
-                self._deliver_all(batch)
-                batch = []
                 if e.errno == errno.ENOBUFS:
                     self._overrun()
                     continue
@@ -213,26 +204,9 @@ class ProcConnectorSource:
                 self._set_health(FAILED, f"read failed: {e}")
                 asyncio.get_running_loop().remove_reader(sock.fileno())
                 return
-        self._deliver_all(batch)
-        if full:  # the budget ran out with datagrams left: the reader is behind the kernel
-            self.counters["full_reads"] += 1
-
-    def _deliver_all(self, batch: list[bytes]) -> None:
-        if len(batch) < 2:
-            for data in batch:
-                self._deliver(data)
-            return
-        decoded = [decode(data) for data in batch]
-        ended: set[int] = set()  # processes whose leader's exit comes later in the batch
-        gone: set[int] = set()  # indexes of datagrams holding a fork of one of them
-        for i in range(len(decoded) - 1, -1, -1):
-            for ev in decoded[i]:
-                if type(ev) is ExitEvent and ev.process_pid == ev.process_tgid:
-                    ended.add(ev.process_tgid)
-                elif type(ev) is ForkEvent and ev.child_tgid in ended:
-                    gone.add(i)
-        for i, data in enumerate(batch):
-            self._deliver(data, decoded[i], i in gone)
+            self._deliver(data)
+        # The budget ran out with datagrams left: the reader is behind the kernel.
+        self.counters["full_reads"] += 1
 
     def _overrun(self) -> None:
         """Our receive queue overflowed: some events are gone. Sequence holes after this are
@@ -246,11 +220,7 @@ class ProcConnectorSource:
             Loss(self.name, "enobufs", now, "proc connector socket overrun", self._last_at)
         )
 
-    def _deliver(
-        self, data: bytes, events: list[ProcEvent] | None = None, gone: bool = False
-    ) -> None:
-        """One datagram (`events`: already decoded; `gone`: its forks' processes have
-        ended, as later datagrams of the same read show)."""
+    def _deliver(self, data: bytes) -> None:
         if self.tap is not None:
             self.tap(data)
         sink = self._sink
@@ -261,7 +231,7 @@ class ProcConnectorSource:
         # of the event itself rather than of our read.
         wall = self._wall()
         offset = self._wall_minus_mono()
-        for ev in decode(data) if events is None else events:
+        for ev in decode(data):
             self._check_seq(ev.cpu, ev.seq)  # a loss shows before the event that revealed it
             at = ev.timestamp_ns / 1e9 + offset
             # Deaths first: they are what clients wait for (bench/death_latency.py).
@@ -282,7 +252,7 @@ class ProcConnectorSource:
                     if len(self._solo) > SOLO_MAX:
                         del self._solo[next(iter(self._solo))]
                     sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
-                                     mono_ns=ev.timestamp_ns, gone=gone))  # fmt: skip
+                                     mono_ns=ev.timestamp_ns))  # fmt: skip
             elif type(ev) is ExecEvent:
                 c["execs"] += 1
                 sink.submit(Exec(self.name, ev.process_tgid, at))

@@ -328,25 +328,3 @@ async def test_a_parked_exec_waits_for_audits_fields_and_never_follows_the_death
     assert transitions(events, waits.pid) == ["born", "exec"]
     assert reads == [dies.pid, waits.pid]
     await svc.stop()
-
-
-async def test_a_fork_marked_gone_is_dated_without_proc(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fork whose exit the source already holds is dated from the kernel's timestamp: /proc
-    is not read for it (it could at best show a zombie)."""
-    reads: list[int] = []
-    real = procfs.read_stat
-
-    def counted(pid: int, *args: Any, **kw: Any) -> Any:
-        reads.append(pid)
-        return real(pid, *args, **kw)
-
-    monkeypatch.setattr(procfs, "read_stat", counted)
-    gone, there = Child(free_pid()), Child(free_pid(1))
-    gone.f_p.gone = True
-    _svc, events = await run(tmp_path, [gone.f_p, there.f_p])
-    assert transitions(events, gone.pid) == transitions(events, there.pid) == ["born"]
-    assert gone.pid not in reads and there.pid in reads
-    born = {e.life.pid: e.life for e in events if e.life is not None}
-    assert born[gone.pid].start_slack == 1  # derived: start_derived in the API

@@ -14,7 +14,7 @@ from app.netlink.audit_records import Record
 from app.netlink.cn_proc import ExitEvent, ForkEvent, decode
 from app.sources.audit import RECOVER_AFTER, AuditSource
 from app.sources.base import DEGRADED, OK
-from app.sources.observations import Exec, Exit, Fork, Health, Loss, Observation
+from app.sources.observations import Exit, Fork, Health, Loss, Observation
 from app.sources.proc import HZ, ProcConnectorSource
 
 DATA = Path(__file__).parent.parent / "data"
@@ -204,44 +204,3 @@ def test_a_pid_reused_since_the_exit_is_not_the_process_still_running(tmp_path: 
     assert procfs.process_running(42, tmp_path)
     assert procfs.process_running(42, tmp_path, born_by=500)  # same tick: the same process
     assert not procfs.process_running(42, tmp_path, born_by=499)  # younger than the exit
-
-
-class QueuedSocket:
-    """What the kernel queued on the connector socket: recv hands it out, then would block."""
-
-    def __init__(self, datagrams: list[bytes]) -> None:
-        self.queue = list(datagrams)
-
-    def recv(self, size: int) -> bytes:
-        if not self.queue:
-            raise BlockingIOError
-        return self.queue.pop(0)
-
-
-def test_a_fork_whose_exit_is_in_the_same_read_is_marked_gone() -> None:
-    """The connector's reader reads what is queued, then delivers it in order; a fork whose
-    process's exit comes later in the same read is `gone`: dated from the kernel's
-    timestamp, not read from /proc (issue 9)."""
-    datagrams = [bytes.fromhex(x) for x in (DATA / "cn_proc.hex").read_text().split()]
-    datagrams = datagrams[:-1]  # the last process's exit not read yet: its fork is not gone
-    src = ProcConnectorSource(Config().proc_settings())
-    sink = Collect()
-    src._sink = sink
-    src._sock = QueuedSocket(datagrams)  # type: ignore[assignment]
-    src._on_readable()
-    one_by_one = Collect()
-    src2 = ProcConnectorSource(Config().proc_settings())
-    src2._sink = one_by_one
-    for d in datagrams:
-        src2._deliver(d)
-
-    # the same observations in the same order; only `gone` differs
-    def lives(got: list[Observation]) -> list[tuple[type, int]]:
-        return [(type(o), o.pid) for o in got if isinstance(o, Fork | Exec | Exit)]
-
-    assert lives(sink.got) == lives(one_by_one.got)
-    forks = [o for o in sink.got if isinstance(o, Fork)]
-    exits = {o.pid for o in sink.got if isinstance(o, Exit)}
-    assert forks and all(f.gone == (f.pid in exits) for f in forks)
-    assert any(f.gone for f in forks) and not all(f.gone for f in forks)
-    assert not any(isinstance(o, Fork) and o.gone for o in one_by_one.got)
