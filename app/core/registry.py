@@ -30,6 +30,14 @@ SIZE_BITS = 24
 SIZE_MASK = (1 << SIZE_BITS) - 1
 
 
+MAX_SLACK = 5  # ticks: the widest a derived start's slack grows (app/core/tracker.py)
+_OFFSETS = (0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5)  # nearest first: most lookups stop at 0
+
+
+def _near(ticks: int) -> Iterator[int]:
+    return (ticks + d for d in _OFFSETS)
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """The answer to "is this life alive?"."""
@@ -78,8 +86,9 @@ class Registry:
         life = self.alive.get(pid)
         if life is not None and life.matches(start_ticks):
             return life
-        # Derived starts are +-1 tick (design.md fact 11): a pid is not reused within a tick.
-        for ticks in (start_ticks, start_ticks - 1, start_ticks + 1):
+        # Derived starts are +-1 tick (design.md fact 11), up to MAX_SLACK when two reports
+        # disagreed (app/core/tracker.py): a pid is not reused within a few ticks.
+        for ticks in _near(start_ticks):
             dead = self.dead.get(life_key(pid, ticks))
             if dead is not None and dead.matches(start_ticks):
                 return dead

@@ -25,7 +25,7 @@ from app.argv import ARGV_MAX
 from app.core.dating import Clocks, estimate, start_of
 from app.core.life import Exit as ExitInfo
 from app.core.life import Life, SourceSet, exit_of, iso, source_bit
-from app.core.registry import Registry
+from app.core.registry import MAX_SLACK, Registry
 from app.core.vanish import Vanished, Vanishings
 from app.sources.observations import Exec, Exit, Fork, Health, Loss, Observation
 
@@ -39,6 +39,10 @@ PENDING_TTL = 10.0  # seconds such a report waits for its birth before it is dro
 RESYNC_SPACING = 0.5  # s between two repairs from /proc, however many gaps come
 SAME_MOMENT = 0.02  # s: audit stamps are coarse wall clock, up to a tick or two early
 PARK = 0.25  # s an exec the connector told waits for audit's report of it (its fields)
+# Ticks by which two reports of one fork may disagree beyond their slack (a pid is reused only
+# after pid_max others: seconds even at the fastest fork rates), and the most a derived start's
+# slack grows to take both in (registry.MAX_SLACK: what a lookup looks around).
+SAME_LIFE = 3
 PARKED_MAX = 4096  # such execs waiting at once; past it the oldest reads /proc
 
 
@@ -101,6 +105,7 @@ class Tracker:
             "exec_reads": 0,  # execs whose exe and argv were read from /proc (no audit first)
             "early_forks": 0,  # fork reports dated before the pid's alive life: not a rebirth
             "parked_execs": 0,  # execs that waited for audit's fields rather than read /proc
+            "slack_widened": 0,  # derived starts whose two reports disagreed by over a tick
             "parked_execs_dropped": 0,  # ... whose life died before they could be journaled
         }
         self._resync_listeners: list[ResyncListener] = []
@@ -241,6 +246,14 @@ class Tracker:
         known = self._known(o.pid, est)
         if known is not None:
             # The same birth told by a second source: one life, one event; keep its fields.
+            if est is not None and known.start_slack and est[1] <= known.start_slack:
+                # Both starts were derived (audit's from below, the connector's from above,
+                # each can be ticks off under load): the life's start, already sent, stays,
+                # and its slack grows to take in the other estimate too.
+                off = abs(est[0] - known.start_ticks)
+                if off > known.start_slack:
+                    known.start_slack = min(off, MAX_SLACK)
+                    self.counters["slack_widened"] += 1
             known.sources |= bit
             if o.uid is not None:
                 known.uid = o.uid
@@ -600,8 +613,11 @@ def _dated_before(life: Life, ticks: int, slack: int) -> bool:
 
 
 def _close(life: Life, ticks: int, slack: int) -> bool:
-    """Could a start estimated as `ticks` (+-`slack`) be `life`'s start?"""
-    return abs(life.start_ticks - ticks) <= life.start_slack + slack
+    """Could a start estimated as `ticks` (+-`slack`) be `life`'s start? A report's estimate
+    can be off by more than its slack under load (audit's ticks early, the connector's ticks
+    late: docs/performance.md, "Round 3"); a pid is never reused within SAME_LIFE ticks, so a
+    report that close is about the same life."""
+    return abs(life.start_ticks - ticks) <= life.start_slack + slack + SAME_LIFE
 
 
 def _same_death(recent: Life, o: Exit) -> bool:

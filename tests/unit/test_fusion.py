@@ -152,7 +152,7 @@ async def test_a_late_exit_of_a_pids_previous_holder_does_not_kill_the_new_one(
 ) -> None:
     pid = free_pid()
     old = Child(pid)
-    await asyncio.sleep(0.05)  # the pid is reused 5 ticks later
+    await asyncio.sleep(0.15)  # the pid is reused 15 ticks later (past SAME_LIFE and slack)
     new = Child(pid)
     script: list[Observation] = [old.f_p, old.e_p, new.f_p, old.exit_a]
     svc, events = await run(tmp_path, script)
@@ -328,3 +328,35 @@ async def test_a_parked_exec_waits_for_audits_fields_and_never_follows_the_death
     assert transitions(events, waits.pid) == ["born", "exec"]
     assert reads == [dies.pid, waits.pid]
     await svc.stop()
+
+
+async def test_two_derived_starts_that_disagree_are_one_life_found_by_either(
+    tmp_path: Path,
+) -> None:
+    """A child reaped before either report is read: audit dates it from its parent's syscall
+    entry (here 2 ticks early, as under load), the connector from its own timestamp (exact).
+    One life, whose slack grows to take both in: a lookup by the true start finds it, alive
+    and dead (bench.storm saw 23 such lives missed in one run before)."""
+    from app.sources.clockoffset import BOOT_MINUS_MONO, REAL_MINUS_BOOT
+
+    hz = os.sysconf("SC_CLK_TCK")
+    pid = free_pid()
+    now_ticks = time.clock_gettime_ns(time.CLOCK_BOOTTIME) * hz // 1_000_000_000
+    true = now_ticks - 10
+    stamp = (true - 2) / hz + REAL_MINUS_BOOT.seconds() - 0.001  # audit: 2 ticks early
+    mono_ns = true * (1_000_000_000 // hz) + 5_000_000 - BOOT_MINUS_MONO()
+    at = time.time() - 0.05
+    script: list[Observation] = [
+        Fork("audit", pid, 1, stamp, audit_stamp=stamp, uid=0),
+        Fork("proc", pid, 1, at, mono_ns=mono_ns),
+    ]
+    svc, events = await run(tmp_path, script)
+    assert transitions(events, pid) == ["born"]
+    life = svc.registry.alive[pid]
+    assert life.start_ticks == true - 2 and life.start_slack == 2  # its id as first sent
+    assert svc.registry.find(pid, true) is life
+    assert svc.tracker.counters["slack_widened"] == 1
+    svc.tracker.submit(Exit("proc", pid, at + 0.01, 0, None, mono_ns=mono_ns + 1_000_000))
+    dead = svc.registry.find(pid, true)
+    assert dead is life and not life.alive
+    assert svc.registry.find(pid, true + 3) is None  # past its slack: another life
