@@ -23,8 +23,11 @@ routes = web.RouteTableDef()
 
 # Lives answered between two yields to the loop in one POST /v1/lives/check: three clients
 # posting 10,000-entry batches raised death latency from 1.3 ms to 0.2-1.1 s (design.md
-# fact 13) while each batch ran in one go. 256 answers take well under a millisecond.
-CHECK_SLICE = 256
+# fact 13) while each batch ran in one go. An `alive` answer reads the life's /proc stat
+# (about 15 us: 29 % of the daemon's samples under those three clients, bench.profile-style
+# py-spy), so 256 of them held the loop for ~4 ms: deaths p50 4.8-8.4 ms. 64: see
+# docs/performance.md.
+CHECK_SLICE = 64
 
 
 # The lookup first: aiohttp tries routes in the order they were added.
