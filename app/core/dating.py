@@ -24,20 +24,29 @@ class Clocks:
     real_minus_boot: Callable[[], float] = real_minus_boot
 
 
+# Ticks a start derived from a report may be off. On a quiet box the connector's timestamp
+# is exact or one tick late and audit's stamp exact or one tick early (design.md fact 11);
+# under load both were seen 2 to 4 ticks off (docs/performance.md, "Lives missed under a
+# loaded box"). A pid is never reused within a few ticks, so the wider slack is never
+# ambiguous; a life dated from /proc has none.
+DERIVED_SLACK = 3
+
+
 def estimate(o: Fork, hz: int, clocks: Clocks) -> tuple[int, int] | None:
     """(start ticks, slack) of a new life from the report alone, without /proc."""
     if o.start_ticks is not None:
         return o.start_ticks, 0
     if o.mono_ns is not None:
-        # Taken just after the child's start time is set: exact or one tick late.
+        # Taken just after the child's start time is set: exact or late (a fork preempted
+        # between the two points).
         boot_ns = o.mono_ns + clocks.boot_minus_mono_ns()
-        return boot_ns * hz // 1_000_000_000, 1
+        return boot_ns * hz // 1_000_000_000, DERIVED_SLACK
     if o.audit_stamp is not None:
-        # Coarse wall clock at the parent's syscall entry: a lower bound, 0-2 ticks early
-        # (design.md fact 11; 2 when fork is slow, bench/audit_forks.py measures it).
-        # Centred one tick later: stamp+1 +-1.
+        # Coarse wall clock at the parent's syscall entry: a lower bound, usually 0-1 tick
+        # early (bench/audit_forks.py measures it), more when the fork is slow. Centred one
+        # tick later, where the quiet box's error is.
         since_boot = o.audit_stamp - clocks.real_minus_boot()
-        return int(since_boot * hz) + 1, 1
+        return int(since_boot * hz) + 1, DERIVED_SLACK
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from app.core.dating import DERIVED_SLACK
 from app.core.life import ALIVE, DEAD, UNKNOWN
 from app.core.service import Service
 from app.sources.observations import Exec, Exit, Fork, Observation
@@ -54,14 +55,14 @@ async def test_pid_reuse_is_evidence_of_death() -> None:
     assert new.state == ALIVE
 
 
-async def test_derived_start_accepts_one_tick_either_side_and_no_more() -> None:
+async def test_derived_start_accepts_its_slack_either_side_and_no_more() -> None:
     # A child gone before its stat could be read: start from the connector's timestamp.
     svc = await run([Fork("script", Q, 1, 1.0, mono_ns=5_000_000_000)])
     life = svc.registry.alive[Q]
-    assert life.start_slack == 1
+    assert life.start_slack == DERIVED_SLACK == 3
     t = life.start_ticks
-    assert [svc.registry.answer(Q, x).state for x in (t - 2, t - 1, t, t + 1, t + 2)] == [
-        UNKNOWN, ALIVE, ALIVE, ALIVE, UNKNOWN,
+    assert [svc.registry.answer(Q, t + d).state for d in range(-4, 5)] == [
+        UNKNOWN, ALIVE, ALIVE, ALIVE, ALIVE, ALIVE, ALIVE, ALIVE, UNKNOWN,
     ]  # fmt: skip
 
 
