@@ -54,7 +54,7 @@ def start_of(
     o: Fork, est: tuple[int, int] | None, proc: Path
 ) -> tuple[int, int, str | None] | None:
     """(start ticks, slack, comm): read from /proc while the child is there (exact),
-    else the report's own estimate (+-1 tick, design.md fact 11)."""
+    else the report's own estimate (+-DERIVED_SLACK ticks, design.md fact 11)."""
     if est is not None and est[1] == 0:
         return est[0], 0, None
     if est is not None:

@@ -118,7 +118,7 @@ class Follower:
         info, pidfd = got
         now = info.stat.start_ticks
         if life is not None and life.matches(now):
-            pass  # the registry's life, alive in /proc (a derived start matches +-1 tick)
+            pass  # the registry's life, alive in /proc (a derived start matches within its slack)
         elif now == start_ticks:
             life = self.tracker.found(info, SourceSet.PIDFD)  # alive, unknown to the registry
         else:

@@ -156,7 +156,8 @@ class Life:
     ) -> None:
         self.pid = pid
         self.start_ticks = start_ticks
-        # 0: start read from /proc (exact); 1: derived from an event timestamp, +-1 tick.
+        # 0: start read from /proc (exact); more: derived from a report (DERIVED_SLACK, or up
+        # to MAX_SLACK when two reports disagreed).
         self.start_slack = start_slack
         self.ppid = ppid
         self.parent_ticks: int | None = None

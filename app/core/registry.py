@@ -86,7 +86,7 @@ class Registry:
         life = self.alive.get(pid)
         if life is not None and life.matches(start_ticks):
             return life
-        # Derived starts are +-1 tick (design.md fact 11), up to MAX_SLACK when two reports
+        # Derived starts are +-3 ticks (dating.DERIVED_SLACK), up to MAX_SLACK when two reports
         # disagreed (app/core/tracker.py): a pid is not reused within a few ticks.
         for ticks in _near(start_ticks):
             dead = self.dead.get(life_key(pid, ticks))
