@@ -58,6 +58,20 @@ async def wait_until(cond: Callable[[], T | None], timeout: float = 10.0, step: 
         await asyncio.sleep(step)
 
 
+async def wait_until_blocking(
+    cond: Callable[[], T | None], timeout: float = 10.0, step: float = 0.01
+) -> T:
+    """`wait_until` for a `cond` that blocks (a synchronous HTTP call to a daemon): run in a
+    thread, so the test's own loop (a client, a collector) keeps running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await asyncio.to_thread(cond)
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(step)
+
+
 _unread: dict[int, list[Event]] = {}
 
 

@@ -31,11 +31,8 @@ SIZE_MASK = (1 << SIZE_BITS) - 1
 
 
 MAX_SLACK = 5  # ticks: the widest a derived start's slack grows (app/core/tracker.py)
-_OFFSETS = (0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5)  # nearest first: most lookups stop at 0
-
-
-def _near(ticks: int) -> Iterator[int]:
-    return (ticks + d for d in _OFFSETS)
+# Where a dead life started, around a start asked for: nearest first (most stop at 0).
+_OFFSETS = (0, *(sign * d for d in range(1, MAX_SLACK + 1) for sign in (-1, 1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +85,8 @@ class Registry:
             return life
         # Derived starts are +-3 ticks (dating.DERIVED_SLACK), up to MAX_SLACK when two reports
         # disagreed (app/core/tracker.py): a pid is not reused within a few ticks.
-        for ticks in _near(start_ticks):
-            dead = self.dead.get(life_key(pid, ticks))
+        for d in _OFFSETS:
+            dead = self.dead.get(life_key(pid, start_ticks + d))
             if dead is not None and dead.matches(start_ticks):
                 return dead
         return None

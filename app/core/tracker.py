@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from app import procfs
 from app.argv import ARGV_MAX
@@ -27,6 +27,7 @@ from app.core.life import Exit as ExitInfo
 from app.core.life import Life, SourceSet, exit_of, iso, source_bit
 from app.core.registry import MAX_SLACK, Registry
 from app.core.vanish import Vanished, Vanishings
+from app.sources.base import OK
 from app.sources.observations import Exec, Exit, Fork, Health, Loss, Observation
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,19 @@ PENDING_TTL = 10.0  # seconds such a report waits for its birth before it is dro
 RESYNC_SPACING = 0.5  # s between two repairs from /proc, however many gaps come
 SAME_MOMENT = 0.02  # s: audit stamps are coarse wall clock, up to a tick or two early
 PARK = 0.25  # s an exec the connector told waits for audit's report of it (its fields)
-# Ticks by which two reports of one fork may disagree beyond their slack (a pid is reused only
-# after pid_max others: seconds even at the fastest fork rates), and the most a derived start's
-# slack grows to take both in (registry.MAX_SLACK: what a lookup looks around).
-SAME_LIFE = 3
 PARKED_MAX = 4096  # such execs waiting at once; past it the oldest reads /proc
+# Ticks by which two reports of one fork may disagree beyond their slacks and still be one life
+# (a pid is reused only after pid_max others: seconds even at the fastest fork rates). The
+# life's slack then grows to take both in, up to registry.MAX_SLACK.
+SAME_LIFE = 3
+
+
+class _Parked(NamedTuple):
+    """An exec told without fields, waiting for a report that has them (`park_execs_for`)."""
+
+    since: float  # monotonic
+    report: Exec
+    life: Life
 
 
 @dataclass(slots=True)
@@ -111,9 +120,9 @@ class Tracker:
         self._resync_listeners: list[ResyncListener] = []
         self._canary: CanaryObserver | None = None
         # Execs told without exe and argv (the connector), waiting for the report of a
-        # source that gives them (audit: the exec's own, no /proc read): pid -> (since, report,
-        # life). Only while that source is healthy (`park_execs_for`).
-        self._parked: dict[int, tuple[float, Exec, Life]] = {}
+        # source that gives them (audit: the exec's own, no /proc read), by pid. Only while
+        # that source is healthy (`park_execs_for`).
+        self._parked: dict[int, _Parked] = {}
         self._park_source: str | None = None
         self._park_ok = False
         self._park_timer: asyncio.TimerHandle | None = None
@@ -130,7 +139,7 @@ class Tracker:
             self._loss(obs)
         elif isinstance(obs, Health):
             if obs.source == self._park_source:
-                self._park_ok = obs.state == "ok"
+                self._park_ok = obs.state == OK
                 if not self._park_ok:
                     self.release_parked()
             self.note(
@@ -186,14 +195,15 @@ class Tracker:
         if pid is not None:
             got = self._parked.pop(pid, None)
             if got is not None:
-                self._publish_parked(got[1], got[2], read=True)
+                self._publish_parked(got, read=True)
             return
-        for p, (since, o, life) in list(self._parked.items()):
-            if older_than is None or since <= older_than:
+        for p, parked in list(self._parked.items()):
+            if older_than is None or parked.since <= older_than:
                 del self._parked[p]
-                self._publish_parked(o, life, read=True)
+                self._publish_parked(parked, read=True)
 
-    def _publish_parked(self, o: Exec, life: Life, read: bool) -> None:
+    def _publish_parked(self, parked: _Parked, read: bool) -> None:
+        life, o = parked.life, parked.report
         if not life.alive:
             self.counters["parked_execs_dropped"] += 1  # died by a path that did not ask
             return
@@ -212,7 +222,7 @@ class Tracker:
         if len(self._parked) >= PARKED_MAX:
             oldest = next(iter(self._parked))
             self.release_parked(oldest)
-        self._parked[o.pid] = (self.clocks.mono(), o, life)
+        self._parked[o.pid] = _Parked(self.clocks.mono(), o, life)
         self.counters["parked_execs"] += 1
         if self._park_timer is None:
             self._park_timer = loop.call_later(PARK, self._expire_parked)
@@ -223,7 +233,7 @@ class Tracker:
         now = self.clocks.mono()
         self.release_parked(older_than=now - PARK)
         if self._parked:
-            first = next(iter(self._parked.values()))[0]
+            first = next(iter(self._parked.values())).since
             wait = max(0.0, first + PARK - now)
             self._park_timer = asyncio.get_running_loop().call_later(wait, self._expire_parked)
 
@@ -380,14 +390,14 @@ class Tracker:
             self.counters["duplicates"] += 1
             return
         parked = self._parked.pop(o.pid, None) if self._parked else None
-        if parked is not None and (parked[2] is not life or n > before):
+        if parked is not None and (parked.life is not life or n > before):
             # Not the exec this report tells (another life, a later exec): out first, as is.
-            self._publish_parked(parked[1], parked[2], read=False)
+            self._publish_parked(parked, read=False)
             parked = None
         if parked is not None:
             # The parked exec, told now with the exec's own fields: journaled with them.
             self._exec_fields(life, o)
-            self.registry.exec(life, source_bit(parked[1].source) | bit, parked[1].at)
+            self.registry.exec(life, source_bit(parked.report.source) | bit, parked.report.at)
             return
         if n > before and bare and life.alive and self._park(o, life):
             return

@@ -29,6 +29,7 @@ import pytest
 import websockets
 
 from tests.helpers import AUTH
+from tests.helpers import wait_until_blocking as until
 from tests.kernel.cluster_nodes import Node, make_nodes
 from tests.natsd import NatsServer, nats_servers
 
@@ -50,16 +51,6 @@ async def nodes(tmp_path: Path, one_server: list[NatsServer]) -> AsyncIterator[l
     finally:
         for n in ns:
             n.close()
-
-
-async def until(cond: Callable[[], Any], timeout: float = 10.0, step: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(cond)
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not within {timeout} s"
-        await asyncio.sleep(step)
 
 
 async def all_up(ns: list[Node]) -> None:

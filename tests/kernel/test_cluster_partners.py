@@ -19,6 +19,7 @@ import pytest
 import websockets
 
 from tests.helpers import AUTH
+from tests.helpers import wait_until_blocking as until
 from tests.kernel.cluster_nodes import Node, make_nodes
 from tests.natsd import NatsServer, nats_servers
 
@@ -61,16 +62,6 @@ async def pair_of_nodes(
         b.close()
 
 
-async def until(cond: Any, timeout: float = 10.0, step: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(cond)
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not within {timeout} s"
-        await asyncio.sleep(step)
-
-
 async def test_a_partner_on_another_node_is_resolved_and_its_death_pushed(
     pair_of_nodes: tuple[Node, Node], tmp_path: Path
 ) -> None:
@@ -79,7 +70,7 @@ async def test_a_partner_on_another_node_is_resolved_and_its_death_pushed(
     (tmp_path / "server.py").write_text(SERVER)
     (tmp_path / "client.py").write_text(CLIENT)
     server, server_ticks = b.spawn(sys.executable, str(tmp_path / "server.py"), str(port_file))
-    port = await until(lambda: port_file.exists() and port_file.read_text())
+    port = await until(lambda: port_file.read_text() if port_file.exists() else None)
     client, client_ticks = a.spawn(sys.executable, str(tmp_path / "client.py"), port)
     me = a.life(client, client_ticks)
 

@@ -96,6 +96,19 @@ async def run(
     return svc, [e for e in events if e.life is not None]
 
 
+def count_image_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids whose exec image is read from /proc from now on (procfs.read_image)."""
+    reads: list[int] = []
+    real = procfs.read_image
+
+    def counted(pid: int, *args: Any, **kw: Any) -> Any:
+        reads.append(pid)
+        return real(pid, *args, **kw)
+
+    monkeypatch.setattr(procfs, "read_image", counted)
+    return reads
+
+
 def transitions(events: list[Event], pid: int) -> list[str]:
     return [e.type for e in events if e.life is not None and e.life.pid == pid]
 
@@ -180,14 +193,7 @@ async def test_exec_chains_are_counted_per_source(tmp_path: Path) -> None:
 async def test_an_exec_told_by_audit_first_is_not_read_again_from_proc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads: list[int] = []
-    real = procfs.read_image
-
-    def counted(pid: int, *args: Any, **kw: Any) -> Any:
-        reads.append(pid)
-        return real(pid, *args, **kw)
-
-    monkeypatch.setattr(procfs, "read_image", counted)
+    reads = count_image_reads(monkeypatch)
     a, b = Child(free_pid()), Child(free_pid(1))
     script: list[Observation] = [a.f_p, a.x_a, a.x_p, b.f_p, b.x_p, b.x_a]
     svc, events = await run(tmp_path, script)
@@ -295,14 +301,7 @@ async def test_a_fork_dated_before_the_alive_life_does_not_replace_it(tmp_path: 
 async def test_a_parked_exec_waits_for_audits_fields_and_never_follows_the_death(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads: list[int] = []
-    real = procfs.read_image
-
-    def counted(pid: int, *args: Any, **kw: Any) -> Any:
-        reads.append(pid)
-        return real(pid, *args, **kw)
-
-    monkeypatch.setattr(procfs, "read_image", counted)
+    reads = count_image_reads(monkeypatch)
     svc = Service(make_config(state_dir=tmp_path, canary_interval=0))
     await svc.start()
     first = svc.journal.last_cursor
