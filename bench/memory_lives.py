@@ -8,11 +8,12 @@ until the daemon's `/v1/node` `lives_alive` has grown by N, lets it settle, read
 and reports the growth per live process; then the sleepers are killed and the daemon stopped.
 The figure is the median of the runs.
 
-Each sleeper adds two journal events (`born`, `exec`) while the journal has room. The journal
-is bounded by count (journal_size, 50,000), not by live processes: on a node that has run a
-while it is full, and new events replace old ones. With --fill, short-lived children fill the
-journal first (and leave dead lives in the history, also bounded), so the figure is what each
-live process itself costs; without it, the figure includes those two journal events.
+Each sleeper adds two journal events (`born`, `exec`). The journal keeps its newest
+`journal_memory` events (2,048) in memory and reads older ones back from the database, so
+a fresh daemon's figure includes at most that many; before 2026-12-02 memory held all
+`journal_size` (50,000), and 10,000 sleepers cost 1,125 B each. With --fill, short-lived
+children fill the journal first (and leave dead lives in the history, also bounded), so the
+figure is what each live process itself costs.
 
 The sleepers are forked by a small helper (`python -S`), not by this bench: each child sets
 PR_SET_PDEATHSIG (kept across execve) before it execs, so none outlives the helper, and the

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from bench.audit_forks import restore, status
-from bench.storm import Daemon, build_forker, cpu_seconds, storm
+from bench.storm import Daemon, build_forker, cpu_seconds, storm, thread_cpu
 
 # Leaves that mean "waiting": uvloop's run loop (epoll, in C: sampled as Runner.run's own
 # time), the default loop's select, the store's writer thread and the executor waiting.
@@ -86,6 +86,7 @@ async def main(args: argparse.Namespace) -> None:
             await d.ready()
             raw = tmp / "stacks.txt"
             cpu0 = cpu_seconds(d.proc.pid)
+            main0, other0 = thread_cpu(d.proc.pid)
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(d.proc.pid),
                  "-r", "250", "--format", "raw", "-o", str(raw), "--nonblocking"],
@@ -95,13 +96,16 @@ async def main(args: argparse.Namespace) -> None:
             lives = await storm(args.mode, args.seconds, tmp)
             node = await d.drained()
             cpu = cpu_seconds(d.proc.pid) - cpu0
+            main1, other1 = thread_cpu(d.proc.pid)
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             await asyncio.to_thread(spy.wait, 30)
             text = raw.read_text()
             if args.raw:
                 Path(args.raw).write_text(text)
             print(f"fork+{args.mode}, sources {args.sources}: {len(lives)} lives, "
-                  f"{cpu / len(lives) * 1e6:.1f} µs of daemon CPU per life")  # fmt: skip
+                  f"{cpu / len(lives) * 1e6:.1f} µs of daemon CPU per life (main thread "
+                  f"{(main1 - main0) / len(lives) * 1e6:.1f}, other threads "
+                  f"{(other1 - other0) / len(lives) * 1e6:.1f})")  # fmt: skip
             print("tracker:", json.dumps(node.get("tracker", {})))
             print(summarise(text, args.top))
         finally:

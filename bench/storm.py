@@ -75,6 +75,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process's main thread and of all its other threads (the store's
+    writer, executors), from /proc/<pid>/task/*/stat."""
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            rest = (task / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended
+        cpu = (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+        if task.name == str(pid):
+            main += cpu
+        else:
+            other += cpu
+    return main, other
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -25,13 +25,24 @@ async def events(request: web.Request) -> web.Response:
     journal = service.journal
     enc = request.app[ENCODER]
     got = journal.since(q.after)
+    start = q.after
+    if got is None and journal.on_disk(q.after):
+        # Older than memory holds: this page is read back from the durable journal, and
+        # completed from memory when it reaches what memory holds.
+        back = await journal.read_back(q.after, q.limit)
+        if back is not None:
+            got, upto = back
+            if not got:
+                start = upto  # no event in that span (cursors skip across a crash)
+            if len(got) < q.limit:
+                got = got + (journal.since(upto) or [])
     reset = got is None
     if got is None:
         # The cursor cannot be served: say so, and give what the window holds from its start.
         got = journal.since(journal.oldest_cursor - 1) or []
     page = BytePage(service.config.page_bytes)
     caller = caller_of(request)
-    nxt = q.after if not reset else journal.oldest_cursor - 1
+    nxt = start if not reset else journal.oldest_cursor - 1
     for ev in got:
         if len(page) >= q.limit:
             break

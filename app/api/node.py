@@ -40,6 +40,7 @@ def node_json(service: Service) -> dict[str, Any]:
         "first_cursor": journal.first_cursor,
         "oldest_cursor": journal.oldest_cursor,
         "journal_size": journal.size,
+        "journal_memory": journal.memory,
         "lives_alive": len(reg.alive),
         "lives_dead": len(reg.dead),
         "history_evicted": reg.evicted,

@@ -40,6 +40,12 @@ class Config(BaseModel):
         KNOWN_SOURCES, description="kernel event sources to run: audit, proc"
     )
     journal_size: int = Field(50_000, ge=16, description="events kept for replay (resume window)")
+    journal_memory: int = Field(
+        2048, ge=16,
+        description="of the `journal_size` events, the newest kept in memory; with the "
+        "durable journal (`store`) the older ones are read back from disk when a client "
+        "replays them (without it, memory holds all `journal_size`)",
+    )  # fmt: skip
     history: int = Field(100_000, ge=0, description="dead lives kept for lookups")
     history_bytes: int = Field(
         64 << 20, ge=0,

@@ -27,6 +27,26 @@ from app.core.life import LifeView, iso, source_names
 log = logging.getLogger(__name__)
 
 
+# Events read back from the durable journal per step of a reader catching up from disk.
+DISK_PAGE = 1024
+# How long a reader waits for an event that left memory to be on disk (the store commits
+# every 0.1 s; under a storm its queue may hold a few seconds) before it is told `reset`.
+DISK_WAIT = 10.0
+
+
+class Archive(Protocol):
+    """Where the events older than the journal's memory are (app/core/store.py)."""
+
+    def committed(self) -> int:
+        """The newest cursor on disk."""
+        ...
+
+    def read_events(self, after: int, upto: int, limit: int) -> list[Event] | None:
+        """Events after `after` up to `upto`, oldest first, at most `limit`; None when the
+        file no longer holds the one after `after` (retention). Blocks: run in a thread."""
+        ...
+
+
 class Encoder(Protocol):
     """Lives and events as JSON: implemented by the API layer (app/api/lifejson.py)."""
 
@@ -130,6 +150,9 @@ class Subscriber:
         self.maxsize = maxsize
         self.queue: deque[Event] = deque()
         self.pending: list[Event] = []  # replay handed over at subscription
+        # Catching up from disk after this cursor (events that left the journal's memory):
+        # live events are not queued meanwhile, they are read by cursor when it gets there.
+        self.behind: int | None = None
         self.overflowed = False
         self.overflows = 0
         self.delivered = delivered  # cursor of the last event handed to the reader
@@ -137,7 +160,7 @@ class Subscriber:
         self.closed = False
 
     def offer(self, ev: Event) -> None:
-        if self.overflowed or not self.accept(ev):
+        if self.overflowed or self.behind is not None or not self.accept(ev):
             return
         if self.push is not None and not self.busy and not self.queue and not self.pending:
             try:
@@ -176,6 +199,11 @@ class Subscriber:
 
     async def next_batch(self) -> list[Event]:
         while not self.closed:
+            if self.behind is not None:
+                batch = await self._read_behind(self.behind)
+                if batch:
+                    return batch
+                continue
             batch = self.take()
             if batch:
                 return batch
@@ -190,13 +218,44 @@ class Subscriber:
         self.queue.clear()
         j = self._journal
         lagging = j.lagging(self.delivered, self.maxsize)
+        if j.on_disk(self.delivered):
+            self.behind = self.delivered  # next_batch reads the rest back from disk
+            return [lagging]
         missed = j.since(self.delivered)
         if missed is None:
-            gap = j.synthetic("gap", {"reason": "subscriber_overflow", "after": self.delivered})
-            reset = j.synthetic("reset", {"reason": "subscriber_overflow"})
-            self.delivered = j.last_cursor
-            return [lagging, gap, reset]
+            return [lagging, *self._overrun()]
         return [lagging, *(e for e in missed if self.accept(e))]
+
+    def _overrun(self) -> list[Event]:
+        j = self._journal
+        gap = j.synthetic("gap", {"reason": "subscriber_overflow", "after": self.delivered})
+        reset = j.synthetic("reset", {"reason": "subscriber_overflow"})
+        self.delivered = j.last_cursor
+        return [gap, reset]
+
+    async def _read_behind(self, after: int) -> list[Event]:
+        """One step of catching up from `after`: a page read back from disk, or, once the
+        journal's memory holds what follows, the rest from memory and live from then on
+        (both in the same loop turn as the switch: no event between them is missed)."""
+        j = self._journal
+        if not j.on_disk(after):
+            self.behind = None
+            missed = j.since(after)
+            if missed is None:
+                return self._overrun()
+            batch = [e for e in missed if self.accept(e)]
+            self.delivered = max(self.delivered, missed[-1].cursor if missed else after)
+            self.busy = bool(batch)
+            return batch
+        got = await j.read_back(after, DISK_PAGE)
+        if self.closed or self.behind != after:
+            return []
+        if got is None:
+            self.behind = None
+            return self._overrun()
+        events, upto = got
+        self.behind = self.delivered = upto
+        return [e for e in events if self.accept(e)]
 
     def close(self) -> None:
         self.closed = True
@@ -210,11 +269,20 @@ def _cursor(ev: Event) -> int:
 
 class Journal:
     def __init__(
-        self, size: int, clock: Callable[[], float] = time.time, first_cursor: int | None = None
+        self,
+        size: int,
+        clock: Callable[[], float] = time.time,
+        first_cursor: int | None = None,
+        memory: int | None = None,
     ) -> None:
+        """`size` events can be replayed; the newest `memory` of them (default: all) are kept
+        in memory, the older ones are read back from `archive` (the durable store) once it
+        is set. Without an archive the window is what memory holds."""
         self.size = size
+        self.memory = size if memory is None else max(1, min(memory, size))
+        self.archive: Archive | None = None
         self._clock = clock
-        self._events: deque[Event] = deque(maxlen=size)
+        self._events: deque[Event] = deque(maxlen=self.memory)
         # This run's first cursor (given by the durable store: its boot's next).
         self.first_cursor = int(clock() * 1_000_000) if first_cursor is None else first_cursor
         self._next = self.first_cursor
@@ -268,8 +336,8 @@ class Journal:
     ) -> Event:
         ev = Event(self._next, type, self._clock() if at is None else at, life, fields, sources)
         self._next += 1
-        if len(self._events) == self.size:
-            self.evicted = self._events[0].cursor  # the window forgets it now
+        if len(self._events) == self.memory:
+            self.evicted = self._events[0].cursor  # memory forgets it now
         self._events.append(ev)
         key = (type, sources)
         counts = self.by_sources
@@ -288,7 +356,7 @@ class Journal:
         this run's first, before any append): a client resumes from any of them. Cursors
         above `floor` are this boot's; `complete` when `events` are all of them since."""
         assert not self._events, "load before the first append"
-        events = [e for e in events if floor < e.cursor < self.first_cursor][-self.size :]
+        events = [e for e in events if floor < e.cursor < self.first_cursor][-self.memory :]
         self._events.extend(events)
         self.floor = floor
         self.evicted = floor
@@ -318,12 +386,47 @@ class Journal:
         if after > self.last_cursor or after < self.floor:
             return None  # another run's cursor
         if after < self.evicted:
-            return None  # older than the replay window
+            return None  # older than what memory holds (see on_disk)
         events = self._events
         # Cursors may skip (a restart after a crash goes on past every cursor the dead run
         # may have handed out): found by bisection, not by arithmetic.
         start = bisect.bisect_right(events, after, key=_cursor)
         return list(itertools.islice(events, start, None))
+
+    def on_disk(self, after: int) -> bool:
+        """Whether the events after `after` are to be read back from disk (`read_back`): they
+        left memory, are of this boot and within the `size` events a client may replay."""
+        if after == 0:
+            after = self.floor
+        return (
+            self.archive is not None
+            and self.floor <= after < self.evicted
+            and after >= self.last_cursor - self.size
+        )
+
+    async def read_back(self, after: int, limit: int) -> tuple[list[Event], int] | None:
+        """Up to `limit` events after `after` (on_disk), read from the archive in a thread
+        (the loop never waits on the disk), and the cursor they reach: the caller goes on
+        after it. Waits (up to DISK_WAIT) for them to be committed. None when they cannot be
+        read back (retention took them; the writer is stuck)."""
+        archive = self.archive
+        if archive is None:
+            return None
+        if after == 0:
+            after = self.floor
+        upto = self.evicted
+        deadline = time.monotonic() + DISK_WAIT
+        while archive.committed() <= after:
+            if time.monotonic() > deadline:
+                log.warning("events after %d not on disk after %.0f s: reset", after, DISK_WAIT)
+                return None
+            await asyncio.sleep(0.05)
+        upto = min(upto, archive.committed())
+        events = await asyncio.to_thread(archive.read_events, after, upto, limit)
+        if events is None:
+            return None
+        # Cursors may skip (a restart after a crash): a page short of `limit` reached `upto`.
+        return events, events[-1].cursor if len(events) >= limit else upto
 
     def reset_reason(self, after: int) -> str:
         if after != 0 and (after > self.last_cursor or after < self.floor):
@@ -343,7 +446,9 @@ class Journal:
         sub = Subscriber(self, accept, maxsize, self.last_cursor, push)
         if after is not None and after != self.last_cursor:
             missed = self.since(after)
-            if missed is None:
+            if missed is None and self.on_disk(after):
+                sub.behind = sub.delivered = self.floor if after == 0 else after
+            elif missed is None:
                 sub.pending = [self.synthetic("reset", {"reason": self.reset_reason(after)})]
             else:
                 sub.pending = [e for e in missed if sub.accept(e)]

@@ -87,7 +87,8 @@ class Service:
         )
         self.store, self.restored = open_store(config, self.node)
         first = None if self.restored is None else self.restored.first_cursor
-        self.journal = Journal(config.journal_size, first_cursor=first)
+        memory = None if self.store is None else config.journal_memory
+        self.journal = Journal(config.journal_size, first_cursor=first, memory=memory)
         self.registry = Registry(self.node, self.journal, config.history, config.history_bytes)
         self.tracker = Tracker(self.registry, clocks, proc, config.argv_max)
         self._restored_alive = attach_store(self.store, self.restored, self.tracker)

@@ -266,6 +266,7 @@ class Store:
         self.last_commit = 0.0
         self.failures = 0
         self.used = 0  # bytes of pages in use, as of the last commit
+        self.top = 0  # the newest cursor committed (the journal reads back up to it)
         self._beat = 0.0
         self.deleted = 0
         self.maintenance_seconds = 0.0
@@ -291,6 +292,8 @@ class Store:
             # longer reads, and count in the daemon's memory (bench.memory_lives: 1,343
             # against 1,044 B per live process without the store, 10,000 sleepers).
             self._db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        # Every cursor before this run's first is on disk or was lost with an earlier run.
+        self.top = got.first_cursor - 1
         return got
 
     def _connect(self) -> sqlite3.Connection:
@@ -544,6 +547,39 @@ class Store:
         c.execute("PRAGMA busy_timeout = 5000")
         return c
 
+    # -- the journal's archive (app/core/journal.py, Archive) -----------------------------------
+    def committed(self) -> int:
+        return self.top
+
+    def read_events(self, after: int, upto: int, limit: int) -> list[Event] | None:
+        """This boot's events after `after` up to `upto`, oldest first, at most `limit`, read
+        on a connection of its own (call it from a thread). None when the file no longer
+        holds the event after `after`: retention deleted it, or its chunk is unreadable."""
+        lo = self.boot_ord << SEQ_BITS
+        c = self.reader()
+        try:
+            oldest = c.execute("SELECT min(first) FROM chunks WHERE first > ?", (lo,)).fetchone()
+            if oldest[0] is None or max(after, lo) + 1 < oldest[0]:
+                return None
+            rows = c.execute(
+                "SELECT data FROM chunks WHERE first >= coalesce((SELECT max(first) FROM "
+                "chunks WHERE first <= ? AND first > ?), ?) AND first <= ? ORDER BY first",
+                (after + 1, lo, lo, upto),
+            )
+            out: list[Event] = []
+            for (data,) in rows:
+                for r in unpack_chunk(data):
+                    if after < r[0] <= upto:
+                        out.append(Event(r[0], r[1], r[2], r[4], r[5], r[3]))
+                if len(out) >= limit:
+                    break
+        except CodecError:
+            return None
+        finally:
+            c.close()
+        out.sort(key=_cursor)
+        return out[:limit]
+
     @property
     def depth(self) -> int:
         return len(self._q)
@@ -606,6 +642,7 @@ class Store:
             c.execute("ROLLBACK")
             raise
         took = time.perf_counter() - t0
+        self.top = max(self.top, top)
         self.used = self.used_bytes()
         self._beat = time.monotonic()
         self.commits += 1

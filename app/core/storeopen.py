@@ -38,7 +38,7 @@ def open_store(config: Config, node: NodeIdentity) -> tuple[Store | None, Restor
         return None, None
     store = Store(settings)
     try:
-        got = store.open(node, config.history, config.journal_size, config.history_bytes)
+        got = store.open(node, config.history, config.journal_memory, config.history_bytes)
     except OSError as e:
         log.error("durable journal off: cannot open %s: %s", settings.path, e)
         return None, None
@@ -57,6 +57,7 @@ def attach_store(store: Store | None, got: Restored | None, tracker: Tracker) ->
     got.alive, got.dead, got.events = [], [], []  # held by the registry and journal now
     journal = tracker.registry.journal
     journal.sink = store.put
+    journal.archive = store  # events that left memory are read back from disk
     journal.foreign = store.cursor_reason
     tracker.registry.keep = store.put
     store.last_cursor = lambda: journal.last_cursor

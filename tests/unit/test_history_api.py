@@ -136,3 +136,34 @@ async def test_a_cursor_resumes_across_a_restart(state: Path) -> None:
         assert svc.journal.first_cursor > cursor
     finally:
         await svc.stop()
+
+
+async def test_events_older_than_memory_are_served_from_disk(state: Path) -> None:
+    """`journal_memory` events in memory, the rest of `journal_size` read back from the
+    database: a page of /v1/events and a resumed stream give every event once, in order."""
+    svc = await run(state, journal_memory=16)
+    die_many(svc, 100, "histE", time.time())  # 200 events: born and died each
+    cursors = list(range(svc.journal.first_cursor, svc.journal.last_cursor + 1))
+    assert len(cursors) >= 200 and svc.journal.held == 16
+    app = make_app(svc, manage=False)
+    try:
+        async with api_client(app) as client:
+            seen: list[tuple[int, str]] = []
+            after = cursors[0]
+            while after < cursors[-1]:
+                _, page = await call(client, "GET", f"/v1/events?after={after}&limit=37")
+                assert not page["reset"]
+                seen += [(e["cursor"], e["type"]) for e in page["events"]]
+                after = page["next"]
+            assert [c for c, _ in seen] == cursors[1:]
+            deaths = [c for c, t in seen if t == "died" and c > cursors[3]]
+            assert len(deaths) >= 98
+            async with client.ws_connect(f"/v1/stream?after={cursors[3]}&types=died") as ws:
+                got: list[int] = []
+                while len(got) < len(deaths):
+                    msg = await ws.receive_json(timeout=5)
+                    assert msg["type"] == "died"
+                    got.append(msg["cursor"])
+                assert got == deaths
+    finally:
+        await svc.stop()

@@ -3,6 +3,7 @@ what a crash loses and says, what is moved aside, what the queue and retention d
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,93 @@ def test_a_damaged_chunk_is_skipped_and_counted(tmp_path: Path) -> None:
     assert again.skipped == 2  # its chunk (the window) and its life row
     assert [e.life.pid for e in again.events if e.life] == [12]
     st2.close()
+
+
+def disk_journal(tmp: Path, size: int = 10_000, memory: int = 16) -> tuple[Store, Journal]:
+    """A journal that keeps `memory` events in memory and reads older ones back from `st`."""
+    st, got = open_store(tmp)
+    j = Journal(size, first_cursor=got.first_cursor, memory=memory)
+    j.sink = st.put
+    j.archive = st
+    st.last_cursor = lambda: j.last_cursor
+    return st, j
+
+
+async def drain(sub: Any, until: int) -> list[Event]:
+    out: list[Event] = []
+    while not out or out[-1].cursor < until:
+        out += await asyncio.wait_for(sub.next_batch(), 5)
+    return out
+
+
+async def test_events_that_left_memory_are_replayed_from_disk_in_order(tmp_path: Path) -> None:
+    st, j = disk_journal(tmp_path)
+    evs = [j.append("born", view(i)) for i in range(700)]
+    st._commit()
+    assert len(j._events) == 16 and j.since(evs[10].cursor) is None
+    assert j.on_disk(evs[10].cursor) and j.on_disk(0)
+    assert not j.on_disk(evs[-5].cursor)  # still in memory: no disk read
+    sub = j.subscribe(lambda e: True, 4096, after=evs[10].cursor)
+    first = await sub.next_batch()  # a page from disk
+    assert [e.cursor for e in first] == [e.cursor for e in evs[11 : 11 + len(first)]]
+    # Live events meanwhile are not queued twice: they are read by cursor when it gets there.
+    late = [j.append("died", view(i, died=9.0)) for i in range(40)]
+    st._commit()
+    rest = await drain(sub, late[-1].cursor)
+    got = [e.cursor for e in first + rest]
+    assert got == [e.cursor for e in evs[11:] + late]  # each once, in order, none missing
+    assert rest[-1].life is not None and rest[-1].life.died_at == 9.0
+    more = j.append("born", view(999))  # caught up: live again, pushed through the queue
+    assert [e.cursor for e in await sub.next_batch()] == [more.cursor]
+    # From the start of the boot (after=0), and a filtered reader.
+    deaths = j.subscribe(lambda e: e.type == "died", 4096, after=0)
+    assert [e.cursor for e in await drain(deaths, late[-1].cursor)] == [e.cursor for e in late]
+    st.close()
+
+
+async def test_a_reader_waits_for_the_commit_of_what_left_memory(tmp_path: Path) -> None:
+    st, j = disk_journal(tmp_path)
+    evs = [j.append("born", view(i)) for i in range(100)]  # none committed yet
+    sub = j.subscribe(lambda e: True, 4096, after=evs[0].cursor)
+    asyncio.get_running_loop().call_later(0.2, st._commit)
+    got = await drain(sub, evs[-1].cursor)
+    assert [e.cursor for e in got] == [e.cursor for e in evs[1:]]
+    st.close()
+
+
+async def test_an_overflowed_reader_catches_up_from_disk_without_loss(tmp_path: Path) -> None:
+    st, j = disk_journal(tmp_path)
+    sub = j.subscribe(lambda e: True, 8)
+    evs = [j.append("born", view(i)) for i in range(300)]  # the queue of 8 overflows
+    st._commit()
+    got = await drain(sub, evs[-1].cursor)
+    lagging = [e for e in got if e.type == "lagging"]
+    assert len(lagging) == 1 and lagging[0].fields is not None
+    after = lagging[0].fields["resume_after"]
+    assert after == evs[0].cursor - 1  # nothing was taken before it overflowed
+    assert [e.cursor for e in got if e.type == "born"] == [e.cursor for e in evs]
+    assert not [e for e in got if e.type in ("gap", "reset")]
+    st.close()
+
+
+async def test_what_disk_no_longer_holds_is_a_reset_never_a_hole(tmp_path: Path) -> None:
+    st, j = disk_journal(tmp_path, size=200)
+    evs = [j.append("born", view(i)) for i in range(150)]
+    st._commit()
+    evs += [j.append("born", view(i)) for i in range(150, 300)]
+    st._commit()
+    # Older than the `size` a client may replay: reset, as from memory.
+    assert not j.on_disk(evs[50].cursor) and j.since(evs[50].cursor) is None
+    sub = j.subscribe(lambda e: True, 4096, after=evs[50].cursor)
+    assert [e.type for e in await sub.next_batch()] == ["reset"]
+    # Within it, but retention deleted the chunk: reset with a gap, never a silent hole.
+    assert st._db is not None
+    st._db.execute("DELETE FROM chunks WHERE first <= ?", (evs[149].cursor,))
+    assert j.on_disk(evs[120].cursor)
+    assert st.read_events(evs[120].cursor, evs[200].cursor, 10) is None
+    sub = j.subscribe(lambda e: True, 4096, after=evs[120].cursor)
+    assert [e.type for e in await sub.next_batch()] == ["gap", "reset"]
+    # What follows the deleted chunk is still served.
+    back = st.read_events(evs[149].cursor, evs[200].cursor, 1000)
+    assert back is not None and [e.cursor for e in back] == [e.cursor for e in evs[150:201]]
+    st.close()
