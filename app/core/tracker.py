@@ -260,10 +260,11 @@ class Tracker:
                 # Both starts were derived (audit's from below, the connector's from above,
                 # each can be ticks off under load): the life's start, already sent, stays,
                 # and its slack grows to take in the other estimate too.
-                off = abs(est[0] - known.start_ticks)
-                if off > known.start_slack:
-                    known.start_slack = min(off, MAX_SLACK)
+                slack = min(abs(est[0] - known.start_ticks), MAX_SLACK)
+                if slack > known.start_slack:
+                    known.start_slack = slack
                     self.counters["slack_widened"] += 1
+                    self.registry.touched(known)  # a restart finds it by either start too
             known.sources |= bit
             if o.uid is not None:
                 known.uid = o.uid

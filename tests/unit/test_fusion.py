@@ -360,3 +360,12 @@ async def test_two_derived_starts_that_disagree_are_one_life_found_by_either(
     dead = svc.registry.find(pid, true)
     assert dead is life and not life.alive
     assert svc.registry.find(pid, true + 1) is None  # past its slack: another life
+    # The widened slack is on disk too: a restart (the pid is gone by then) finds the life
+    # by its true start, dead while the daemon was down.
+    again = Service(make_config(state_dir=tmp_path, canary_interval=0))
+    await again.start()
+    try:
+        back = again.registry.find(pid, true)
+        assert back is not None and back.start_slack == 5 and back.start_ticks == true - 5
+    finally:
+        await again.stop()
