@@ -14,6 +14,7 @@ from app.api.callers import caller_of
 from app.api.jsontext import BytePage, dumps
 from app.api.keys import ENCODER, SERVICE
 from app.api.models import EventsQuery
+from app.core.journal import lost_on_disk
 
 routes = web.RouteTableDef()
 
@@ -47,7 +48,9 @@ async def events(request: web.Request) -> web.Response:
         if len(page) >= q.limit:
             break
         lv = ev.life
-        wanted = (q.types is None or ev.type in q.types) and (lv is None or caller.shows(lv.uid))
+        wanted = (q.types is None or ev.type in q.types or lost_on_disk(ev)) and (
+            lv is None or caller.shows(lv.uid)
+        )
         # Not ev.json(enc): that keeps the bytes in the journal, for every event replayed.
         if wanted:
             full = lv is None or caller.details(lv.uid)

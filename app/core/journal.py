@@ -31,7 +31,14 @@ log = logging.getLogger(__name__)
 DISK_PAGE = 1024
 # How long a reader waits for an event that left memory to be on disk (the store commits
 # every 0.1 s; under a storm its queue may hold a few seconds) before it is told `reset`.
-DISK_WAIT = 10.0
+DISK_WAIT = 30.0
+
+
+def lost_on_disk(ev: Event) -> bool:
+    """A `gap` the store wrote where events it could not keep were (Store.put, _failed):
+    read back from disk, it goes to every reader, whatever its filter, since the events it
+    replaces may have been ones the reader wanted."""
+    return ev.type == "gap" and ev.fields is not None and ev.fields.get("source") == "store"
 
 
 class Archive(Protocol):
@@ -247,7 +254,11 @@ class Subscriber:
             self.delivered = max(self.delivered, missed[-1].cursor if missed else after)
             self.busy = bool(batch)
             return batch
-        got = await j.read_back(after, DISK_PAGE)
+        try:
+            got = await j.read_back(after, DISK_PAGE)
+        except Exception:  # never out of next_batch: a reader's task must not end on it
+            log.exception("reading events back from disk failed")
+            got = None
         if self.closed or self.behind != after:
             return []
         if got is None:
@@ -255,7 +266,7 @@ class Subscriber:
             return self._overrun()
         events, upto = got
         self.behind = self.delivered = upto
-        return [e for e in events if self.accept(e)]
+        return [e for e in events if self.accept(e) or lost_on_disk(e)]
 
     def close(self) -> None:
         self.closed = True
@@ -289,6 +300,9 @@ class Journal:
         # Cursors above `floor` are this journal's (this run's, or this boot's once `load`ed).
         self.floor = self.first_cursor - 1
         self.evicted = self.floor  # the newest cursor the window no longer holds
+        # The newest cursor of this boot's earlier runs (`load`): cursors skip between runs
+        # (after a crash, by up to 2^20), so events are counted per run, not by difference.
+        self._earlier = self.floor
         # Every appended event, for the durable store (Store.put): never blocks.
         self.sink: Callable[[Event], object] | None = None
         # The reset reason for a cursor of another run or boot (Store.cursor_reason).
@@ -360,6 +374,7 @@ class Journal:
         self._events.extend(events)
         self.floor = floor
         self.evicted = floor
+        self._earlier = events[-1].cursor if events else floor
         if events and not complete:
             self.evicted = events[0].cursor - 1
 
@@ -401,8 +416,16 @@ class Journal:
         return (
             self.archive is not None
             and self.floor <= after < self.evicted
-            and after >= self.last_cursor - self.size
+            and self._events_after(after) <= self.size
         )
+
+    def _events_after(self, after: int) -> int:
+        """How many events came after `after` (cursors are dense within a run): this run's,
+        and the earlier runs' since `after` (an upper bound if those skipped too)."""
+        n = self.last_cursor - max(after, self.first_cursor - 1)
+        if after < self._earlier:
+            n += self._earlier - after
+        return n
 
     async def read_back(self, after: int, limit: int) -> tuple[list[Event], int] | None:
         """Up to `limit` events after `after` (on_disk), read from the archive in a thread
@@ -425,8 +448,10 @@ class Journal:
         events = await asyncio.to_thread(archive.read_events, after, upto, limit)
         if events is None:
             return None
-        # Cursors may skip (a restart after a crash): a page short of `limit` reached `upto`.
-        return events, events[-1].cursor if len(events) >= limit else upto
+        # Cursors may skip (a restart after a crash): a page short of `limit` reached `upto`;
+        # it may end past it, on the gap of events the store could not keep.
+        reach = events[-1].cursor if len(events) >= limit else upto
+        return events, max(reach, events[-1].cursor) if events else reach
 
     def reset_reason(self, after: int) -> str:
         if after != 0 and (after > self.last_cursor or after < self.floor):

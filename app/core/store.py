@@ -60,6 +60,7 @@ APP_ID = 0x4C574442  # "LWDB": PRAGMA application_id of lifewatch's database
 SCHEMA = 1
 HEARTBEAT = 5.0  # s between commits when nothing happens: last_seen stays this fresh
 BATCH = 20_000  # most queue items in one transaction
+FAIL_LIMIT = 3  # failed commits of one batch before it is given up (Store._failed)
 WRITER_CACHE_KIB = 256  # the writer's page cache once the boot is read back
 STEP = 20  # chunks (commits' worth of events) deleted per retention step: a short one
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -267,6 +268,7 @@ class Store:
         self.failures = 0
         self.used = 0  # bytes of pages in use, as of the last commit
         self.top = 0  # the newest cursor committed (the journal reads back up to it)
+        self._failures_in_row = 0
         self._beat = 0.0
         self.deleted = 0
         self.maintenance_seconds = 0.0
@@ -552,33 +554,88 @@ class Store:
         return self.top
 
     def read_events(self, after: int, upto: int, limit: int) -> list[Event] | None:
-        """This boot's events after `after` up to `upto`, oldest first, at most `limit`, read
-        on a connection of its own (call it from a thread). None when the file no longer
-        holds the event after `after`: retention deleted it, or its chunk is unreadable."""
+        """This boot's events after `after` up to `upto`, oldest first, about `limit` (whole
+        chunks: a page never decodes a chunk twice), read on a connection of its own (call
+        it from a thread). None when they cannot all be read: retention deleted the event
+        after `after`, a chunk is damaged, the file cannot be read (logged)."""
         lo = self.boot_ord << SEQ_BITS
-        c = self.reader()
         try:
-            oldest = c.execute("SELECT min(first) FROM chunks WHERE first > ?", (lo,)).fetchone()
-            if oldest[0] is None or max(after, lo) + 1 < oldest[0]:
-                return None
-            rows = c.execute(
-                "SELECT data FROM chunks WHERE first >= coalesce((SELECT max(first) FROM "
-                "chunks WHERE first <= ? AND first > ?), ?) AND first <= ? ORDER BY first",
-                (after + 1, lo, lo, upto),
-            )
+            c = self.reader()
+        except sqlite3.Error as e:
+            log.warning("reading events back from %s failed: %s", self.path, e)
+            return None
+        try:
+            # One snapshot for both reads: retention cannot delete between them.
+            c.execute("BEGIN")
+            (start,) = c.execute(
+                "SELECT max(first) FROM chunks WHERE first <= ? AND first > ?",
+                (max(after, lo) + 1, lo),
+            ).fetchone()
+            if start is None:
+                return None  # the event after `after` is no longer kept
             out: list[Event] = []
+            rows = c.execute(
+                "SELECT data FROM chunks WHERE first >= ? AND first <= ? ORDER BY first",
+                (start, upto),
+            )
             for (data,) in rows:
-                for r in unpack_chunk(data):
+                for r in read_chunk(data):  # lives made only for the events in range
                     if after < r[0] <= upto:
-                        out.append(Event(r[0], r[1], r[2], r[4], r[5], r[3]))
+                        view = None if r[4] is None else fast_view(r[4])
+                        out.append(Event(r[0], r[1], r[2], view, r[5], r[3]))
                 if len(out) >= limit:
                     break
-        except CodecError:
+            else:
+                out += self._lost_within(c, after, upto)
+            self._newer_deaths(c, out)
+            c.execute("COMMIT")
+        except (sqlite3.Error, CodecError) as e:
+            log.warning("reading events back from %s failed: %s", self.path, e)
             return None
         finally:
             c.close()
-        out.sort(key=_cursor)
-        return out[:limit]
+        out.sort(key=_cursor)  # a gap written for dropped events goes where they were
+        return out
+
+    def _lost_within(self, c: sqlite3.Connection, after: int, upto: int) -> list[Event]:
+        """The `gap` of events the writer could not keep (put, _failed), when the span it
+        names reaches into (after, upto]: it is written at the span's last cursor, in the
+        first chunk past it, so a page ending inside the span would not see it. It ends the
+        page: the reader goes on after it, as a replay after a restart does."""
+        row = c.execute(
+            "SELECT data FROM chunks WHERE first > ? ORDER BY first LIMIT 1", (upto,)
+        ).fetchone()
+        if row is None:
+            return []
+        out = []
+        for r in read_chunk(row[0]):
+            fields = r[5]
+            if r[1] == "gap" and isinstance(fields, dict) and fields.get("source") == "store":
+                span = fields.get("lost_cursors")
+                first = span[0] if isinstance(span, list) and span else None
+                if isinstance(first, int) and after < first <= upto < r[0]:
+                    out.append(Event(r[0], r[1], r[2], None, fields, r[3]))
+        return out
+
+    def _newer_deaths(self, c: sqlite3.Connection, events: list[Event]) -> None:
+        """A death whose exit report came after its event was written (Registry.completed):
+        the event as memory has it, from its life's row, which keeps the newest state."""
+        died = {life_key(e.life.pid, e.life.start_ticks): e
+                for e in events if e.type == "died" and e.life is not None}  # fmt: skip
+        keys = list(died)
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for key, blob in c.execute(
+                f"SELECT key, life FROM lives WHERE boot = ? AND life IS NOT NULL "
+                f"AND key IN ({marks})",
+                (self.boot_ord, *part),
+            ):
+                ev = died[key]
+                now = unpack_view(blob)
+                assert ev.life is not None
+                if now.died_at == ev.life.died_at:
+                    ev.life = now  # (the event's own sources stay as first written)
 
     @property
     def depth(self) -> int:
@@ -639,9 +696,12 @@ class Store:
             )
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            self._failed(batch)
+            if c.in_transaction:  # SQLITE_FULL and the like have rolled back already
+                c.execute("ROLLBACK")
             raise
         took = time.perf_counter() - t0
+        self._failures_in_row = 0
         self.top = max(self.top, top)
         self.used = self.used_bytes()
         self._beat = time.monotonic()
@@ -654,6 +714,26 @@ class Store:
         while i < len(COMMIT_BUCKETS) and took > COMMIT_BUCKETS[i]:
             i += 1
         self.commit_counts[i] += 1
+
+    def _failed(self, batch: list[Item]) -> None:
+        """A batch whose commit failed goes back to the front of the queue, to be tried at the
+        next interval: the journal reads back from disk, and a batch simply forgotten would
+        be a hole there. One that fails FAIL_LIMIT times in a row (a row the file refuses)
+        is given up, and a `gap` naming its cursors is written in its place."""
+        self._failures_in_row += 1
+        if self._failures_in_row < FAIL_LIMIT:
+            self._q.extendleft(reversed(batch))
+            return
+        self._failures_in_row = 0
+        cursors = [item.cursor for item in batch if type(item) is Event]
+        if cursors:
+            now = self._clock()
+            fields = {"source": "store", "reason": "not_on_disk",
+                      "lost_cursors": [min(cursors), max(cursors)], "since": now, "until": now,
+                      "detail": "the database refused these events; they were streamed "
+                                "but not kept"}  # fmt: skip
+            self._q.appendleft(Event(max(cursors), "gap", now, None, fields, 0))
+        log.error("history commit failed %d times: %d items given up", FAIL_LIMIT, len(batch))
 
     def _rows(self, batch: list[Item]) -> tuple[list[EventRow], list[Row], list[Write]]:
         """A batch as chunk rows, life rows (the last state of each life) and writes."""

@@ -38,7 +38,8 @@ def open_store(config: Config, node: NodeIdentity) -> tuple[Store | None, Restor
         return None, None
     store = Store(settings)
     try:
-        got = store.open(node, config.history, config.journal_memory, config.history_bytes)
+        window = min(config.journal_memory, config.journal_size)  # the journal's memory
+        got = store.open(node, config.history, window, config.history_bytes)
     except OSError as e:
         log.error("durable journal off: cannot open %s: %s", settings.path, e)
         return None, None

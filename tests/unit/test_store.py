@@ -14,7 +14,15 @@ from app.argv import CutArgv
 from app.core.identity import NodeIdentity, TickClock
 from app.core.journal import Event, Journal
 from app.core.life import Life, LifeView, exit_of
-from app.core.store import RESERVE, SEQ_BITS, Resolver, Restored, Store, StoreSettings
+from app.core.store import (
+    FAIL_LIMIT,
+    RESERVE,
+    SEQ_BITS,
+    Resolver,
+    Restored,
+    Store,
+    StoreSettings,
+)
 from app.core.storecodec import CodecError, pack_view, unpack_view
 
 BOOT_A, BOOT_B = "boot-a", "boot-b"
@@ -338,4 +346,122 @@ async def test_what_disk_no_longer_holds_is_a_reset_never_a_hole(tmp_path: Path)
     # What follows the deleted chunk is still served.
     back = st.read_events(evs[149].cursor, evs[200].cursor, 1000)
     assert back is not None and [e.cursor for e in back] == [e.cursor for e in evs[150:201]]
+    st.close()
+
+
+async def test_a_failed_commit_is_retried_and_a_refused_one_is_a_gap(tmp_path: Path) -> None:
+    st, j = disk_journal(tmp_path)
+    a = [j.append("born", view(i)) for i in range(50)]
+    st._commit()
+    assert st._db is not None
+    pages = st._db.execute("PRAGMA page_count").fetchone()[0]
+    st._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+    b = [j.append("born", view(100 + i)) for i in range(300)]
+    st._commit_safe()
+    assert st.failures == 1 and st.depth == 300 and st.top == a[-1].cursor  # kept, queued
+    st._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+    c = [j.append("died", view(1000 + i, died=9.0)) for i in range(50)]
+    st._commit_safe()
+    sub = j.subscribe(lambda e: True, 4096, after=a[10].cursor)
+    got = await drain(sub, c[-1].cursor)
+    assert [e.cursor for e in got] == [e.cursor for e in a[11:] + b + c]
+    # A batch the file refuses FAIL_LIMIT times is given up, with a gap in its place that
+    # even a reader of deaths only is given.
+    st._db.execute(f"PRAGMA max_page_count = {st._db.execute('PRAGMA page_count').fetchone()[0]}")
+    d = [j.append("died", view(2000 + i, died=9.0)) for i in range(300)]
+    for _ in range(FAIL_LIMIT):
+        st._commit_safe()
+    st._db.execute("PRAGMA max_page_count = 1073741823")
+    e = [j.append("died", view(3000 + i, died=9.0)) for i in range(30)]
+    st._commit_safe()
+    deaths = j.subscribe(lambda ev: ev.type == "died", 4096, after=c[-1].cursor)
+    got = await drain(deaths, e[-1].cursor)
+    assert [(x.type, x.cursor) for x in got] == [("gap", d[-1].cursor)] + [
+        ("died", x.cursor) for x in e
+    ]
+    assert got[0].fields is not None and got[0].fields["lost_cursors"] == [
+        d[0].cursor,
+        d[-1].cursor,
+    ]
+    st.close()
+
+
+async def test_a_full_store_queue_is_a_gap_for_every_reader(tmp_path: Path) -> None:
+    st, got = open_store(tmp_path, queue=100)
+    j = Journal(10_000, first_cursor=got.first_cursor, memory=16)
+    j.sink, j.archive = st.put, st
+    st.last_cursor = lambda: j.last_cursor
+    evs = [j.append("died", view(i, died=9.0)) for i in range(250)]  # 150 past the queue
+    st._commit_safe()
+    evs.append(j.append("died", view(999, died=9.0)))  # queued again: the gap goes first
+    st._commit_safe()
+    sub = j.subscribe(lambda e: e.type == "died", 4096, after=0)
+    back = await drain(sub, evs[-1].cursor)
+    gaps = [e for e in back if e.type == "gap"]
+    assert len(gaps) == 1 and gaps[0].fields is not None
+    assert gaps[0].fields["lost_cursors"] == [evs[100].cursor, evs[249].cursor]
+    assert [e.cursor for e in back if e.type == "died"] == [e.cursor for e in evs[:100]] + [
+        evs[-1].cursor
+    ]
+    st.close()
+
+
+async def test_a_cursor_of_the_run_before_a_crash_is_read_back(tmp_path: Path) -> None:
+    """After a crash the next run's cursors skip ahead by up to 2^20: the replay window is
+    counted in events, not by subtracting cursors."""
+    st, j = disk_journal(tmp_path, size=50_000)
+    evs = [j.append("born", view(i)) for i in range(200)]
+    st._commit()
+    assert st._db is not None
+    st._db.close()
+    st._db = None  # kill -9: no clean stop
+    st2, again = open_store(tmp_path)
+    assert again.lost is not None and again.first_cursor - evs[-1].cursor > 50_000
+    j2 = Journal(50_000, first_cursor=again.first_cursor, memory=16)
+    base = again.boot.ord << SEQ_BITS
+    j2.load(again.events, base, complete=False)
+    j2.sink, j2.archive = st2.put, st2
+    st2.last_cursor = lambda: j2.last_cursor
+    later = [j2.append("born", view(1000 + i)) for i in range(100)]
+    st2._commit()
+    assert j2.on_disk(evs[100].cursor)
+    sub = j2.subscribe(lambda e: True, 4096, after=evs[100].cursor)
+    got = await drain(sub, later[-1].cursor)
+    assert [e.cursor for e in got] == [e.cursor for e in evs[101:] + later]
+    st2.close()
+
+
+async def test_a_death_amended_after_its_commit_is_replayed_amended(tmp_path: Path) -> None:
+    st, j = disk_journal(tmp_path)
+    life = Life(7, 1007, 1, "sleep", 4, exe="/bin/sleep", argv=("sleep",), born_at=5.0)
+    life.died_at, life.cause = 9.0, "vanished"
+    died = j.append("died", life.snapshot(), None, 1)
+    st._commit()  # written as first known: no exit
+    life.exit, life.cause = exit_of(3, None), "exit"
+    died.amend(life.snapshot(), 2)  # its exit report came (Registry.completed)
+    st.put(life.snapshot())  # ... and the registry's `touched`
+    for i in range(40):
+        j.append("born", view(100 + i))
+    st._commit()
+    sub = j.subscribe(lambda e: e.type == "died", 4096, after=0)
+    got = await drain(sub, died.cursor)
+    assert got[0].life is not None and got[0].life.exit == exit_of(3, None)
+    assert got[0].life.cause == "exit" and got[0].cursor == died.cursor
+    st.close()
+
+
+async def test_a_database_that_cannot_be_read_is_a_reset_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    st, j = disk_journal(tmp_path)
+    evs = [j.append("born", view(i)) for i in range(100)]
+    st._commit()
+
+    def broken() -> sqlite3.Connection:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    st.reader = broken  # type: ignore[method-assign]
+    assert st.read_events(evs[0].cursor, evs[-1].cursor, 10) is None
+    sub = j.subscribe(lambda e: True, 4096, after=evs[3].cursor)
+    assert [e.type for e in await sub.next_batch()] == ["gap", "reset"]
     st.close()
