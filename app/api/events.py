@@ -8,58 +8,83 @@ are encoded one by one and the page stops before the one that would pass the bud
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiohttp import web
 
 from app.api.callers import caller_of
 from app.api.jsontext import BytePage, dumps
 from app.api.keys import ENCODER, SERVICE
 from app.api.models import EventsQuery
-from app.core.journal import lost_on_disk
+from app.core.journal import DISK_PAGE, Event, lost_on_disk
 
 routes = web.RouteTableDef()
+
+
+class _Page:
+    """The answer being filled: `limit` events wanted by the query and the caller, at most
+    `page_bytes`; `next` is the last event looked at (included or filtered out)."""
+
+    def __init__(self, request: web.Request, q: EventsQuery, nxt: int) -> None:
+        self.q = q
+        self.enc = request.app[ENCODER]
+        self.caller = caller_of(request)
+        self.page = BytePage(request.app[SERVICE].config.page_bytes)
+        self.next = nxt
+        self.full = False
+
+    def fill(self, events: Iterable[Event]) -> None:
+        q, caller, enc = self.q, self.caller, self.enc
+        for ev in events:
+            if len(self.page) >= q.limit:
+                self.full = True
+                return
+            lv = ev.life
+            wanted = (q.types is None or ev.type in q.types or lost_on_disk(ev)) and (
+                lv is None or caller.shows(lv.uid)
+            )
+            # Not ev.json(enc): that keeps the bytes in the journal, for every event replayed.
+            if wanted:
+                whole = lv is None or caller.details(lv.uid)
+                data = enc.event_bytes(ev) if whole else enc.event_bytes_redacted(ev)
+                if not self.page.add(data):
+                    self.full = True
+                    return
+            self.next = ev.cursor
 
 
 @routes.get("/v1/events")
 async def events(request: web.Request) -> web.Response:
     q = EventsQuery.model_validate(dict(request.query))
-    service = request.app[SERVICE]
-    journal = service.journal
-    enc = request.app[ENCODER]
+    journal = request.app[SERVICE].journal
+    page = _Page(request, q, q.after)
     got = journal.since(q.after)
-    start = q.after
-    if got is None and journal.on_disk(q.after):
-        # Older than memory holds: this page is read back from the durable journal, and
-        # completed from memory when it reaches what memory holds.
-        back = await journal.read_back(q.after, q.limit)
-        if back is not None:
-            got, upto = back
-            if not got:
-                start = upto  # no event in that span (cursors skip across a crash)
-            if len(got) < q.limit:
-                got = got + (journal.since(upto) or [])
     reset = got is None
-    if got is None:
-        # The cursor cannot be served: say so, and give what the window holds from its start.
-        got = journal.since(journal.oldest_cursor - 1) or []
-    page = BytePage(service.config.page_bytes)
-    caller = caller_of(request)
-    nxt = start if not reset else journal.oldest_cursor - 1
-    for ev in got:
-        if len(page) >= q.limit:
-            break
-        lv = ev.life
-        wanted = (q.types is None or ev.type in q.types or lost_on_disk(ev)) and (
-            lv is None or caller.shows(lv.uid)
-        )
-        # Not ev.json(enc): that keeps the bytes in the journal, for every event replayed.
-        if wanted:
-            full = lv is None or caller.details(lv.uid)
-            data = enc.event_bytes(ev) if full else enc.event_bytes_redacted(ev)
-            if not page.add(data):
+    if got is not None:
+        page.fill(got)
+    elif journal.on_disk(q.after):
+        # Older than memory holds: read back from the durable journal a chunk at a time
+        # until the page is full (a `types` filter may keep few of them), then from memory.
+        after = q.after
+        while not page.full:
+            back = await journal.read_back(after, DISK_PAGE)
+            if back is None:
+                break  # no longer on disk: what the page holds stands, `next` goes on
+            reset = False
+            evs, upto = back
+            page.fill(evs)
+            if page.full:
                 break
-        nxt = ev.cursor
-    tail: dict[str, object] = {"next": nxt, "reset": reset}
+            page.next = after = upto  # every event up to it looked at
+            if not journal.on_disk(after):
+                page.fill(journal.since(after) or [])
+                break
+    if reset:
+        # The cursor cannot be served: say so, and give what memory holds from its start.
+        page.next = journal.oldest_cursor - 1
+        page.fill(journal.since(page.next) or [])
+    tail: dict[str, object] = {"next": page.next, "reset": reset}
     if reset:
         tail["reason"] = journal.reset_reason(q.after)
-    body = b'{"events":[' + page.joined() + b"]," + dumps(tail)[1:]
+    body = b'{"events":[' + page.page.joined() + b"]," + dumps(tail)[1:]
     return web.Response(body=body, content_type="application/json")

@@ -145,17 +145,28 @@ async def test_events_older_than_memory_are_served_from_disk(state: Path) -> Non
     die_many(svc, 100, "histE", time.time())  # 200 events: born and died each
     cursors = list(range(svc.journal.first_cursor, svc.journal.last_cursor + 1))
     assert len(cursors) >= 200 and svc.journal.held == 16
+    # Each in chunks of its own on disk (a commit each), the probe past one answer's `limit`.
+    for i in range(3):
+        await asyncio.sleep(0.25)
+        die_many(svc, 400, "histG", time.time(), ticks=40_000 + 1000 * i)
+    await asyncio.sleep(0.25)
+    probe = svc.journal.append("gap", None, {"source": "test", "reason": "probe"})
+    await asyncio.sleep(0.25)
+    die_many(svc, 3000, "histF", time.time(), ticks=20_000)  # the probe far past memory
     app = make_app(svc, manage=False)
     try:
         async with api_client(app) as client:
             seen: list[tuple[int, str]] = []
             after = cursors[0]
             while after < cursors[-1]:
-                _, page = await call(client, "GET", f"/v1/events?after={after}&limit=37")
+                _, page = await call(client, "GET", f"/v1/events?after={after}&limit=370")
                 assert not page["reset"]
                 seen += [(e["cursor"], e["type"]) for e in page["events"]]
                 after = page["next"]
-            assert [c for c, _ in seen] == cursors[1:]
+            assert [c for c, _ in seen[: len(cursors) - 1]] == cursors[1:]
+            # A filter that keeps few: one answer looks through what disk holds to find it.
+            _, gaps = await call(client, "GET", "/v1/events?types=gap")
+            assert probe.cursor in [e["cursor"] for e in gaps["events"]], gaps["next"]
             deaths = [c for c, t in seen if t == "died" and c > cursors[3]]
             assert len(deaths) >= 98
             async with client.ws_connect(f"/v1/stream?after={cursors[3]}&types=died") as ws:
