@@ -498,7 +498,8 @@ def main() -> None:
             if "kernel_lost_since_start" in s["counters"]}  # fmt: skip
     print(
         f"gap events: {gaps}  kernel lost since start: {lost}  "
-        f"loop lag max (last 10 s): {after['loop_lag']['max_10s']} s"
+        f"loop lag max (last 10 s): {after['loop_lag']['max_10s']} s  "
+        f"subscriber overflows: {after['subscriber_overflows'] - before['subscriber_overflows']}"
     )
 
 

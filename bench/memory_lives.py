@@ -143,9 +143,10 @@ async def sleepers_alive(s: aiohttp.ClientSession, url: str, helper: int) -> int
 
 
 async def fill_journal(s: aiohttp.ClientSession, url: str) -> None:
-    """Run short lives until the journal holds journal_size events (two per life)."""
+    """Run short lives until the journal's memory is full (journal_memory events, or all
+    journal_size with the durable journal off; two per life)."""
     async with s.get(f"{url}/v1/node") as r:
-        size = int((await r.json())["journal_size"])
+        size = int((await r.json())["journal_memory"])
     subprocess.run([sys.executable, "-S", "-c", FILLER, str(size // 2 + 1000)], check=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

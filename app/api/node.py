@@ -41,6 +41,7 @@ def node_json(service: Service) -> dict[str, Any]:
         "oldest_cursor": journal.oldest_cursor,
         "journal_size": journal.size,
         "journal_memory": journal.memory,
+        "journal_disk_reads": journal.disk_reads,
         "lives_alive": len(reg.alive),
         "lives_dead": len(reg.dead),
         "history_evicted": reg.evicted,

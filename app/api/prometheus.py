@@ -247,9 +247,19 @@ class LifewatchCollector(Collector):
         g = GaugeMetricFamily("lifewatch_journal_cursor", "Cursor of the newest event")
         g.add_metric([], j.last_cursor)
         yield g
-        g = GaugeMetricFamily("lifewatch_journal_window_events", "Events held for replay")
+        g = GaugeMetricFamily("lifewatch_journal_window_events", "Events held in memory for replay")
         g.add_metric([], j.held)
         yield g
+        yield CounterMetricFamily(
+            "lifewatch_journal_disk_reads",
+            "Pages of events read back from the durable journal (older than memory holds)",
+            value=j.disk_reads,
+        )
+        yield CounterMetricFamily(
+            "lifewatch_journal_disk_events",
+            "Events read back from the durable journal",
+            value=j.disk_events,
+        )
         internal = self.service.watches.subscribed
         ws = self.websockets() if self.websockets else max(0, j.subscribers - internal)
         g = GaugeMetricFamily("lifewatch_stream_subscribers", "WebSocket stream clients")

@@ -312,6 +312,8 @@ class Journal:
         # only the subscribers whose filter could match it (app/core/fanout.py).
         self._subs: SubscriberIndex[Subscriber] = SubscriberIndex()
         self.overflows = 0
+        self.disk_reads = 0  # pages read back from the archive (read_back)
+        self.disk_events = 0
         # Events by (type, SourceSet bits) and gaps by (source, reason), counted as they are
         # appended: one dict update each, cheaper than a subscriber that wakes to count them
         # (docs/performance.md). Names are made when /metrics or /v1/node read them.
@@ -448,6 +450,8 @@ class Journal:
         events = await asyncio.to_thread(archive.read_events, after, upto, limit)
         if events is None:
             return None
+        self.disk_reads += 1
+        self.disk_events += len(events)
         # Cursors may skip (a restart after a crash): a page short of `limit` reached `upto`;
         # it may end past it, on the gap of events the store could not keep.
         reach = events[-1].cursor if len(events) >= limit else upto

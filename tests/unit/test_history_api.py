@@ -164,6 +164,10 @@ async def test_events_older_than_memory_are_served_from_disk(state: Path) -> Non
                 seen += [(e["cursor"], e["type"]) for e in page["events"]]
                 after = page["next"]
             assert [c for c, _ in seen[: len(cursors) - 1]] == cursors[1:]
+            _, node = await call(client, "GET", "/v1/node")
+            assert node["journal_memory"] == 16 and node["journal_disk_reads"] > 0
+            resp = await client.get("/metrics")
+            assert "lifewatch_journal_disk_events_total" in await resp.text()
             # A filter that keeps few: one answer looks through what disk holds to find it.
             _, gaps = await call(client, "GET", "/v1/events?types=gap")
             assert probe.cursor in [e["cursor"] for e in gaps["events"]], gaps["next"]
