@@ -288,12 +288,15 @@ class Journal:
     ) -> None:
         """`size` events can be replayed; the newest `memory` of them (default: all) are kept
         in memory, the older ones are read back from `archive` (the durable store) once it
-        is set. Without an archive the window is what memory holds."""
+        is set. Without an archive the window is what memory holds. An event leaves memory
+        only once the archive has it on disk (it is held by the store's queue until then
+        anyway), so a reader reading back from disk reaches memory without waiting for a
+        commit; `size` bounds memory whatever the store does."""
         self.size = size
         self.memory = size if memory is None else max(1, min(memory, size))
         self.archive: Archive | None = None
         self._clock = clock
-        self._events: deque[Event] = deque(maxlen=self.memory)
+        self._events: deque[Event] = deque()
         # This run's first cursor (given by the durable store: its boot's next).
         self.first_cursor = int(clock() * 1_000_000) if first_cursor is None else first_cursor
         self._next = self.first_cursor
@@ -352,9 +355,10 @@ class Journal:
     ) -> Event:
         ev = Event(self._next, type, self._clock() if at is None else at, life, fields, sources)
         self._next += 1
-        if len(self._events) == self.memory:
-            self.evicted = self._events[0].cursor  # memory forgets it now
-        self._events.append(ev)
+        events = self._events
+        events.append(ev)
+        if len(events) > self.memory:
+            self.trim()
         key = (type, sources)
         counts = self.by_sources
         counts[key] = counts.get(key, 0) + 1
@@ -366,6 +370,17 @@ class Journal:
         if self.sink is not None:
             self.sink(ev)
         return ev
+
+    def trim(self) -> None:
+        """Memory forgets its oldest events past `memory`: those on disk, or past `size`.
+        Done at each append (and by tests after a commit)."""
+        events = self._events
+        archive = self.archive
+        on_disk = self._next if archive is None else archive.committed()
+        excess = len(events) - self.memory
+        while excess > 0 and (events[0].cursor <= on_disk or excess > self.size - self.memory):
+            self.evicted = events.popleft().cursor
+            excess -= 1
 
     def load(self, events: list[Event], floor: int, complete: bool) -> None:
         """The window as an earlier run of this boot left it (oldest first, cursors below

@@ -280,6 +280,7 @@ async def test_events_that_left_memory_are_replayed_from_disk_in_order(tmp_path:
     st, j = disk_journal(tmp_path)
     evs = [j.append("born", view(i)) for i in range(700)]
     st._commit()
+    j.trim()  # memory forgets what is on disk (at the next append, in the daemon)
     assert len(j._events) == 16 and j.since(evs[10].cursor) is None
     assert j.on_disk(evs[10].cursor) and j.on_disk(0)
     assert not j.on_disk(evs[-5].cursor)  # still in memory: no disk read
@@ -374,6 +375,7 @@ async def test_a_failed_commit_is_retried_and_a_refused_one_is_a_gap(tmp_path: P
     st._db.execute("PRAGMA max_page_count = 1073741823")
     e = [j.append("died", view(3000 + i, died=9.0)) for i in range(30)]
     st._commit_safe()
+    j.trim()  # until now memory held them: it forgets only what is on disk (or past size)
     deaths = j.subscribe(lambda ev: ev.type == "died", 4096, after=c[-1].cursor)
     got = await drain(deaths, e[-1].cursor)
     assert [(x.type, x.cursor) for x in got] == [("gap", d[-1].cursor)] + [
@@ -395,6 +397,7 @@ async def test_a_full_store_queue_is_a_gap_for_every_reader(tmp_path: Path) -> N
     st._commit_safe()
     evs.append(j.append("died", view(999, died=9.0)))  # queued again: the gap goes first
     st._commit_safe()
+    j.trim()
     sub = j.subscribe(lambda e: e.type == "died", 4096, after=0)
     back = await drain(sub, evs[-1].cursor)
     gaps = [e for e in back if e.type == "gap"]
@@ -456,6 +459,7 @@ async def test_a_database_that_cannot_be_read_is_a_reset_not_a_traceback(
     st, j = disk_journal(tmp_path)
     evs = [j.append("born", view(i)) for i in range(100)]
     st._commit()
+    j.trim()
 
     def broken() -> sqlite3.Connection:
         raise sqlite3.OperationalError("disk I/O error")
@@ -464,4 +468,20 @@ async def test_a_database_that_cannot_be_read_is_a_reset_not_a_traceback(
     assert st.read_events(evs[0].cursor, evs[-1].cursor, 10) is None
     sub = j.subscribe(lambda e: True, 4096, after=evs[3].cursor)
     assert [e.type for e in await sub.next_batch()] == ["gap", "reset"]
+    st.close()
+
+
+def test_memory_keeps_what_is_not_on_disk_yet_up_to_size(tmp_path: Path) -> None:
+    """An event leaves memory once committed (the store's queue holds it until then anyway):
+    a reader coming back from disk finds the rest in memory without waiting for a commit.
+    Whatever the store does, memory holds at most `size` events."""
+    st, j = disk_journal(tmp_path, size=200, memory=16)
+    evs = [j.append("born", view(i)) for i in range(100)]
+    assert j.held == 100 and j.since(evs[0].cursor) is not None  # none on disk yet
+    evs += [j.append("born", view(i)) for i in range(100, 250)]
+    assert j.held == 200 and j.oldest_cursor == evs[50].cursor  # `size` bounds it
+    st._commit()
+    evs.append(j.append("born", view(999)))
+    assert j.held == 16 and j.oldest_cursor == evs[-16].cursor
+    assert j.on_disk(evs[100].cursor) and not j.on_disk(evs[-16].cursor)
     st.close()
