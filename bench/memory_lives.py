@@ -9,7 +9,7 @@ and reports the growth per live process; then the sleepers are killed and the da
 The figure is the median of the runs.
 
 Each sleeper adds two journal events (`born`, `exec`). The journal keeps its newest
-`journal_memory` events (2,048) in memory and reads older ones back from the database, so
+`journal_memory` events (1,024) in memory and reads older ones back from the database, so
 a fresh daemon's figure includes at most that many; before 2026-12-02 memory held all
 `journal_size` (50,000), and 10,000 sleepers cost 1,125 B each. With --fill, short-lived
 children fill the journal first (and leave dead lives in the history, also bounded), so the

@@ -41,7 +41,7 @@ class Config(BaseModel):
     )
     journal_size: int = Field(50_000, ge=16, description="events kept for replay (resume window)")
     journal_memory: int = Field(
-        2048, ge=16,
+        1024, ge=16,
         description="of the `journal_size` events, the newest kept in memory; with the "
         "durable journal (`store`) the older ones are read back from disk when a client "
         "replays them (without it, memory holds all `journal_size`)",
