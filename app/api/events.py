@@ -19,6 +19,9 @@ from app.api.models import EventsQuery
 from app.core.journal import DISK_PAGE, Event, lost_on_disk
 
 routes = web.RouteTableDef()
+# Events read back from disk for one answer, at most: a filter that keeps few gets a short
+# page (its `next` goes on from the last event looked at) rather than a scan of the window.
+SCAN_MAX = 8 * DISK_PAGE
 
 
 class _Page:
@@ -65,13 +68,14 @@ async def events(request: web.Request) -> web.Response:
     elif journal.on_disk(q.after):
         # Older than memory holds: read back from the durable journal a chunk at a time
         # until the page is full (a `types` filter may keep few of them), then from memory.
-        after = q.after
-        while not page.full:
+        after, scanned = q.after, 0
+        while not page.full and scanned < SCAN_MAX:
             back = await journal.read_back(after, DISK_PAGE)
             if back is None:
                 break  # no longer on disk: what the page holds stands, `next` goes on
             reset = False
             evs, upto = back
+            scanned += len(evs)
             page.fill(evs)
             if page.full:
                 break

@@ -32,6 +32,7 @@ DISK_PAGE = 1024
 # How long a reader waits for an event that left memory to be on disk (the store commits
 # every 0.1 s; under a storm its queue may hold a few seconds) before it is told `reset`.
 DISK_WAIT = 30.0
+TRIM_STEP = 64  # events memory forgets per append, at most, beyond what `size` forces
 
 
 def lost_on_disk(ev: Event) -> bool:
@@ -233,10 +234,10 @@ class Subscriber:
             return [lagging, *self._overrun()]
         return [lagging, *(e for e in missed if self.accept(e))]
 
-    def _overrun(self) -> list[Event]:
+    def _overrun(self, reason: str = "subscriber_overflow") -> list[Event]:
         j = self._journal
-        gap = j.synthetic("gap", {"reason": "subscriber_overflow", "after": self.delivered})
-        reset = j.synthetic("reset", {"reason": "subscriber_overflow"})
+        gap = j.synthetic("gap", {"reason": reason, "after": self.delivered})
+        reset = j.synthetic("reset", {"reason": reason})
         self.delivered = j.last_cursor
         return [gap, reset]
 
@@ -263,7 +264,7 @@ class Subscriber:
             return []
         if got is None:
             self.behind = None
-            return self._overrun()
+            return self._overrun(j.reset_reason(after))
         events, upto = got
         self.behind = self.delivered = upto
         return [e for e in events if self.accept(e) or lost_on_disk(e)]
@@ -371,16 +372,22 @@ class Journal:
             self.sink(ev)
         return ev
 
-    def trim(self) -> None:
-        """Memory forgets its oldest events past `memory`: those on disk, or past `size`.
-        Done at each append (and by tests after a commit)."""
+    def trim(self, step: int = TRIM_STEP) -> None:
+        """Memory forgets its oldest events past `memory`: those on disk, or past `size`;
+        at most `step` more than `size` forces. Done at each append."""
         events = self._events
         archive = self.archive
         on_disk = self._next if archive is None else archive.committed()
         excess = len(events) - self.memory
-        while excess > 0 and (events[0].cursor <= on_disk or excess > self.size - self.memory):
+        # At most TRIM_STEP past what `size` forces, per call: a commit of 20,000 events does
+        # not make one append on the kernel reader's path forget all of them at once.
+        budget = max(step, excess - (self.size - self.memory))
+        while excess > 0 and budget > 0:
+            if events[0].cursor > on_disk and excess <= self.size - self.memory:
+                break
             self.evicted = events.popleft().cursor
             excess -= 1
+            budget -= 1
 
     def load(self, events: list[Event], floor: int, complete: bool) -> None:
         """The window as an earlier run of this boot left it (oldest first, cursors below

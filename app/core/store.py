@@ -60,7 +60,8 @@ APP_ID = 0x4C574442  # "LWDB": PRAGMA application_id of lifewatch's database
 SCHEMA = 1
 HEARTBEAT = 5.0  # s between commits when nothing happens: last_seen stays this fresh
 BATCH = 20_000  # most queue items in one transaction
-FAIL_LIMIT = 3  # failed commits of one batch before it is given up (Store._failed)
+FAIL_LIMIT = 3  # failed commits of one batch, over at least FAIL_SECONDS, before it is
+FAIL_SECONDS = 10.0  # given up (Store._failed): a disk full for a moment loses nothing
 WRITER_CACHE_KIB = 256  # the writer's page cache once the boot is read back
 STEP = 20  # chunks (commits' worth of events) deleted per retention step: a short one
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -159,6 +160,21 @@ def _chunk(events: list[EventRow]) -> Row:
         events = [e if _marshals(e) else (*e[:5], {"fields_not_kept": True}) for e in events]
         data = pack_chunk(events)
     return (events[0][0], max(e[0] for e in events), events[-1][2], data)
+
+
+def _first(row: EventRow) -> int:
+    return int(row[0])
+
+
+def _lost_from(row: EventRow, after: int, upto: int) -> bool:
+    """Whether `row` is the gap of events the writer could not keep whose span begins in
+    (after, upto] while the gap itself (at the span's last cursor) is past `upto`."""
+    fields = row[5]
+    if row[1] != "gap" or not isinstance(fields, dict) or fields.get("source") != "store":
+        return False
+    span = fields.get("lost_cursors")
+    first = span[0] if isinstance(span, list) and span else None
+    return isinstance(first, int) and after < first <= upto < row[0]
 
 
 def _marshals(row: EventRow) -> bool:
@@ -268,7 +284,7 @@ class Store:
         self.failures = 0
         self.used = 0  # bytes of pages in use, as of the last commit
         self.top = 0  # the newest cursor committed (the journal reads back up to it)
-        self._failures_in_row = 0
+        self._failing: tuple[int, float] | None = None  # (failed commits, since) of a batch
         self._beat = 0.0
         self.deleted = 0
         self.maintenance_seconds = 0.0
@@ -578,12 +594,22 @@ class Store:
                 "SELECT data FROM chunks WHERE first >= ? AND first <= ? ORDER BY first",
                 (start, upto),
             )
+            full = False
             for (data,) in rows:
-                for r in read_chunk(data):  # lives made only for the events in range
+                # Lives are made only for the events in range, and at most `limit` of them.
+                chunk = sorted(read_chunk(data), key=_first)
+                for r in chunk:
                     if after < r[0] <= upto:
+                        if len(out) >= limit:
+                            full = True
+                            break
                         view = None if r[4] is None else fast_view(r[4])
                         out.append(Event(r[0], r[1], r[2], view, r[5], r[3]))
-                if len(out) >= limit:
+                    elif r[0] > upto and _lost_from(r, after, upto):
+                        out.append(Event(r[0], r[1], r[2], None, r[5], r[3]))
+                if full:
+                    # The page stops before the span: its gap is found again by the next.
+                    out = [e for e in out if e.cursor <= upto]
                     break
             else:
                 out += self._lost_within(c, after, upto)
@@ -607,15 +633,8 @@ class Store:
         ).fetchone()
         if row is None:
             return []
-        out = []
-        for r in read_chunk(row[0]):
-            fields = r[5]
-            if r[1] == "gap" and isinstance(fields, dict) and fields.get("source") == "store":
-                span = fields.get("lost_cursors")
-                first = span[0] if isinstance(span, list) and span else None
-                if isinstance(first, int) and after < first <= upto < r[0]:
-                    out.append(Event(r[0], r[1], r[2], None, fields, r[3]))
-        return out
+        return [Event(r[0], r[1], r[2], None, r[5], r[3])
+                for r in read_chunk(row[0]) if _lost_from(r, after, upto)]  # fmt: skip
 
     def _newer_deaths(self, c: sqlite3.Connection, events: list[Event]) -> None:
         """A death whose exit report came after its event was written (Registry.completed):
@@ -677,10 +696,10 @@ class Store:
         q, batch = self._q, list[Item]()
         while q and len(batch) < BATCH:
             batch.append(q.popleft())
-        events, lives, writes = self._rows(batch)
         c = self._db
-        c.execute("BEGIN")
         try:
+            events, lives, writes = self._rows(batch)
+            c.execute("BEGIN")
             top = 0
             if events:
                 chunk = _chunk(events)
@@ -701,7 +720,7 @@ class Store:
                 c.execute("ROLLBACK")
             raise
         took = time.perf_counter() - t0
-        self._failures_in_row = 0
+        self._failing = None
         self.top = max(self.top, top)
         self.used = self.used_bytes()
         self._beat = time.monotonic()
@@ -720,12 +739,22 @@ class Store:
         next interval: the journal reads back from disk, and a batch simply forgotten would
         be a hole there. One that fails FAIL_LIMIT times in a row (a row the file refuses)
         is given up, and a `gap` naming its cursors is written in its place."""
-        self._failures_in_row += 1
-        if self._failures_in_row < FAIL_LIMIT:
+        if not batch:
+            return  # a heartbeat: nothing to keep, and not a batch's failure
+        mono = time.monotonic()
+        tries, since = self._failing or (0, mono)
+        tries += 1
+        if tries < FAIL_LIMIT or mono - since < FAIL_SECONDS:
+            self._failing = (tries, since)
             self._q.extendleft(reversed(batch))
             return
-        self._failures_in_row = 0
+        self._failing = None
         cursors = [item.cursor for item in batch if type(item) is Event]
+        for item in batch:  # a gap given up with it: its span is this one's too
+            if type(item) is Event and item.type == "gap" and item.fields:
+                span = item.fields.get("lost_cursors")
+                if isinstance(span, list) and span and isinstance(span[0], int):
+                    cursors.append(span[0])
         if cursors:
             now = self._clock()
             fields = {"source": "store", "reason": "not_on_disk",
@@ -733,7 +762,8 @@ class Store:
                       "detail": "the database refused these events; they were streamed "
                                 "but not kept"}  # fmt: skip
             self._q.appendleft(Event(max(cursors), "gap", now, None, fields, 0))
-        log.error("history commit failed %d times: %d items given up", FAIL_LIMIT, len(batch))
+        log.error("history commit failed %d times in %.0f s: %d items given up",
+                  tries, mono - since, len(batch))  # fmt: skip
 
     def _rows(self, batch: list[Item]) -> tuple[list[EventRow], list[Row], list[Write]]:
         """A batch as chunk rows, life rows (the last state of each life) and writes."""

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from app.argv import CutArgv
+from app.core import store as store_module
 from app.core.identity import NodeIdentity, TickClock
 from app.core.journal import Event, Journal
 from app.core.life import Life, LifeView, exit_of
@@ -280,7 +281,7 @@ async def test_events_that_left_memory_are_replayed_from_disk_in_order(tmp_path:
     st, j = disk_journal(tmp_path)
     evs = [j.append("born", view(i)) for i in range(700)]
     st._commit()
-    j.trim()  # memory forgets what is on disk (at the next append, in the daemon)
+    j.trim(step=1 << 30)  # memory forgets what is on disk (at the next append, in the daemon)
     assert len(j._events) == 16 and j.since(evs[10].cursor) is None
     assert j.on_disk(evs[10].cursor) and j.on_disk(0)
     assert not j.on_disk(evs[-5].cursor)  # still in memory: no disk read
@@ -350,7 +351,9 @@ async def test_what_disk_no_longer_holds_is_a_reset_never_a_hole(tmp_path: Path)
     st.close()
 
 
-async def test_a_failed_commit_is_retried_and_a_refused_one_is_a_gap(tmp_path: Path) -> None:
+async def test_a_failed_commit_is_retried_and_a_refused_one_is_a_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     st, j = disk_journal(tmp_path)
     a = [j.append("born", view(i)) for i in range(50)]
     st._commit()
@@ -372,10 +375,15 @@ async def test_a_failed_commit_is_retried_and_a_refused_one_is_a_gap(tmp_path: P
     d = [j.append("died", view(2000 + i, died=9.0)) for i in range(300)]
     for _ in range(FAIL_LIMIT):
         st._commit_safe()
+    assert st.depth == 300  # not given up before FAIL_SECONDS of failing
+    monkeypatch.setattr(store_module, "FAIL_SECONDS", 0.0)
+    st._commit_safe()
     st._db.execute("PRAGMA max_page_count = 1073741823")
     e = [j.append("died", view(3000 + i, died=9.0)) for i in range(30)]
     st._commit_safe()
-    j.trim()  # until now memory held them: it forgets only what is on disk (or past size)
+    j.trim(
+        step=1 << 30
+    )  # until now memory held them: it forgets only what is on disk (or past size)
     deaths = j.subscribe(lambda ev: ev.type == "died", 4096, after=c[-1].cursor)
     got = await drain(deaths, e[-1].cursor)
     assert [(x.type, x.cursor) for x in got] == [("gap", d[-1].cursor)] + [
@@ -397,7 +405,7 @@ async def test_a_full_store_queue_is_a_gap_for_every_reader(tmp_path: Path) -> N
     st._commit_safe()
     evs.append(j.append("died", view(999, died=9.0)))  # queued again: the gap goes first
     st._commit_safe()
-    j.trim()
+    j.trim(step=1 << 30)
     sub = j.subscribe(lambda e: e.type == "died", 4096, after=0)
     back = await drain(sub, evs[-1].cursor)
     gaps = [e for e in back if e.type == "gap"]
@@ -459,7 +467,7 @@ async def test_a_database_that_cannot_be_read_is_a_reset_not_a_traceback(
     st, j = disk_journal(tmp_path)
     evs = [j.append("born", view(i)) for i in range(100)]
     st._commit()
-    j.trim()
+    j.trim(step=1 << 30)
 
     def broken() -> sqlite3.Connection:
         raise sqlite3.OperationalError("disk I/O error")
@@ -482,6 +490,59 @@ def test_memory_keeps_what_is_not_on_disk_yet_up_to_size(tmp_path: Path) -> None
     assert j.held == 200 and j.oldest_cursor == evs[50].cursor  # `size` bounds it
     st._commit()
     evs.append(j.append("born", view(999)))
+    assert j.held == 201 - 64  # a step at a time: one append never forgets thousands
+    j.trim(step=1 << 30)
     assert j.held == 16 and j.oldest_cursor == evs[-16].cursor
     assert j.on_disk(evs[100].cursor) and not j.on_disk(evs[-16].cursor)
+    st.close()
+
+
+async def test_a_full_queue_gap_in_a_chunk_that_starts_before_its_span_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gap for a full queue goes behind what was queued before the drop: its chunk can
+    start before the span it names, and a page ending inside the span still finds it."""
+    monkeypatch.setattr(store_module, "BATCH", 4)  # stands for 20,000 against a queue of 100,000
+    st, got = open_store(tmp_path, queue=10)
+    j = Journal(10_000, first_cursor=got.first_cursor, memory=16)
+    j.sink, j.archive = st.put, st
+    st.last_cursor = lambda: j.last_cursor
+    ev = [j.append("born", view(i)) for i in range(40)]  # 10 queued, 30 dropped
+    st._commit()  # room again
+    ev.append(j.append("born", view(40)))  # ends the drop: its gap, then this event
+    st._commit()
+    st._commit()  # a chunk [8, 9, gap(39), 40]
+    ev.append(j.append("born", view(41)))
+    sub = j.subscribe(lambda e: True, 4096, after=ev[5].cursor)
+    back = await drain(sub, ev[-1].cursor)
+    gaps = [e for e in back if e.type == "gap"]
+    assert len(gaps) == 1 and gaps[0].fields is not None
+    assert gaps[0].fields["lost_cursors"] == [ev[10].cursor, ev[39].cursor]
+    told = {e.cursor for e in back}
+    assert all(e.cursor in told for e in ev[6:10] + ev[40:])  # nothing else missing
+    st.close()
+
+
+def test_a_batch_given_up_twice_names_both_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FAIL_SECONDS", 0.0)
+    st, j = disk_journal(tmp_path, memory=1000)
+    ev = [j.append("born", view(i)) for i in range(50)]
+    st._commit()
+    assert st._db is not None
+    st._db.execute(f"PRAGMA max_page_count = {st._db.execute('PRAGMA page_count').fetchone()[0]}")
+    ev += [j.append("born", view(i)) for i in range(50, 350)]
+    for _ in range(FAIL_LIMIT):
+        st._commit_safe()  # given up: a gap for 50..349
+    ev += [j.append("born", view(i)) for i in range(350, 650)]
+    for _ in range(FAIL_LIMIT):
+        st._commit_safe()  # given up again, with that gap in it
+    st._db.execute("PRAGMA max_page_count = 1073741823")
+    ev += [j.append("born", view(i)) for i in range(650, 660)]
+    st._commit()
+    rows = st.read_events(ev[0].cursor - 1, st.top, 10_000)
+    assert rows is not None
+    gaps = [e.fields["lost_cursors"] for e in rows if e.type == "gap" and e.fields]
+    assert gaps == [[ev[50].cursor, ev[649].cursor]]
     st.close()
