@@ -39,6 +39,13 @@ class Config(BaseModel):
     sources: tuple[str, ...] = Field(
         KNOWN_SOURCES, description="kernel event sources to run: audit, proc"
     )
+    priority_boost: int = Field(
+        4, ge=0, le=19,
+        description="the event loop's thread (the kernel readers) runs at nice -N, as "
+        "auditd's priority_boost: under a fork storm deaths are read before the forkers run "
+        "again; needs CAP_SYS_NICE (root; the systemd unit sets Nice=-4), else logged and "
+        "skipped; 0: off",
+    )  # fmt: skip
     journal_size: int = Field(50_000, ge=16, description="events kept for replay (resume window)")
     journal_memory: int = Field(
         1024, ge=16,

@@ -251,3 +251,37 @@ async def test_kill_9_during_a_storm(daemons: Callable[..., Daemon], tmp_path: P
     for v, got in zip(storm_dead, results, strict=True):
         assert got["state"] == "dead", got
         assert got["exit"]["code"] == lives[(v.pid, v.start_ticks)], (got, v)
+
+
+def _can_renice() -> bool:
+    """Whether this process (and so the daemon it starts) has CAP_SYS_NICE (bit 23)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 23 & 1)
+    return False
+
+
+def _nice(task: Path) -> int:
+    return int((task / "stat").read_bytes().rsplit(b")", 1)[1].split()[16])  # field 19
+
+
+async def test_the_kernel_readers_thread_runs_at_priority_boost(
+    daemons: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """As auditd's priority_boost: the event loop's thread at nice -4 (root may), threads
+    started before it (the store's writer) at the nice they had; with 0, none changed."""
+    d = daemons(tmp_path)
+    await d.ready()
+    tasks = Path(f"/proc/{d.proc.pid}/task")
+    if not _can_renice():  # the unprivileged pass (the unit's capabilities): said, not done
+        await wait_until(lambda: "priority_boost 4 not applied" in d.log.read_text())
+        assert _nice(tasks / str(d.proc.pid)) == 0
+        return
+    await wait_until(lambda: _nice(tasks / str(d.proc.pid)) == -4)
+    others = [_nice(t) for t in tasks.iterdir() if t.name != str(d.proc.pid)]
+    assert others and 0 in others, others  # the writer (started before the boost) kept 0
+    (tmp_path / "off").mkdir()
+    off = daemons(tmp_path / "off", LIFEWATCH_PRIORITY_BOOST="0")
+    await off.ready()
+    await asyncio.sleep(0.5)
+    assert _nice(Path(f"/proc/{off.proc.pid}/task/{off.proc.pid}")) == 0
