@@ -29,17 +29,23 @@ log = logging.getLogger(__name__)
 
 # Events read back from the durable journal per step of a reader catching up from disk.
 DISK_PAGE = 1024
-# How long a reader waits for an event that left memory to be on disk (the store commits
-# every 0.1 s; under a storm its queue may hold a few seconds) before it is told `reset`.
-DISK_WAIT = 30.0
 TRIM_STEP = 64  # events memory forgets per append, at most, beyond what `size` forces
 
 
+def store_gap_start(type: str, fields: object) -> int | None:
+    """The first cursor of the span named by a `gap` the store wrote where events it could
+    not keep were (Store.put, _failed); None for any other event."""
+    if type != "gap" or not isinstance(fields, dict) or fields.get("source") != "store":
+        return None
+    span = fields.get("lost_cursors")
+    first = span[0] if isinstance(span, list) and span else None
+    return first if isinstance(first, int) else None
+
+
 def lost_on_disk(ev: Event) -> bool:
-    """A `gap` the store wrote where events it could not keep were (Store.put, _failed):
-    read back from disk, it goes to every reader, whatever its filter, since the events it
-    replaces may have been ones the reader wanted."""
-    return ev.type == "gap" and ev.fields is not None and ev.fields.get("source") == "store"
+    """Read back from disk, a store's gap goes to every reader, whatever its filter: the
+    events it stands for may have been ones the reader wanted."""
+    return store_gap_start(ev.type, ev.fields) is not None
 
 
 class Archive(Protocol):
@@ -454,21 +460,16 @@ class Journal:
     async def read_back(self, after: int, limit: int) -> tuple[list[Event], int] | None:
         """Up to `limit` events after `after` (on_disk), read from the archive in a thread
         (the loop never waits on the disk), and the cursor they reach: the caller goes on
-        after it. Waits (up to DISK_WAIT) for them to be committed. None when they cannot be
-        read back (retention took them; the writer is stuck)."""
+        after it. None when they cannot be read back (retention took them, the file cannot be
+        read). Memory forgets only what is on disk (trim), so what left it is there."""
         archive = self.archive
         if archive is None:
             return None
         if after == 0:
             after = self.floor
-        upto = self.evicted
-        deadline = time.monotonic() + DISK_WAIT
-        while archive.committed() <= after:
-            if time.monotonic() > deadline:
-                log.warning("events after %d not on disk after %.0f s: reset", after, DISK_WAIT)
-                return None
-            await asyncio.sleep(0.05)
-        upto = min(upto, archive.committed())
+        upto = min(self.evicted, archive.committed())
+        if upto <= after:
+            return None
         events = await asyncio.to_thread(archive.read_events, after, upto, limit)
         if events is None:
             return None

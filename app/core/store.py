@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.identity import NodeIdentity
-from app.core.journal import Event
+from app.core.journal import Event, store_gap_start
 from app.core.life import Life, LifeView, retained_bytes
 from app.core.storecodec import (
     CodecError,
@@ -169,12 +169,8 @@ def _first(row: EventRow) -> int:
 def _lost_from(row: EventRow, after: int, upto: int) -> bool:
     """Whether `row` is the gap of events the writer could not keep whose span begins in
     (after, upto] while the gap itself (at the span's last cursor) is past `upto`."""
-    fields = row[5]
-    if row[1] != "gap" or not isinstance(fields, dict) or fields.get("source") != "store":
-        return False
-    span = fields.get("lost_cursors")
-    first = span[0] if isinstance(span, list) and span else None
-    return isinstance(first, int) and after < first <= upto < row[0]
+    first = store_gap_start(row[1], row[5])
+    return first is not None and after < first <= upto < row[0]
 
 
 def _marshals(row: EventRow) -> bool:
@@ -750,11 +746,10 @@ class Store:
             return
         self._failing = None
         cursors = [item.cursor for item in batch if type(item) is Event]
-        for item in batch:  # a gap given up with it: its span is this one's too
-            if type(item) is Event and item.type == "gap" and item.fields:
-                span = item.fields.get("lost_cursors")
-                if isinstance(span, list) and span and isinstance(span[0], int):
-                    cursors.append(span[0])
+        for item in batch:  # a store gap given up with it: its span is this one's too
+            start = store_gap_start(item.type, item.fields) if type(item) is Event else None
+            if start is not None:
+                cursors.append(start)
         if cursors:
             now = self._clock()
             fields = {"source": "store", "reason": "not_on_disk",

@@ -303,13 +303,14 @@ async def test_events_that_left_memory_are_replayed_from_disk_in_order(tmp_path:
     st.close()
 
 
-async def test_a_reader_waits_for_the_commit_of_what_left_memory(tmp_path: Path) -> None:
+async def test_what_is_not_on_disk_yet_is_replayed_from_memory(tmp_path: Path) -> None:
     st, j = disk_journal(tmp_path)
     evs = [j.append("born", view(i)) for i in range(100)]  # none committed yet
+    assert j.held == 100 and not j.on_disk(evs[0].cursor)  # kept past `memory` (16)
     sub = j.subscribe(lambda e: True, 4096, after=evs[0].cursor)
-    asyncio.get_running_loop().call_later(0.2, st._commit)
     got = await drain(sub, evs[-1].cursor)
     assert [e.cursor for e in got] == [e.cursor for e in evs[1:]]
+    assert j.disk_reads == 0
     st.close()
 
 
