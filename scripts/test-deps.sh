@@ -15,6 +15,12 @@ command -v setpriv >/dev/null || need+=(util-linux)  # scripts/test-unprivileged
 command -v curl >/dev/null || need+=(curl)  # tests/kernel/test_tokens.py (the README's commands)
 command -v useradd >/dev/null || need+=(passwd)  # tests/kernel/test_who_reads.py
 command -v openssl >/dev/null || need+=(openssl)  # tests/kernel/test_cluster.py (TLS)
+# The kernel readers' compiled module (app/netlink/_batch.c, tests/unit/test_batch.py):
+# a C compiler and the headers of the python3 that makes the venv.
+command -v gcc >/dev/null || need+=(gcc)
+python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    2>/dev/null || need+=(python3-dev)
 # Debian's python3 makes venvs only with python3-venv (ensurepip); `make` needs one.
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "$(id -u)" -ne 0 ]; then

@@ -35,7 +35,7 @@ from app.netlink.socket import (
     rcvbuf_of,
 )
 
-RECV_SIZE = 1 << 16  # larger than MAX_AUDIT_MESSAGE_LENGTH (8970) plus the header
+RECV_SIZE = 1 << 14  # larger than MAX_AUDIT_MESSAGE_LENGTH (8970) plus the header
 NETLINK_NO_ENOBUFS = 5  # include/uapi/linux/netlink.h; we want ENOBUFS, so never set it
 
 

@@ -31,13 +31,15 @@ from app import procfs
 from app.argv import ARGV_MAX
 from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import ARCH_NAMES, AuditStatus
-from app.netlink.audit_reader import RecordSocket
+from app.netlink.audit_reader import RECV_SIZE, RecordSocket
 from app.netlink.audit_records import Record, parse_datagram
+from app.netlink.batch import BUDGET, DRAINED, AuditBatchReader
 from app.sources.audit_assembler import Assembler
 from app.sources.audit_lives import UNUSED, LifeEvents
 from app.sources.audit_rules import KernelChanges, pid_alive
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
+from app.sources.pacing import Pacer
 from app.sources.privilege import MissingCapability, refused
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,8 @@ class AuditSource:
         self._kernel = KernelChanges(self._control, settings.key, os.getpid())
         self.key = self._kernel.key
         self._sock: RecordSocket | None = None
+        self._reader: AuditBatchReader | None = None
+        self._pacer: Pacer | None = None
         self._health = SourceHealth()
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -103,7 +107,7 @@ class AuditSource:
         self.lives = LifeEvents(self._emit, proc, clock=mono, argv_max=settings.argv_max)
         self.counters: dict[str, int] = {
             "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
-            "backlog": 0, "backlog_max": 0, "losses": 0, "full_reads": 0,
+            "backlog": 0, "backlog_max": 0, "losses": 0, "full_reads": 0, "wakeups": 0,
         }  # fmt: skip
 
     # -- Source ------------------------------------------------------------------------------
@@ -151,8 +155,10 @@ class AuditSource:
         self.counters["kernel_lost"] = status.lost
         self._lost_at_start = status.lost
         assert self._sock is not None
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._sock.fileno(), self._on_readable)
+        self._reader = AuditBatchReader(self._sock.sock, RECV_SIZE)
+        self._health.info["reader"] = self._reader.kind
+        self._pacer = Pacer(self._sock.fileno(), self._on_readable)
+        self._pacer.start()
         self._tasks.append(asyncio.create_task(self._watch_status()))
         self._emit(Health(self.name, state, self._health.reason, self._wall()))
         level = logging.WARNING if self.locked else logging.INFO
@@ -224,9 +230,9 @@ class AuditSource:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._pacer is not None:
+            self._pacer.stop()
         if self._sock is not None:
-            with contextlib.suppress(RuntimeError, ValueError):
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._drain()
         self.asm.flush(force=True)
         self.lives.tick(force=True)
@@ -235,6 +241,7 @@ class AuditSource:
         self._control.close()
 
     def _close_socket(self) -> None:
+        self._reader = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -244,6 +251,7 @@ class AuditSource:
         h.counters = {
             **self.counters, **self.asm.counters, **self.lives.counters,
             "pending_events": self.asm.pending,
+            "holds": self._pacer.holds if self._pacer is not None else 0,
         }  # fmt: skip
         if self._sock is not None:
             queued = procfs.netlink_queued(self._sock.fileno())
@@ -253,35 +261,41 @@ class AuditSource:
 
     # -- the record stream (hot path) ------------------------------------------------------
     def _on_readable(self) -> None:
-        sock = self._sock
-        if sock is None:
+        reader = self._reader
+        if reader is None:
             return
         push = self.asm.push
         tap = self.tap
-        skip = UNUSED
+        parse = tap is None  # a tap records every datagram as read, before any parsing
         n = 0
         while n < BATCH:
-            try:
-                data = sock.recv()
-            except BlockingIOError:
+            items, got, status = reader.records(BATCH - n, UNUSED, parse)
+            n += got
+            for item in items:
+                if isinstance(item, bytes):
+                    if tap is not None:
+                        tap(item)
+                    for rec in parse_datagram(item, UNUSED):
+                        push(rec)
+                else:
+                    push(item)  # a Record, parsed by _batch.c
+            if status == DRAINED:
                 break
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    self._enobufs()
-                    continue
-                self._set_health(FAILED, f"reading the audit socket: {e}")
-                asyncio.get_running_loop().remove_reader(sock.fileno())
+            if status == errno.ENOBUFS:
+                self._enobufs()
+            elif status != BUDGET:
+                self._set_health(FAILED, f"reading the audit socket: {os.strerror(status)}")
+                if self._pacer is not None:
+                    self._pacer.stop()
                 return
-            n += 1
-            if tap is not None:
-                tap(data)
-            for rec in parse_datagram(data, skip):
-                push(rec)
         self.counters["datagrams"] += n
+        self.counters["wakeups"] += 1
         if n == BATCH:  # the budget ran out with datagrams left: the reader is behind
             self.counters["full_reads"] += 1
         if n:
             self._last_datagram = self._wall()
+            if self._pacer is not None:
+                self._pacer.read(n)
         busy = self.asm.pending or self.lives.waiting or self.asm.holes
         if busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)

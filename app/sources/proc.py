@@ -11,7 +11,6 @@ GFP_NOWAIT), and the canary (app/core/canary.py) for everything else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app import procfs
+from app.netlink.batch import BUDGET, DRAINED, BatchReader
 from app.netlink.cn_proc import (
     CN_IDX_PROC,
     NETLINK_CONNECTOR,
@@ -45,6 +45,7 @@ from app.sources.observations import (
     boot_minus_mono_ns,
     wait_status,
 )
+from app.sources.pacing import Pacer
 from app.sources.privilege import MissingCapability
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ DEFERRED_MAX = 4096
 HZ = os.sysconf("SC_CLK_TCK")  # the unit of /proc's start ticks
 SOLO_MAX = 65536  # processes remembered as born under watch with no thread (~60 B each)
 READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
+DATAGRAM_MAX = 256  # bytes read of a datagram: a proc event is 76 with its headers
+# A storm's wakeup (app/sources/pacing.py): one event per datagram, so fewer than audit's;
+# a process started and ended at rest is 2 or 3 (FORK, EXEC, EXIT).
+PACE_AT = 8
 ACK_TIMEOUT = 2.0
 
 
@@ -90,6 +95,8 @@ class ProcConnectorSource:
         self._boot_minus_mono_ns = boot_offset_ns
         self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
         self._sock: socket.socket | None = None
+        self._reader: BatchReader | None = None
+        self._pacer: Pacer | None = None
         self._sink: Sink | None = None
         self._listening = False
         self._last_seq: dict[int, int] = {}
@@ -101,7 +108,8 @@ class ProcConnectorSource:
         self._health = SourceHealth()
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
-             "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred", "full_reads"),
+             "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred", "full_reads",
+             "wakeups"),
             0,
         )  # fmt: skip
 
@@ -117,10 +125,13 @@ class ProcConnectorSource:
             sock.close()
             raise
         sock.setblocking(False)
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+        self._reader = BatchReader(sock, DATAGRAM_MAX)
+        self._pacer = Pacer(sock.fileno(), self._on_readable, at_least=PACE_AT)
+        self._pacer.start()
         self._last_at = self._wall()
         self._set_health(OK, "listening")
         self._health.info["rcvbuf"] = str(rcvbuf_of(sock))
+        self._health.info["reader"] = self._reader.kind
 
     async def _listen(self, sock: socket.socket) -> None:
         """Send PROC_CN_MCAST_LISTEN and wait for the kernel's ack; events that arrive before
@@ -152,10 +163,11 @@ class ProcConnectorSource:
 
     async def stop(self) -> None:
         sock, self._sock = self._sock, None
+        self._reader = None
         if sock is None:
             return
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            asyncio.get_running_loop().remove_reader(sock.fileno())
+        if self._pacer is not None:
+            self._pacer.stop()
         if self._listening:
             # The kernel counts listeners globally; each LISTEN needs its IGNORE.
             try:
@@ -173,6 +185,7 @@ class ProcConnectorSource:
 
     def health(self) -> SourceHealth:
         self._health.counters = dict(self.counters)
+        self._health.counters["holds"] = self._pacer.holds if self._pacer is not None else 0
         if self._sock is not None:
             queued = procfs.netlink_queued(self._sock.fileno())
             if queued is not None:
@@ -188,23 +201,28 @@ class ProcConnectorSource:
 
     # -- the hot path ----------------------------------------------------------------------
     def _on_readable(self) -> None:
-        sock = self._sock
-        if sock is None:
+        reader = self._reader
+        if reader is None:
             return
-        for _ in range(READ_BUDGET):
-            try:
-                data = sock.recv(256)
-            except BlockingIOError:
+        self.counters["wakeups"] += 1
+        n = 0
+        while n < READ_BUDGET:
+            datagrams, got, status = reader.read(READ_BUDGET - n)
+            n += got
+            for data in datagrams:
+                self._deliver(data)
+            if status == DRAINED:
+                if self._pacer is not None:
+                    self._pacer.read(n)
                 return
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    self._overrun()
-                    continue
-                log.error("proc connector read failed: %s", e)
-                self._set_health(FAILED, f"read failed: {e}")
-                asyncio.get_running_loop().remove_reader(sock.fileno())
+            if status == errno.ENOBUFS:
+                self._overrun()
+            elif status != BUDGET:
+                log.error("proc connector read failed: %s", os.strerror(status))
+                self._set_health(FAILED, f"read failed: {os.strerror(status)}")
+                if self._pacer is not None:
+                    self._pacer.stop()
                 return
-            self._deliver(data)
         # The budget ran out with datagrams left: the reader is behind the kernel.
         self.counters["full_reads"] += 1
 

@@ -10,7 +10,6 @@ behind, and is read once they resume.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -109,16 +108,16 @@ def gaps(svc: Service) -> int:
 @contextlib.contextmanager
 def readers_paused(svc: Service) -> Iterator[None]:
     """Lifewatch stops reading its kernel sockets: what the kernel reports meanwhile waits
-    there, as it does when the reader is a moment behind (white box: the sources' sockets)."""
-    loop = asyncio.get_running_loop()
-    socks: list[Any] = [src._sock for src in svc.sources]  # type: ignore[attr-defined]
-    for sock in socks:
-        loop.remove_reader(sock.fileno())
+    there, as it does when the reader is a moment behind (white box: the sources' pacers,
+    app/sources/pacing.py, which alone watch the sockets)."""
+    pacers: list[Any] = [src._pacer for src in svc.sources]  # type: ignore[attr-defined]
+    for pacer in pacers:
+        pacer.stop()
     try:
         yield
     finally:
-        for src, sock in zip(svc.sources, socks, strict=True):
-            loop.add_reader(sock.fileno(), src._on_readable)  # type: ignore[attr-defined]
+        for pacer in pacers:
+            pacer.start()
 
 
 async def test_a_lookup_that_beats_the_exit_event_keeps_the_exit_code(svc: Service) -> None:

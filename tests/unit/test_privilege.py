@@ -67,6 +67,7 @@ class FakeSocket:
         self.rcvbuf = rcvbuf
         self.a, self.b = socket.socketpair()
         self.a.setblocking(False)
+        self.sock = self.a  # what the batch reader reads
 
     def fileno(self) -> int:
         return self.a.fileno()

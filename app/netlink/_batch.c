@@ -1,0 +1,362 @@
+/* Many netlink datagrams per system call, and the usual audit record parsed without a
+ * Python-level regex: the kernel readers' per-datagram cost (docs/performance.md, round 5).
+ *
+ * Written by hand for speed, measured: a fork+exit life is 6 audit datagrams and 2
+ * connector ones, and socket.recv() plus parse_datagram() were a fifth of the daemon's CPU
+ * in a fork storm (bench.profile). Pure functions of the bytes read, with the same answers
+ * as the Python path they shortcut (app/netlink/audit_records.py parse_datagram: its
+ * one-record fast path; tests/unit/test_batch.py compares both on recorded kernel output
+ * and on hostile bytes). Anything that path would not take is handed back as raw bytes for
+ * the Python parser, so the general cases keep one implementation. Optional: without a C
+ * compiler the package installs without it and the Python path runs (app/netlink/batch.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define SLOTS 16    /* datagrams per recvmmsg() */
+#define HDRLEN 16   /* struct nlmsghdr */
+#define MAX_SKIP 64 /* record types a caller may skip */
+#define NUM_MAX 48  /* digits of a stamp or serial parsed here; longer goes to Python */
+
+/* How a batch ended: every datagram read, or the budget spent with some maybe left. */
+#define DRAINED 0
+#define BUDGET -1
+
+static int
+skip_types(PyObject *skip, long *out, int *count)
+{
+    PyObject *it = PyObject_GetIter(skip);
+    if (it == NULL)
+        return -1;
+    PyObject *item;
+    *count = 0;
+    while ((item = PyIter_Next(it)) != NULL) {
+        long v = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(it);
+            return -1;
+        }
+        if (*count == MAX_SKIP) {
+            Py_DECREF(it);
+            PyErr_SetString(PyExc_ValueError, "too many record types to skip");
+            return -1;
+        }
+        out[(*count)++] = v;
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+digits(const char *p, const char *end)
+{
+    const char *q = p;
+    while (q < end && *q >= '0' && *q <= '9')
+        q++;
+    return (int)(q - p);
+}
+
+/* `audit(SECONDS.MILLIS:SERIAL): ?BODY` at p, as Record(type, stamp, serial, body); NULL
+ * without an exception when the text has another shape (the Python path decides). */
+static PyObject *
+audit_record(PyTypeObject *record, unsigned mtype, const char *p, const char *end)
+{
+    char num[NUM_MAX + 1];
+    if (end - p < 6 || memcmp(p, "audit(", 6) != 0)
+        return NULL;
+    const char *s = p + 6;
+    int whole = digits(s, end);
+    if (whole == 0 || s + whole >= end || s[whole] != '.')
+        return NULL;
+    int frac = digits(s + whole + 1, end);
+    int slen = whole + 1 + frac;
+    if (frac == 0 || slen > NUM_MAX)
+        return NULL;
+    const char *r = s + slen;
+    if (r >= end || *r != ':')
+        return NULL;
+    r++;
+    int rlen = digits(r, end);
+    if (rlen == 0 || rlen > NUM_MAX || r + rlen + 2 > end || r[rlen] != ')' || r[rlen + 1] != ':')
+        return NULL;
+    const char *body = r + rlen + 2;
+    if (body < end && *body == ' ')
+        body++;
+    const char *bend = end;
+    if (bend > body && (bend[-1] == '\0' || bend[-1] == '\n')) {
+        while (bend > body && (bend[-1] == '\0' || bend[-1] == '\n'))
+            bend--;
+    }
+
+    memcpy(num, s, (size_t)slen);
+    num[slen] = '\0';
+    double stamp = PyOS_string_to_double(num, NULL, NULL); /* float(): same conversion */
+    if (stamp == -1.0 && PyErr_Occurred())
+        return NULL; /* the caller clears it: Python's float() decides */
+    memcpy(num, r, (size_t)rlen);
+    num[rlen] = '\0';
+
+    PyObject *t = PyLong_FromLong((long)mtype);
+    PyObject *st = PyFloat_FromDouble(stamp);
+    PyObject *se = PyLong_FromString(num, NULL, 10);
+    PyObject *b = PyBytes_FromStringAndSize(body, bend - body);
+    /* A NamedTuple is a tuple subtype without a __dict__: allocated as tuple.__new__ does. */
+    PyObject *rec = (t && st && se && b) ? record->tp_alloc(record, 4) : NULL;
+    if (rec == NULL) {
+        Py_XDECREF(t);
+        Py_XDECREF(st);
+        Py_XDECREF(se);
+        Py_XDECREF(b);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(rec, 0, t);
+    PyTuple_SET_ITEM(rec, 1, st);
+    PyTuple_SET_ITEM(rec, 2, se);
+    PyTuple_SET_ITEM(rec, 3, b);
+    return rec;
+}
+
+static int
+in_skip(unsigned mtype, const long *skip, int nskip)
+{
+    for (int i = 0; i < nskip; i++)
+        if (skip[i] == (long)mtype)
+            return 1;
+    return 0;
+}
+
+/* One datagram: a Record appended, nothing (a skipped type), or its raw bytes. */
+static int
+audit_one(PyObject *out, PyTypeObject *record, const char *d, Py_ssize_t n, const long *skip,
+          int nskip)
+{
+    if (n > 22) {
+        uint32_t length;
+        uint16_t mtype;
+        memcpy(&length, d, 4);
+        memcpy(&mtype, d + 4, 2);
+        int framed = (Py_ssize_t)length == n - HDRLEN || (Py_ssize_t)length == n;
+        if (framed && in_skip(mtype, skip, nskip))
+            return 0;
+        if (framed) {
+            PyObject *rec = audit_record(record, mtype, d + HDRLEN, d + n);
+            if (rec != NULL) {
+                int rc = PyList_Append(out, rec);
+                Py_DECREF(rec);
+                return rc;
+            }
+            if (PyErr_Occurred()) {
+                if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
+                    !PyErr_ExceptionMatches(PyExc_OverflowError))
+                    return -1; /* out of memory */
+                PyErr_Clear();
+            }
+        }
+    }
+    PyObject *raw = PyBytes_FromStringAndSize(d, n);
+    if (raw == NULL)
+        return -1;
+    int rc = PyList_Append(out, raw);
+    Py_DECREF(raw);
+    return rc;
+}
+
+/* Read up to `budget` datagrams from `fd` into the slots of `buf`, `slot` bytes each;
+ * `each` turns one into list items. Returns (items, datagrams, status), status DRAINED,
+ * BUDGET or the errno of a failed read (ENOBUFS: the kernel dropped some for this socket;
+ * what was read before it is in items). */
+typedef int (*each_fn)(PyObject *out, const char *d, Py_ssize_t n, void *ctx);
+
+static PyObject *
+batch(int fd, Py_buffer *buf, Py_ssize_t slot, Py_ssize_t budget, each_fn each, void *ctx)
+{
+    struct mmsghdr msgs[SLOTS];
+    struct iovec iov[SLOTS];
+    Py_ssize_t slots = buf->len / slot;
+    if (slots > SLOTS)
+        slots = SLOTS;
+    if (slots < 1 || budget < 1) {
+        PyErr_SetString(PyExc_ValueError, "buffer smaller than one slot, or no budget");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t total = 0;
+    int status = BUDGET;
+    while (total < budget) {
+        unsigned want = (unsigned)(budget - total < slots ? budget - total : slots);
+        for (unsigned i = 0; i < want; i++) {
+            iov[i].iov_base = (char *)buf->buf + i * slot;
+            iov[i].iov_len = (size_t)slot;
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n, err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        n = recvmmsg(fd, msgs, want, MSG_DONTWAIT, NULL);
+        if (n < 0)
+            err = errno;
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            if (err == EINTR)
+                continue;
+            status = (err == EAGAIN || err == EWOULDBLOCK) ? DRAINED : err;
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            Py_ssize_t len = (Py_ssize_t)msgs[i].msg_len;
+            if (len > slot)
+                len = slot; /* truncated (MSG_TRUNC): what recv() would have kept */
+            if (each(out, (const char *)iov[i].iov_base, len, ctx) < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+        total += n;
+        if ((unsigned)n < want) { /* the queue ran dry: no need to hear EAGAIN say so */
+            status = DRAINED;
+            break;
+        }
+    }
+    return Py_BuildValue("(Nni)", out, total, status);
+}
+
+typedef struct {
+    PyTypeObject *record;
+    long skip[MAX_SKIP];
+    int nskip;
+} audit_ctx;
+
+static int
+audit_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
+{
+    audit_ctx *a = ctx;
+    return audit_one(out, a->record, d, n, a->skip, a->nskip);
+}
+
+static int
+raw_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
+{
+    (void)ctx;
+    PyObject *raw = PyBytes_FromStringAndSize(d, n);
+    if (raw == NULL)
+        return -1;
+    int rc = PyList_Append(out, raw);
+    Py_DECREF(raw);
+    return rc;
+}
+
+static int
+record_type(PyObject *record, audit_ctx *a)
+{
+    if (!PyType_Check(record) || !PyType_IsSubtype((PyTypeObject *)record, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "record must be a tuple subtype");
+        return -1;
+    }
+    a->record = (PyTypeObject *)record;
+    return 0;
+}
+
+PyDoc_STRVAR(audit_batch_doc,
+"audit_batch(fd, buf, slot, budget, skip, record) -> (items, datagrams, status)\n\n"
+"Audit datagrams read with recvmmsg(): each one-record datagram as `record`, skipped\n"
+"types dropped, anything else as its raw bytes. status: 0 drained, -1 budget spent,\n"
+"else the errno of the read that failed.");
+
+static PyObject *
+audit_batch(PyObject *mod, PyObject *args)
+{
+    int fd;
+    Py_buffer buf;
+    Py_ssize_t slot, budget;
+    PyObject *skip, *record;
+    audit_ctx a;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "iw*nnOO", &fd, &buf, &slot, &budget, &skip, &record))
+        return NULL;
+    PyObject *res = NULL;
+    if (slot >= 64 && record_type(record, &a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0)
+        res = batch(fd, &buf, slot, budget, audit_each, &a);
+    else if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "slot too small");
+    PyBuffer_Release(&buf);
+    return res;
+}
+
+PyDoc_STRVAR(parse_audit_doc,
+"parse_audit(data, skip, record) -> list\n\n"
+"What audit_batch makes of one datagram (for tests): [record], [] or [data].");
+
+static PyObject *
+parse_audit(PyObject *mod, PyObject *args)
+{
+    Py_buffer data;
+    PyObject *skip, *record;
+    audit_ctx a;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "y*OO", &data, &skip, &record))
+        return NULL;
+    PyObject *out = NULL;
+    if (record_type(record, &a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0) {
+        out = PyList_New(0);
+        if (out != NULL && audit_one(out, a.record, data.buf, data.len, a.skip, a.nskip) < 0)
+            Py_CLEAR(out);
+    }
+    PyBuffer_Release(&data);
+    return out;
+}
+
+PyDoc_STRVAR(raw_batch_doc,
+"raw_batch(fd, buf, slot, budget) -> (datagrams, count, status)\n\n"
+"Datagrams read with recvmmsg(), each as bytes (at most `slot` of it, as recv(slot)).");
+
+static PyObject *
+raw_batch(PyObject *mod, PyObject *args)
+{
+    int fd;
+    Py_buffer buf;
+    Py_ssize_t slot, budget;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "iw*nn", &fd, &buf, &slot, &budget))
+        return NULL;
+    PyObject *res = NULL;
+    if (slot >= 1)
+        res = batch(fd, &buf, slot, budget, raw_each, NULL);
+    else
+        PyErr_SetString(PyExc_ValueError, "slot too small");
+    PyBuffer_Release(&buf);
+    return res;
+}
+
+static PyMethodDef methods[] = {
+    {"audit_batch", audit_batch, METH_VARARGS, audit_batch_doc},
+    {"parse_audit", parse_audit, METH_VARARGS, parse_audit_doc},
+    {"raw_batch", raw_batch, METH_VARARGS, raw_batch_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "app.netlink._batch", NULL, -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__batch(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "SLOTS", SLOTS) < 0 ||
+        PyModule_AddIntConstant(m, "DRAINED", DRAINED) < 0 ||
+        PyModule_AddIntConstant(m, "BUDGET", BUDGET) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

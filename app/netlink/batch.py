@@ -1,0 +1,83 @@
+"""Batched reads of a non-blocking netlink socket: up to a budget of datagrams per call.
+
+With the compiled module (app/netlink/_batch.c) one recvmmsg() reads up to 16 datagrams and
+the usual audit datagram (one record) comes back parsed; without it, or with
+LIFEWATCH_NATIVE=0, one recv() per datagram and every datagram comes back as bytes. Either
+way the caller parses what is bytes with the pure parsers (audit_records.parse_datagram,
+cn_proc.decode), so both paths give the same records (tests/unit/test_batch.py).
+
+Why: socket.recv() and parse_datagram() were a fifth of the daemon's CPU per fork+exit life
+(6 audit datagrams and 2 connector ones); docs/performance.md, round 5, has the figures.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Set as AbstractSet
+from typing import cast
+
+from app.netlink.audit_records import Record
+
+DRAINED = 0  # status: every queued datagram was read
+BUDGET = -1  # status: the budget ran out, datagrams may be left
+SLOTS = 16  # datagrams per recvmmsg(), as in _batch.c
+
+try:
+    from app.netlink import _batch as _native
+except ImportError:  # not built: no compiler or headers where the package was installed
+    _native = None  # type: ignore[assignment]
+
+
+def native_available() -> bool:
+    """The compiled module is built and not switched off (LIFEWATCH_NATIVE=0)."""
+    return _native is not None and os.environ.get("LIFEWATCH_NATIVE", "1") != "0"
+
+
+class BatchReader:
+    """Reads datagrams of at most `slot` bytes (longer ones are cut, as recv(slot) does)."""
+
+    def __init__(self, sock: socket.socket, slot: int, native: bool | None = None) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.slot = slot
+        self.native = native_available() if native is None else native and _native is not None
+        # recvmmsg()'s slots, reused by every read: 256 KiB for audit, 4 KiB for the
+        # connector.
+        self._buf = bytearray(slot * SLOTS) if self.native else bytearray()
+
+    @property
+    def kind(self) -> str:
+        """For the source's health info: which path reads this socket."""
+        return "recvmmsg (compiled)" if self.native else "recv (pure Python)"
+
+    def read(self, budget: int) -> tuple[list[bytes], int, int]:
+        """(datagrams, how many, status): DRAINED, BUDGET, or the errno of a failed read
+        (ENOBUFS: the kernel dropped datagrams for this socket after those returned)."""
+        if self.native:
+            return _native.raw_batch(self.fd, self._buf, self.slot, budget)
+        out: list[bytes] = []
+        recv, slot, flags = self.sock.recv, self.slot, socket.MSG_DONTWAIT
+        while len(out) < budget:
+            try:
+                out.append(recv(slot, flags))
+            except BlockingIOError:
+                return out, len(out), DRAINED
+            except InterruptedError:
+                continue
+            except OSError as e:
+                return out, len(out), e.errno or errno.EIO
+        return out, len(out), BUDGET
+
+
+class AuditBatchReader(BatchReader):
+    def records(
+        self, budget: int, skip: AbstractSet[int], parse: bool = True
+    ) -> tuple[list[Record | bytes], int, int]:
+        """As `read`, but with `parse` and the compiled module the usual datagram comes back
+        as its Record (none for a type in `skip`); bytes are for parse_datagram."""
+        if self.native and parse:
+            return _native.audit_batch(self.fd, self._buf, self.slot, budget, skip, Record)
+        raw, n, status = self.read(budget)
+        return cast("list[Record | bytes]", raw), n, status

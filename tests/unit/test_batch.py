@@ -1,0 +1,207 @@
+"""The kernel readers' batched reads (app/netlink/batch.py, app/netlink/_batch.c): the
+compiled path gives the same records as the pure parser on recorded kernel output and on
+hostile bytes, reads real datagram sockets with recvmmsg() as recv() would, and the pure
+path does the same where the module is not built."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.netlink import batch
+from app.netlink.audit_proto import AUDIT_EOE, AUDIT_PATH, AUDIT_PROCTITLE, AUDIT_SYSCALL
+from app.netlink.audit_records import Record, parse_datagram
+from app.netlink.batch import BUDGET, DRAINED, AuditBatchReader, BatchReader
+
+DATA = Path(__file__).parent.parent / "data"
+RECORDED = [
+    bytes.fromhex(line)
+    for name in ("audit_workload.unicast.hex", "audit_workload.multicast.hex")
+    for line in (DATA / name).read_text().split()
+]
+SKIPS = [frozenset(), frozenset({AUDIT_PATH, AUDIT_PROCTITLE}), frozenset({AUDIT_SYSCALL})]
+
+try:
+    from app.netlink import _batch
+except ImportError:  # `make test` installs gcc and the headers: this is a failure there
+    pytest.fail(
+        "app/netlink/_batch.c is not built: install gcc and Python's headers (Debian: "
+        "python3-dev), then `.venv/bin/pip install -e .`",
+        pytrace=False,
+    )
+
+
+def resolved(items: list[Record | bytes], skip: frozenset[int]) -> list[Record]:
+    """What the audit source makes of a batch: bytes go through the pure parser."""
+    out: list[Record] = []
+    for item in items:
+        out.extend(parse_datagram(item, skip) if isinstance(item, bytes) else [item])
+    return out
+
+
+def same(data: bytes, skip: frozenset[int]) -> None:
+    got = resolved(_batch.parse_audit(data, skip, Record), skip)
+    want = parse_datagram(data, skip)
+    assert got == want, data
+    # Same values of the same types: a float stamp, int serial, bytes body, a Record.
+    for g, w in zip(got, want, strict=True):
+        assert type(g) is Record
+        assert [type(v) for v in g] == [type(v) for v in w]
+
+
+def datagram(text: bytes, mtype: int = AUDIT_SYSCALL, unicast: bool = True) -> bytes:
+    length = len(text) if unicast else len(text) + 16
+    return struct.pack("=IHHII", length, mtype, 0, 0, 0) + text
+
+
+@pytest.mark.parametrize("skip", SKIPS)
+def test_recorded_kernel_output_parses_as_the_pure_parser_does(skip: frozenset[int]) -> None:
+    assert len(RECORDED) > 1000
+    for data in RECORDED:
+        same(data, skip)
+
+
+def test_the_usual_datagram_is_parsed_in_c_not_handed_back() -> None:
+    firsts = [_batch.parse_audit(d, frozenset(), Record)[0] for d in RECORDED]
+    assert sum(type(f) is Record for f in firsts) > 0.95 * len(RECORDED)
+
+
+EDGES = [
+    b"audit(1.2:3): body",
+    b"audit(1.2:3):body",  # no space after the colon: still a record
+    b"audit(1.2:3):  two spaces",
+    b"audit(1.2:3): ",
+    b"audit(1.2:3):",
+    b"audit(1.2:3)",  # no colon
+    b"audit(1.2:3): body\n\0\0",
+    b"audit(1.2:3): \0\n\0",
+    b"audit(1.2:3): body\0middle\0",
+    b"audit(12:3): no fraction",
+    b"audit(.5:3): no whole part",
+    b"audit(1.:3): empty fraction",
+    b"audit(1.2:): no serial",
+    b"audit(1.2:-3): negative serial",
+    b"audit(1.2:3x): junk serial",
+    b"audit(1.2.3:4): two dots",
+    b"audit(" + b"9" * 47 + b".5:3): long stamp",
+    b"audit(" + b"9" * 60 + b".5:3): longer than C parses: handed back",
+    b"audit(1.5:" + b"9" * 47 + b"): long serial",
+    b"audit(1.5:" + b"9" * 80 + b"): serial past C: handed back",
+    b"audit(0001.0500:0007): leading zeros",
+    b"AUDIT(1.2:3): case",
+    b"audit(1.2:3): " + bytes(range(256)),
+    b"x" * 10,
+    b"",
+]
+
+
+@pytest.mark.parametrize("text", EDGES)
+@pytest.mark.parametrize("unicast", [True, False])
+def test_edge_shapes_parse_as_the_pure_parser_does(text: bytes, unicast: bool) -> None:
+    for skip in SKIPS:
+        same(datagram(text, AUDIT_SYSCALL, unicast), skip)
+        same(datagram(text, AUDIT_EOE, unicast), skip)
+
+
+def mutations(rng: random.Random) -> Iterator[bytes]:
+    for _ in range(3000):
+        data = bytearray(rng.choice(RECORDED))
+        what = rng.randrange(5)
+        if what == 0 and data:
+            del data[rng.randrange(len(data)) :]  # truncated
+        elif what == 1:
+            for _ in range(rng.randrange(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif what == 2:
+            struct.pack_into("=I", data, 0, rng.choice([0, 15, 16, len(data), 2**32 - 1]))
+        elif what == 3:
+            data += rng.randbytes(rng.randrange(64))  # a second, bogus message
+        else:
+            data = bytearray(rng.randbytes(rng.randrange(64)))
+        yield bytes(data)
+
+
+def test_hostile_bytes_parse_as_the_pure_parser_does() -> None:
+    rng = random.Random(1729)
+    for data in mutations(rng):
+        for skip in SKIPS:
+            same(data, skip)
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    with pytest.raises(TypeError):
+        _batch.parse_audit(b"", frozenset(), dict)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _batch.parse_audit(b"", frozenset({"x"}), Record)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        _batch.parse_audit(b"", frozenset(range(65)), Record)
+
+
+# -- reading real sockets ------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_audit_reader_reads_what_was_sent_in_order(
+    pair: tuple[socket.socket, socket.socket], native: bool
+) -> None:
+    rx, tx = pair
+    sent = RECORDED[:200]
+    for d in sent:
+        tx.send(d)
+    reader = AuditBatchReader(rx, 1 << 14, native=native)
+    skip = frozenset({AUDIT_PROCTITLE})
+    items, n, status = reader.records(150, skip)
+    assert (n, status) == (150, BUDGET)
+    more, m, status = reader.records(150, skip)
+    assert (m, status) == (50, DRAINED)
+    want = [r for d in sent for r in parse_datagram(d, skip)]
+    assert resolved(items + more, skip) == want
+    assert reader.records(10, skip)[1:] == (0, DRAINED)
+    # With a tap nothing is parsed: every datagram as read.
+    tx.send(sent[0])
+    assert reader.records(10, skip, parse=False)[0] == [sent[0]]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_raw_reads_cut_a_datagram_at_the_slot_as_recv_does(
+    pair: tuple[socket.socket, socket.socket], native: bool
+) -> None:
+    rx, tx = pair
+    tx.send(b"a" * 300)
+    tx.send(b"b" * 10)
+    reader = BatchReader(rx, 256, native=native)
+    assert reader.native is native
+    assert reader.read(100) == ([b"a" * 256, b"b" * 10], 2, DRAINED)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_failed_read_is_a_status_not_an_exception(native: bool) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader = BatchReader(a, 256, native=native)
+    b.close()
+    os.close(a.detach())  # the descriptor is gone under the reader
+    got, n, status = reader.read(10)
+    assert (got, n, status) == ([], 0, errno.EBADF)
+
+
+def test_native_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert batch.native_available()
+    monkeypatch.setenv("LIFEWATCH_NATIVE", "0")
+    assert not batch.native_available()
