@@ -335,7 +335,153 @@ raw_batch(PyObject *mod, PyObject *args)
     return res;
 }
 
+
+/* -- the SYSCALL record's fields ----------------------------------------------------------
+ * The same groups as audit_records._SYSCALL, a regex match (not fullmatch) of
+ *   arch=([0-9a-f]+) syscall=([0-9]+) (?:success=([a-z]+) exit=(-?[0-9]+) )?
+ *   a0=([0-9a-f]+) .*? ppid=([0-9]+) pid=([0-9]+) auid=[0-9]+ uid=([0-9]+) .*?
+ *   comm=(\S+) exe=(\S+)
+ * with its backtracking: each lazy `.*?` tries every later position up to a newline (`.`
+ * does not cross one). A record of another shape gives None and the Python path decides. */
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} span;
+
+static int
+is_space(char c) /* \s of a bytes pattern */
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+static const char *
+lit(const char *p, const char *end, const char *s)
+{
+    size_t n = strlen(s);
+    return (end - p >= (Py_ssize_t)n && memcmp(p, s, n) == 0) ? p + n : NULL;
+}
+
+static const char *
+run(const char *p, const char *end, int (*ok)(char), span *g)
+{
+    const char *q = p;
+    while (q < end && ok(*q))
+        q++;
+    if (q == p)
+        return NULL;
+    if (g != NULL) {
+        g->p = p;
+        g->n = q - p;
+    }
+    return q;
+}
+
+static int is_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
+static int is_dec(char c) { return c >= '0' && c <= '9'; }
+static int is_lower(char c) { return c >= 'a' && c <= 'z'; }
+static int not_space(char c) { return !is_space(c); }
+
+/* From `p`: ` comm=(\S+) exe=(\S+)` after a lazy `.*?`. */
+static int
+comm_exe(const char *p, const char *end, span *g)
+{
+    for (const char *j = p;; j++) {
+        const char *q = lit(j, end, " comm=");
+        if (q && (q = run(q, end, not_space, &g[8])) && (q = lit(q, end, " exe=")) &&
+            run(q, end, not_space, &g[9]))
+            return 1;
+        if (j >= end || *j == '\n')
+            return 0;
+    }
+}
+
+/* From `p`: `a0=... .*? ppid=... comm=... exe=...`. */
+static int
+from_a0(const char *p, const char *end, span *g)
+{
+    const char *q = lit(p, end, "a0=");
+    if (!q || !(q = run(q, end, is_hex, &g[4])) || !(q = lit(q, end, " ")))
+        return 0;
+    for (const char *i = q;; i++) {
+        const char *r = lit(i, end, " ppid=");
+        if (r && (r = run(r, end, is_dec, &g[5])) && (r = lit(r, end, " pid=")) &&
+            (r = run(r, end, is_dec, &g[6])) && (r = lit(r, end, " auid=")) &&
+            (r = run(r, end, is_dec, NULL)) && (r = lit(r, end, " uid=")) &&
+            (r = run(r, end, is_dec, &g[7])) && (r = lit(r, end, " ")) && comm_exe(r, end, g))
+            return 1;
+        if (i >= end || *i == '\n')
+            return 0;
+    }
+}
+
+static int
+syscall_spans(const char *p, const char *end, span *g)
+{
+    const char *q = lit(p, end, "arch=");
+    if (!q || !(q = run(q, end, is_hex, &g[0])) || !(q = lit(q, end, " syscall=")) ||
+        !(q = run(q, end, is_dec, &g[1])) || !(q = lit(q, end, " ")))
+        return 0;
+    const char *r = lit(q, end, "success=");
+    if (r && (r = run(r, end, is_lower, &g[2])) && (r = lit(r, end, " exit="))) {
+        const char *digits = (r < end && *r == '-') ? r + 1 : r;
+        const char *e = run(digits, end, is_dec, NULL);
+        if (e && lit(e, end, " ")) {
+            g[3].p = r;
+            g[3].n = e - r;
+            if (from_a0(e + 1, end, g))
+                return 1;
+        }
+    }
+    g[2].p = g[3].p = NULL; /* the optional group, not taken */
+    return from_a0(q, end, g);
+}
+
+PyDoc_STRVAR(parse_syscall_doc,
+"parse_syscall(body, cls) -> cls | None\n\n"
+"The SYSCALL record's fields as audit_records._SYSCALL matches them, or None.");
+
+static PyObject *
+parse_syscall(PyObject *mod, PyObject *args)
+{
+    Py_buffer body;
+    PyObject *cls;
+    span g[10];
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "y*O", &body, &cls))
+        return NULL;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyBuffer_Release(&body);
+        PyErr_SetString(PyExc_TypeError, "cls must be a tuple subtype");
+        return NULL;
+    }
+    memset(g, 0, sizeof g);
+    const char *p = body.buf;
+    if (!syscall_spans(p, p + body.len, g)) {
+        PyBuffer_Release(&body);
+        Py_RETURN_NONE;
+    }
+    PyTypeObject *t = (PyTypeObject *)cls;
+    PyObject *out = t->tp_alloc(t, 10);
+    for (int i = 0; out != NULL && i < 10; i++) {
+        PyObject *v;
+        if (g[i].p == NULL) {
+            v = Py_None;
+            Py_INCREF(v);
+        } else {
+            v = PyBytes_FromStringAndSize(g[i].p, g[i].n);
+        }
+        if (v == NULL)
+            Py_CLEAR(out);
+        else
+            PyTuple_SET_ITEM(out, i, v);
+    }
+    PyBuffer_Release(&body);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"parse_syscall", parse_syscall, METH_VARARGS, parse_syscall_doc},
     {"audit_batch", audit_batch, METH_VARARGS, audit_batch_doc},
     {"parse_audit", parse_audit, METH_VARARGS, parse_audit_doc},
     {"raw_batch", raw_batch, METH_VARARGS, raw_batch_doc},

@@ -13,26 +13,20 @@ Why: socket.recv() and parse_datagram() were a fifth of the daemon's CPU per for
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from collections.abc import Set as AbstractSet
 from typing import cast
 
-from app.netlink.audit_records import Record
+from app.netlink.audit_records import Record, native_enabled
+
+try:
+    from app.netlink import _batch as _native
+except ImportError:  # not built (audit_records.native_enabled says so)
+    _native = None  # type: ignore[assignment]
 
 DRAINED = 0  # status: every queued datagram was read
 BUDGET = -1  # status: the budget ran out, datagrams may be left
 SLOTS = 16  # datagrams per recvmmsg(), as in _batch.c
-
-try:
-    from app.netlink import _batch as _native
-except ImportError:  # not built: no compiler or headers where the package was installed
-    _native = None  # type: ignore[assignment]
-
-
-def native_available() -> bool:
-    """The compiled module is built and not switched off (LIFEWATCH_NATIVE=0)."""
-    return _native is not None and os.environ.get("LIFEWATCH_NATIVE", "1") != "0"
 
 
 class BatchReader:
@@ -42,7 +36,7 @@ class BatchReader:
         self.sock = sock
         self.fd = sock.fileno()
         self.slot = slot
-        self.native = native_available() if native is None else native and _native is not None
+        self.native = native_enabled() if native is None else native and _native is not None
         # recvmmsg()'s slots, reused by every read: 256 KiB for audit, 4 KiB for the
         # connector.
         self._buf = bytearray(slot * SLOTS) if self.native else bytearray()

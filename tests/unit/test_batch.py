@@ -15,9 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from app.netlink import batch
 from app.netlink.audit_proto import AUDIT_EOE, AUDIT_PATH, AUDIT_PROCTITLE, AUDIT_SYSCALL
-from app.netlink.audit_records import Record, parse_datagram
+from app.netlink.audit_records import (
+    Record,
+    Syscall,
+    _regex_syscall,
+    native_enabled,
+    parse_datagram,
+)
 from app.netlink.batch import BUDGET, DRAINED, AuditBatchReader, BatchReader
 
 DATA = Path(__file__).parent.parent / "data"
@@ -202,6 +207,81 @@ def test_a_failed_read_is_a_status_not_an_exception(native: bool) -> None:
 
 
 def test_native_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert batch.native_available()
+    assert native_enabled()
     monkeypatch.setenv("LIFEWATCH_NATIVE", "0")
-    assert not batch.native_available()
+    assert not native_enabled()
+
+
+# -- the SYSCALL record's fields -------------------------------------------------------------
+
+SYSCALL_BODIES = [r.body for d in RECORDED for r in parse_datagram(d) if r.type == AUDIT_SYSCALL]
+TAIL = b'ppid=1 pid=2 auid=3 uid=4 gid=0 comm="sh" exe="/bin/sh" key="k"'
+SYSCALL_EDGES = [
+    b"arch=c000003e syscall=56 success=yes exit=19475 a0=1200011 a1=0 " + TAIL,
+    b"arch=c000003e syscall=231 a0=0 a1=3c " + TAIL,  # exit_group: no success/exit
+    b"arch=c000003e syscall=56 success=no exit=-11 a0=1 x " + TAIL,
+    b"arch=c000003e syscall=56 success=yes exit=- a0=1 x " + TAIL,
+    b"arch=c000003e syscall=56 success=YES exit=1 a0=1 x " + TAIL,
+    b"arch=c000003e syscall=56 a0=1 " + TAIL,  # a0 followed by ppid at once: needs `.*? `
+    b"arch=c000003e syscall=56 a0=1  " + TAIL,
+    b"arch=c000003e syscall=56 a0=1 x ppid=1 pid=x " + TAIL,  # the first ppid fails: the next
+    b"arch=c000003e syscall=56 a0=1 x ppid=9 pid=8 auid=7 uid=6 comm=a x=1 " + TAIL,
+    b"arch=c000003e syscall=56 a0=1 x ppid=9 pid=8 auid=7 uid=6 y comm=a\texe=b " + TAIL,
+    b"arch=c000003e syscall=56 a0=1 x\n " + TAIL,  # `.` does not cross a newline
+    b"arch=c000003e syscall=56 a0=1 x ppid=1 pid=2 auid=3 uid=4 z\n comm=a exe=b",
+    b"arch=c000003e syscall=56 a0=1 x ppid=1 pid=2 auid=3 uid=4 z comm=a exe=",
+    b"arch=c000003e syscall=56 a0=1 x ppid=1 pid=2 auid=3 uid=4 z comm= exe=b comm=c exe=d",
+    b"arch=c000003e syscall=56 a0=1 x ppid=1 pid=2 auid=3 uid=4 z comm=a exe=b\x0bc",
+    b"arch=C000003E syscall=56 a0=1 x " + TAIL,
+    b"arch=c000003e  syscall=56 a0=1 x " + TAIL,
+    b"arch= syscall=56 a0=1 x " + TAIL,
+    b"arch=c000003e syscall=56 a0=1 x " + TAIL.replace(b" uid=4 ", b" uid=4"),
+    b"",
+]
+
+
+def same_syscall(body: bytes) -> None:
+    got = _batch.parse_syscall(body, Syscall)
+    assert got == _regex_syscall(body), body
+    assert got is None or type(got) is Syscall
+
+
+def test_recorded_syscall_records_match_the_regex() -> None:
+    assert len(SYSCALL_BODIES) > 100
+    for body in SYSCALL_BODIES:
+        same_syscall(body)
+        assert _batch.parse_syscall(body, Syscall) is not None
+
+
+@pytest.mark.parametrize("body", SYSCALL_EDGES)
+def test_syscall_edge_shapes_match_the_regex(body: bytes) -> None:
+    same_syscall(body)
+
+
+def test_hostile_syscall_records_match_the_regex() -> None:
+    rng = random.Random(4711)
+    words = [b" ", b"\n", b"\t", b"ppid=1", b"pid=2", b"auid=3", b"uid=4", b"comm=", b"exe=",
+             b"a0=f", b"x", b"-", b"success=yes", b"exit=-1", b"\"q\"", b"9"]  # fmt: skip
+    for _ in range(4000):
+        body = bytearray(rng.choice(SYSCALL_BODIES))
+        for _ in range(rng.randrange(1, 6)):
+            at = rng.randrange(len(body) + 1)
+            if rng.random() < 0.5:
+                body[at:at] = rng.choice(words)
+            else:
+                del body[at : at + rng.randrange(1, 12)]
+        same_syscall(bytes(body))
+    for _ in range(1000):
+        same_syscall(b" ".join(rng.choice(words) for _ in range(rng.randrange(40))))
+
+
+def test_parse_syscall_gives_the_same_fields_on_either_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.netlink import audit_records
+
+    bodies = SYSCALL_BODIES + SYSCALL_EDGES
+    native = [audit_records.parse_syscall(b) for b in bodies]
+    monkeypatch.setattr(audit_records, "_native_syscall", None)
+    assert [audit_records.parse_syscall(b) for b in bodies] == native
+    assert sum(f is not None for f in native) > len(SYSCALL_BODIES)  # the fallback found more
