@@ -294,8 +294,8 @@ class AuditSource:
             self.counters["full_reads"] += 1
         if n:
             self._last_datagram = self._wall()
-            if self._pacer is not None:
-                self._pacer.read(n)
+        if self._pacer is not None:
+            self._pacer.read(n)
         busy = self.asm.pending or self.lives.waiting or self.asm.holes
         if busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)

@@ -2,12 +2,15 @@
 rather than at every datagram; at rest, at once.
 
 A reader woken per datagram or two pays the loop's wakeup (epoll, the callback, its set-up)
-for each, and preempts the workload each time (the loop runs at nice -4). After a wakeup
-that read at least `at_least` datagrams, which a quiet node never does, the socket is left
-unwatched for `hold` (1 ms): the kernel queues what comes meanwhile (a fork storm's 1 ms is
-~60 audit datagrams, against a backlog of 8,192 and a receive buffer of megabytes) and the
-next wakeup reads it in one batch. A death on a quiet node is read as soon as it comes; under
-a storm, at most `hold` later. docs/performance.md (round 5) has what it saves.
+for each, and preempts the workload each time (the loop runs at nice -4). After a storm's
+wakeup, the socket is left unwatched for `hold` (1 ms): the kernel queues what comes
+meanwhile (a fork storm's 1 ms is ~60 audit datagrams, against a backlog of 8,192 and a
+receive buffer of megabytes) and the next read takes it in one batch. Until a read finds the
+socket empty, the socket is polled every `hold` by a timer rather than watched: no epoll
+change per batch. A storm's wakeup is one that read at least `at_least` datagrams, or came
+within 2 `hold` of the previous one: a quiet node does neither, so its deaths are read as
+soon as they come; under a storm, at most `hold` later, and a source reads about once per
+`hold`. docs/performance.md (round 5) has what it saves.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ AT_LEAST = 16  # datagrams in one wakeup that mean a storm (a death at rest is 1
 
 
 class Pacer:
+    """Watches a socket (epoll) at rest; polls it every `hold` (a timer, no epoll) from a
+    storm's wakeup until a poll finds the socket empty. The owner reads in `on_readable` and
+    then calls `read(n)` with how many datagrams it read, on every path that read."""
+
     def __init__(
         self,
         fd: int,
@@ -32,35 +39,61 @@ class Pacer:
         self.on_readable = on_readable
         self.at_least = at_least
         self.hold = hold
-        self.holds = 0  # how many times the socket was left to fill
+        self.holds = 0  # polls: reads at the end of a hold rather than at a wakeup
+        self._last = float("-inf")  # loop time of the last wakeup that read something
         self._timer: asyncio.TimerHandle | None = None
+        self._polling = False
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def polling(self) -> bool:
+        """In a storm: the socket is read by a timer every `hold`, not watched."""
+        return self._polling
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._polling = False
         self._loop.add_reader(self.fd, self.on_readable)
 
     def read(self, n: int) -> None:
-        """After a wakeup that read `n` datagrams: hold the socket if that was a storm's."""
-        if n < self.at_least or self._loop is None or self._timer is not None:
+        """After a read of `n` datagrams: go on polling, start, or go back to watching."""
+        loop = self._loop
+        if loop is None or self._timer is not None:
             return
-        self._loop.remove_reader(self.fd)
-        self._timer = self._loop.call_later(self.hold, self._resume)
-        self.holds += 1
+        if self._polling:
+            if n:  # still coming: the next poll
+                self._timer = loop.call_later(self.hold, self._poll)
+            else:  # the storm is over: back to reading at once
+                self._polling = False
+                loop.add_reader(self.fd, self.on_readable)
+            return
+        if n == 0:
+            return
+        now = loop.time()
+        soon = now - self._last < 2 * self.hold
+        self._last = now
+        if n >= self.at_least or soon:
+            loop.remove_reader(self.fd)
+            self._polling = True
+            self._timer = loop.call_later(self.hold, self._poll)
 
-    def _resume(self) -> None:
+    def _poll(self) -> None:
         self._timer = None
-        if self._loop is None:
-            return
-        self._loop.add_reader(self.fd, self.on_readable)
-        self.on_readable()  # what queued meanwhile, now, not after another loop turn
+        self.holds += 1
+        try:
+            self.on_readable()
+        finally:
+            if self._loop is not None and self._polling and self._timer is None:
+                # The read did not say how it went (it raised): keep polling, never stall.
+                self._timer = self._loop.call_later(self.hold, self._poll)
 
     def stop(self) -> None:
         """Stop watching the socket (stop, or a failed read); safe to call twice."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._loop is not None and not self._loop.is_closed():
+        if self._loop is not None and not self._loop.is_closed() and not self._polling:
             with contextlib.suppress(ValueError, OSError):  # the socket is already closed
                 self._loop.remove_reader(self.fd)
+        self._polling = False
         self._loop = None

@@ -225,6 +225,8 @@ class ProcConnectorSource:
                 return
         # The budget ran out with datagrams left: the reader is behind the kernel.
         self.counters["full_reads"] += 1
+        if self._pacer is not None:
+            self._pacer.read(n)
 
     def _overrun(self) -> None:
         """Our receive queue overflowed: some events are gone. Sequence holes after this are

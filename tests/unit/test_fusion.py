@@ -322,11 +322,19 @@ async def test_a_parked_exec_waits_for_audits_fields_and_never_follows_the_death
     exec_ev = next(e for e in events if e.type == "exec" and e.life and e.life.pid == told.pid)
     assert exec_ev.life is not None and exec_ev.life.exe == "/usr/bin/true"
     assert exec_ev.sources == 6  # the connector told it first, audit gave its fields
-    assert reads == [dies.pid]  # the dying one asked /proc (as before parking); not the told
+    # Neither read /proc's image: the told had audit's fields, and the dying one's process
+    # has ended (a zombie has no exe link and an empty cmdline: only its stat is read).
+    assert reads == []
+    audit.push(dies.x_a)  # audit's report of its exec, after the death: the life learns it
+    died = next(e for e in events if e.type == "died" and e.life and e.life.pid == dies.pid)
+    assert died.life is not None
+    life = svc.registry.find(dies.pid, died.life.start_ticks)
+    assert life is not None and life.exe == "/usr/bin/true" and not life.alive
+    assert transitions(svc.journal.since(first) or [], dies.pid) == ["born", "exec", "died"]
     await asyncio.sleep(0.4)  # PARK passes: the third reads /proc and is journaled
     events = svc.journal.since(first) or []
     assert transitions(events, waits.pid) == ["born", "exec"]
-    assert reads == [dies.pid, waits.pid]
+    assert reads == [waits.pid]
     await svc.stop()
 
 

@@ -1,6 +1,7 @@
 """Interrupt moderation of a kernel socket (app/sources/pacing.py), on a real loop and a real
-datagram socket: at rest every datagram is read at once; after a storm's wakeup the socket
-fills for `hold` and is then read in one batch; stopping leaves nothing scheduled."""
+datagram socket: at rest every datagram is read at once; after a storm's wakeup (many
+datagrams, or wakeups close together) the socket fills for `hold` and is then read in one
+batch; when the storm ends reads are immediate again; stopping leaves nothing scheduled."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from app.sources.pacing import Pacer
 
-HOLD = 0.05
+HOLD = 0.02
+REST = HOLD * 4  # spacing that is not a storm (more than 2 holds)
 
 
 @pytest.fixture
@@ -41,10 +43,10 @@ class Reader:
         self.wakeups.append((asyncio.get_running_loop().time(), n))
         self.pacer.read(n)
 
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0.005)
+    @property
+    def counts(self) -> list[int]:
+        """Datagrams per wakeup that read any (a hold's end may find nothing queued)."""
+        return [n for _, n in self.wakeups if n]
 
 
 async def test_at_rest_each_datagram_is_read_at_once(
@@ -54,10 +56,13 @@ async def test_at_rest_each_datagram_is_read_at_once(
     r = Reader(rx)
     r.pacer.start()
     for _ in range(3):
+        t = asyncio.get_running_loop().time()
         tx.send(b"x")
-        await settle()
-    assert [n for _, n in r.wakeups] == [1, 1, 1]
-    assert r.pacer.holds == 0
+        await asyncio.sleep(0.003)
+        assert r.wakeups[-1][0] - t < HOLD / 2  # read at once, not held
+        await asyncio.sleep(REST)
+    assert r.counts == [1, 1, 1]
+    assert r.pacer.holds == 0 and not r.pacer.polling
     r.pacer.stop()
 
 
@@ -69,20 +74,40 @@ async def test_after_a_storm_the_socket_fills_for_hold_then_is_read_in_one_batch
     r.pacer.start()
     for _ in range(10):
         tx.send(b"x")
-    await settle()
-    assert [n for _, n in r.wakeups] == [10]
+    await asyncio.sleep(0.003)
+    assert r.counts == [10] and r.pacer.polling
     t0 = r.wakeups[0][0]
     for _ in range(3):  # arrive during the hold: not read yet
         tx.send(b"y")
-        await asyncio.sleep(0.005)
-    assert len(r.wakeups) == 1
-    await asyncio.sleep(HOLD * 2)
-    assert [n for _, n in r.wakeups] == [10, 3]
+        await asyncio.sleep(0.002)
+    assert r.counts == [10]
+    await asyncio.sleep(HOLD * 1.5)
+    assert r.counts == [10, 3]  # one batch, once the hold is over
     assert r.wakeups[1][0] - t0 >= HOLD * 0.9
-    assert r.pacer.holds == 1  # 3 is a quiet wakeup: watched at once again
+    # That poll found some: the next comes after another hold, finds nothing, and the storm
+    # is over.
+    await asyncio.sleep(HOLD * 1.5)
+    assert not r.pacer.polling and r.pacer.holds == 2
+    t = asyncio.get_running_loop().time()
     tx.send(b"z")
-    await settle()
-    assert [n for _, n in r.wakeups] == [10, 3, 1]
+    await asyncio.sleep(0.003)
+    assert r.counts == [10, 3, 1] and r.wakeups[-1][0] - t < HOLD / 2
+    r.pacer.stop()
+
+
+async def test_a_steady_trickle_is_batched_too(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Fewer than `at_least` per wakeup, but wakeups close together: the rate makes it a
+    storm, so a source wakes about once per hold however the datagrams are spread."""
+    rx, tx = pair
+    r = Reader(rx)
+    r.pacer.start()
+    for _ in range(40):
+        tx.send(b"t")
+        await asyncio.sleep(HOLD / 8)
+    await asyncio.sleep(HOLD * 2)
+    assert sum(r.counts) == 40
+    assert len(r.wakeups) <= 40 * (HOLD / 8) / HOLD + 4  # about one per hold, not 40
+    assert r.pacer.holds >= 3
     r.pacer.stop()
 
 
@@ -94,10 +119,10 @@ async def test_stop_during_a_hold_leaves_nothing_scheduled(
     r.pacer.start()
     for _ in range(5):
         tx.send(b"x")
-    await settle()
-    assert r.pacer.holds == 1
+    await asyncio.sleep(0.003)
+    assert r.pacer.polling
     r.pacer.stop()
     r.pacer.stop()  # twice is fine
     tx.send(b"late")
     await asyncio.sleep(HOLD * 2)
-    assert [n for _, n in r.wakeups] == [5]
+    assert r.counts == [5] and r.pacer.holds == 0
