@@ -17,6 +17,7 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.netlink.audit_records import Record, parse_datagram
@@ -76,7 +77,24 @@ def run_assemble(data: list[bytes]) -> float:
     return len(data) / dt
 
 
-def run_full(data: list[bytes], proc: Path) -> float:
+def compiled_parse(skip: frozenset[int]) -> Callable[[bytes], list[Record]]:
+    """What the daemon's reader does with one datagram when app/netlink/_batch.c is built:
+    the usual record parsed in C, anything else by parse_datagram."""
+    from app.netlink import _batch
+
+    def parse(d: bytes) -> list[Record]:
+        out: list[Record] = []
+        for item in _batch.parse_audit(d, skip, Record):
+            out.extend(parse_datagram(item, skip) if isinstance(item, bytes) else (item,))
+        return out
+
+    return parse
+
+
+def run_full(
+    data: list[bytes], proc: Path, parse: Callable[[bytes], list[Record]] | None = None
+) -> float:
+    parse = parse or (lambda d: parse_datagram(d, UNUSED))
     out: list[Observation] = []
     lives = LifeEvents(out.append, proc, clock=time.monotonic)
 
@@ -88,7 +106,7 @@ def run_full(data: list[bytes], proc: Path) -> float:
     push = asm.push
     t0 = time.perf_counter()
     for d in data:
-        for r in parse_datagram(d, UNUSED):
+        for r in parse(d):
             push(r)
     asm.flush(force=True)
     lives.tick(force=True)
@@ -119,11 +137,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as proc:
         a = [run_assemble(data) for _ in range(args.repeat)]
         f = [run_full(data, Path(proc)) for _ in range(args.repeat)]
+        c = [run_full(data, Path(proc), compiled_parse(UNUSED)) for _ in range(args.repeat)]
     p = [run_pyroute2(data[:50_000]) for _ in range(max(1, args.repeat // 2))]
     print(f"records: {len(data)}; median and best of {args.repeat} runs (2 shared cores: noisy)")
     for name, xs in (
         ("parse + assemble", a),
         ("parse + assemble + lives", f),
+        ("same, parsed by _batch.c", c),
         ("pyroute2 Marshal.parse (only)", p),
     ):
         print(f"{name:<32}{statistics.median(xs):>10,.0f} {max(xs):>10,.0f} records/s")

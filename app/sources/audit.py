@@ -295,7 +295,7 @@ class AuditSource:
         if n:
             self._last_datagram = self._wall()
         if self._pacer is not None:
-            self._pacer.read(n)
+            self._pacer.read(n, more=n >= BATCH)
         busy = self.asm.pending or self.lives.waiting or self.asm.holes
         if busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)

@@ -3,14 +3,15 @@ rather than at every datagram; at rest, at once.
 
 A reader woken per datagram or two pays the loop's wakeup (epoll, the callback, its set-up)
 for each, and preempts the workload each time (the loop runs at nice -4). After a storm's
-wakeup, the socket is left unwatched for `hold` (1 ms): the kernel queues what comes
-meanwhile (a fork storm's 1 ms is ~60 audit datagrams, against a backlog of 8,192 and a
-receive buffer of megabytes) and the next read takes it in one batch. Until a read finds the
+wakeup, the socket is left unwatched for `hold` (3 ms): the kernel queues what comes
+meanwhile (a fork storm's 3 ms is ~150 audit datagrams, against a backlog of 8,192 and a
+receive buffer of 32 MB) and the next read takes it in one batch. Until a read finds the
 socket empty, the socket is polled every `hold` by a timer rather than watched: no epoll
 change per batch. A storm's wakeup is one that read at least `at_least` datagrams, or came
-within 2 `hold` of the previous one: a quiet node does neither, so its deaths are read as
+within SOON (2 ms) of the previous one: a quiet node does neither, so its deaths are read as
 soon as they come; under a storm, at most `hold` later, and a source reads about once per
-`hold`. docs/performance.md (round 5) has what it saves.
+`hold`. A read that stops at its budget is followed by the next at once.
+docs/performance.md (round 5) has what it saves.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-HOLD = 0.001  # seconds a busy socket is left to fill before the next read
+# Seconds a busy socket is left to fill before the next read. Measured (/tmp probes of
+# bench.storm's daemon, docs/performance.md round 5), CPU per fork+exec / fork+exit life:
+# 1 ms 174 / 72 us, 2 ms 151 / 66, 3 ms 136 / 65, 4 ms 127 / 83 (audit's read budget hit
+# at every poll before `more`).
+HOLD = 0.003
+SOON = 0.002  # a wakeup this soon after the last is a storm's, however few it read
 AT_LEAST = 16  # datagrams in one wakeup that mean a storm (a death at rest is 1 to 4)
 
 
@@ -34,11 +40,13 @@ class Pacer:
         on_readable: Callable[[], None],
         at_least: int = AT_LEAST,
         hold: float = HOLD,
+        soon: float = SOON,
     ) -> None:
         self.fd = fd
         self.on_readable = on_readable
         self.at_least = at_least
         self.hold = hold
+        self.soon = soon
         self.holds = 0  # polls: reads at the end of a hold rather than at a wakeup
         self._last = float("-inf")  # loop time of the last wakeup that read something
         self._timer: asyncio.TimerHandle | None = None
@@ -55,13 +63,17 @@ class Pacer:
         self._polling = False
         self._loop.add_reader(self.fd, self.on_readable)
 
-    def read(self, n: int) -> None:
-        """After a read of `n` datagrams: go on polling, start, or go back to watching."""
+    def read(self, n: int, more: bool = False) -> None:
+        """After a read of `n` datagrams: go on polling, start, or go back to watching.
+        `more`: the read stopped at its budget with datagrams left; they are read after
+        the loop's other ready callbacks, not a hold later."""
         loop = self._loop
         if loop is None or self._timer is not None:
             return
         if self._polling:
-            if n:  # still coming: the next poll
+            if more:
+                self._timer = loop.call_later(0, self._poll)
+            elif n:  # still coming: the next poll
                 self._timer = loop.call_later(self.hold, self._poll)
             else:  # the storm is over: back to reading at once
                 self._polling = False
@@ -70,12 +82,12 @@ class Pacer:
         if n == 0:
             return
         now = loop.time()
-        soon = now - self._last < 2 * self.hold
+        soon = now - self._last < self.soon
         self._last = now
         if n >= self.at_least or soon:
             loop.remove_reader(self.fd)
             self._polling = True
-            self._timer = loop.call_later(self.hold, self._poll)
+            self._timer = loop.call_later(0 if more else self.hold, self._poll)
 
     def _poll(self) -> None:
         self._timer = None

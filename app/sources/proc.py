@@ -226,7 +226,7 @@ class ProcConnectorSource:
         # The budget ran out with datagrams left: the reader is behind the kernel.
         self.counters["full_reads"] += 1
         if self._pacer is not None:
-            self._pacer.read(n)
+            self._pacer.read(n, more=True)
 
     def _overrun(self) -> None:
         """Our receive queue overflowed: some events are gone. Sequence holes after this are

@@ -14,7 +14,7 @@ import pytest
 from app.sources.pacing import Pacer
 
 HOLD = 0.02
-REST = HOLD * 4  # spacing that is not a storm (more than 2 holds)
+REST = HOLD * 4  # spacing that is not a storm (more than `soon`, 2 holds)
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ class Reader:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.wakeups: list[tuple[float, int]] = []
-        self.pacer = Pacer(sock.fileno(), self.on_readable, at_least=4, hold=HOLD)
+        self.pacer = Pacer(sock.fileno(), self.on_readable, at_least=4, hold=HOLD, soon=2 * HOLD)
 
     def on_readable(self) -> None:
         n = 0
@@ -126,3 +126,32 @@ async def test_stop_during_a_hold_leaves_nothing_scheduled(
     tx.send(b"late")
     await asyncio.sleep(HOLD * 2)
     assert r.counts == [5] and r.pacer.holds == 0
+
+
+async def test_a_read_stopped_by_its_budget_is_followed_at_once(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    rx, tx = pair
+    got: list[tuple[float, int]] = []
+
+    def on_readable() -> None:  # reads at most 4 per call, as a budget
+        n = 0
+        while n < 4:
+            try:
+                rx.recv(64)
+            except BlockingIOError:
+                break
+            n += 1
+        got.append((asyncio.get_running_loop().time(), n))
+        pacer.read(n, more=n == 4)
+
+    pacer = Pacer(rx.fileno(), on_readable, at_least=4, hold=HOLD, soon=2 * HOLD)
+    pacer.start()
+    for _ in range(10):
+        tx.send(b"x")
+    await asyncio.sleep(0.005)
+    assert [n for _, n in got] == [4, 4, 2]  # no hold between: far less than HOLD
+    assert got[-1][0] - got[0][0] < HOLD / 2
+    await asyncio.sleep(HOLD * 1.5)
+    assert [n for _, n in got] == [4, 4, 2, 0] and not pacer.polling
+    pacer.stop()
