@@ -84,7 +84,7 @@ def compiled_parse(skip: frozenset[int]) -> Callable[[bytes], list[Record]]:
 
     def parse(d: bytes) -> list[Record]:
         out: list[Record] = []
-        for item in _batch.parse_audit(d, skip, Record):
+        for item in _batch.parse_audit(d, skip):
             out.extend(parse_datagram(item, skip) if isinstance(item, bytes) else (item,))
         return out
 

@@ -425,6 +425,11 @@ class Tracker:
             return
         if life.matches(st.start_ticks):
             life.set_program(st.comm, None, ())
+            # The zombie's euid (the owner of /proc/<pid>): an exec may have changed it, and
+            # the uid decides who may read the life's argv (docs/security.md).
+            uid = procfs.read_owner(life.pid, self.proc)
+            if uid is not None:
+                life.uid = uid
 
     def _exec_fields(self, life: Life, o: Exec) -> None:
         if o.exe is None and o.argv is None:

@@ -26,6 +26,52 @@
 #define DRAINED 0
 #define BUDGET -1
 
+/* The NamedTuple classes this module makes (audit_records.Record and .Syscall), given once
+ * by register(): only they, checked to be plain tuple subtypes of the right length. */
+static PyTypeObject *record_type, *syscall_type;
+
+/* A `t` holding items[0..n) (references stolen), as tuple.__new__(t, items) makes it. */
+static PyObject *
+new_tuple(PyTypeObject *t, PyObject **items, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (items[i] == NULL) {
+            for (Py_ssize_t j = 0; j < n; j++)
+                Py_XDECREF(items[j]);
+            return NULL;
+        }
+    }
+#if PY_VERSION_HEX >= 0x030E0000
+    /* 3.14 tuples cache their hash: let tuple.__new__ set up what it needs. */
+    PyObject *plain = PyTuple_New(n);
+    if (plain == NULL) {
+        for (Py_ssize_t j = 0; j < n; j++)
+            Py_DECREF(items[j]);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(plain, i, items[i]);
+    PyObject *args = PyTuple_Pack(1, plain);
+    Py_DECREF(plain);
+    if (args == NULL)
+        return NULL;
+    PyObject *out = PyTuple_Type.tp_new(t, args, NULL);
+    Py_DECREF(args);
+    return out;
+#else
+    /* What tuple.__new__ does for a subtype (tuple_subtype_new), without the call. */
+    PyObject *out = t->tp_alloc(t, n);
+    if (out == NULL) {
+        for (Py_ssize_t j = 0; j < n; j++)
+            Py_DECREF(items[j]);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(out, i, items[i]);
+    return out;
+#endif
+}
+
 static int
 skip_types(PyObject *skip, long *out, int *count)
 {
@@ -101,24 +147,13 @@ audit_record(PyTypeObject *record, unsigned mtype, const char *p, const char *en
     memcpy(num, r, (size_t)rlen);
     num[rlen] = '\0';
 
-    PyObject *t = PyLong_FromLong((long)mtype);
-    PyObject *st = PyFloat_FromDouble(stamp);
-    PyObject *se = PyLong_FromString(num, NULL, 10);
-    PyObject *b = PyBytes_FromStringAndSize(body, bend - body);
-    /* A NamedTuple is a tuple subtype without a __dict__: allocated as tuple.__new__ does. */
-    PyObject *rec = (t && st && se && b) ? record->tp_alloc(record, 4) : NULL;
-    if (rec == NULL) {
-        Py_XDECREF(t);
-        Py_XDECREF(st);
-        Py_XDECREF(se);
-        Py_XDECREF(b);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(rec, 0, t);
-    PyTuple_SET_ITEM(rec, 1, st);
-    PyTuple_SET_ITEM(rec, 2, se);
-    PyTuple_SET_ITEM(rec, 3, b);
-    return rec;
+    PyObject *items[4] = {
+        PyLong_FromLong((long)mtype),
+        PyFloat_FromDouble(stamp),
+        PyLong_FromString(num, NULL, 10),
+        PyBytes_FromStringAndSize(body, bend - body),
+    };
+    return new_tuple(record, items, 4);
 }
 
 static int
@@ -252,19 +287,59 @@ raw_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
 }
 
 static int
-record_type(PyObject *record, audit_ctx *a)
+registered(audit_ctx *a)
 {
-    if (!PyType_Check(record) || !PyType_IsSubtype((PyTypeObject *)record, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "record must be a tuple subtype");
+    if (record_type == NULL || syscall_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "register(Record, Syscall) first");
         return -1;
     }
-    a->record = (PyTypeObject *)record;
+    a->record = record_type;
     return 0;
 }
 
+static int
+plain_tuple_type(PyObject *t, Py_ssize_t fields)
+{
+    if (!PyType_Check(t) || !PyType_IsSubtype((PyTypeObject *)t, &PyTuple_Type) ||
+        ((PyTypeObject *)t)->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        ((PyTypeObject *)t)->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_SetString(PyExc_TypeError, "a NamedTuple class is wanted");
+        return -1;
+    }
+    PyObject *f = PyObject_GetAttrString(t, "_fields");
+    Py_ssize_t n = f != NULL && PyTuple_Check(f) ? PyTuple_GET_SIZE(f) : -1;
+    Py_XDECREF(f);
+    PyErr_Clear();
+    if (n != fields) {
+        PyErr_Format(PyExc_TypeError, "a NamedTuple class of %zd fields is wanted", fields);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(register_doc,
+"register(Record, Syscall)\n\n"
+"The NamedTuple classes of audit_records this module makes (4 and 10 fields).");
+
+static PyObject *
+register_types(PyObject *mod, PyObject *args)
+{
+    PyObject *rec, *sys;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "OO", &rec, &sys))
+        return NULL;
+    if (plain_tuple_type(rec, 4) < 0 || plain_tuple_type(sys, 10) < 0)
+        return NULL;
+    Py_INCREF(rec);
+    Py_INCREF(sys);
+    Py_XSETREF(record_type, (PyTypeObject *)rec);
+    Py_XSETREF(syscall_type, (PyTypeObject *)sys);
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(audit_batch_doc,
-"audit_batch(fd, buf, slot, budget, skip, record) -> (items, datagrams, status)\n\n"
-"Audit datagrams read with recvmmsg(): each one-record datagram as `record`, skipped\n"
+"audit_batch(fd, buf, slot, budget, skip) -> (items, datagrams, status)\n\n"
+"Audit datagrams read with recvmmsg(): each one-record datagram as a Record, skipped\n"
 "types dropped, anything else as its raw bytes. status: 0 drained, -1 budget spent,\n"
 "else the errno of the read that failed.");
 
@@ -274,13 +349,13 @@ audit_batch(PyObject *mod, PyObject *args)
     int fd;
     Py_buffer buf;
     Py_ssize_t slot, budget;
-    PyObject *skip, *record;
+    PyObject *skip;
     audit_ctx a;
     (void)mod;
-    if (!PyArg_ParseTuple(args, "iw*nnOO", &fd, &buf, &slot, &budget, &skip, &record))
+    if (!PyArg_ParseTuple(args, "iw*nnO", &fd, &buf, &slot, &budget, &skip))
         return NULL;
     PyObject *res = NULL;
-    if (slot >= 64 && record_type(record, &a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0)
+    if (slot >= 64 && registered(&a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0)
         res = batch(fd, &buf, slot, budget, audit_each, &a);
     else if (!PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "slot too small");
@@ -289,20 +364,20 @@ audit_batch(PyObject *mod, PyObject *args)
 }
 
 PyDoc_STRVAR(parse_audit_doc,
-"parse_audit(data, skip, record) -> list\n\n"
+"parse_audit(data, skip) -> list\n\n"
 "What audit_batch makes of one datagram (for tests): [record], [] or [data].");
 
 static PyObject *
 parse_audit(PyObject *mod, PyObject *args)
 {
     Py_buffer data;
-    PyObject *skip, *record;
+    PyObject *skip;
     audit_ctx a;
     (void)mod;
-    if (!PyArg_ParseTuple(args, "y*OO", &data, &skip, &record))
+    if (!PyArg_ParseTuple(args, "y*O", &data, &skip))
         return NULL;
     PyObject *out = NULL;
-    if (record_type(record, &a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0) {
+    if (registered(&a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0) {
         out = PyList_New(0);
         if (out != NULL && audit_one(out, a.record, data.buf, data.len, a.skip, a.nskip) < 0)
             Py_CLEAR(out);
@@ -436,21 +511,20 @@ syscall_spans(const char *p, const char *end, span *g)
 }
 
 PyDoc_STRVAR(parse_syscall_doc,
-"parse_syscall(body, cls) -> cls | None\n\n"
+"parse_syscall(body) -> Syscall | None\n\n"
 "The SYSCALL record's fields as audit_records._SYSCALL matches them, or None.");
 
 static PyObject *
 parse_syscall(PyObject *mod, PyObject *args)
 {
     Py_buffer body;
-    PyObject *cls;
     span g[10];
+    audit_ctx a;
     (void)mod;
-    if (!PyArg_ParseTuple(args, "y*O", &body, &cls))
+    if (!PyArg_ParseTuple(args, "y*", &body))
         return NULL;
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+    if (registered(&a) < 0) {
         PyBuffer_Release(&body);
-        PyErr_SetString(PyExc_TypeError, "cls must be a tuple subtype");
         return NULL;
     }
     memset(g, 0, sizeof g);
@@ -459,27 +533,22 @@ parse_syscall(PyObject *mod, PyObject *args)
         PyBuffer_Release(&body);
         Py_RETURN_NONE;
     }
-    PyTypeObject *t = (PyTypeObject *)cls;
-    PyObject *out = t->tp_alloc(t, 10);
-    for (int i = 0; out != NULL && i < 10; i++) {
-        PyObject *v;
+    PyObject *items[10];
+    for (int i = 0; i < 10; i++) {
         if (g[i].p == NULL) {
-            v = Py_None;
-            Py_INCREF(v);
+            items[i] = Py_None;
+            Py_INCREF(Py_None);
         } else {
-            v = PyBytes_FromStringAndSize(g[i].p, g[i].n);
+            items[i] = PyBytes_FromStringAndSize(g[i].p, g[i].n);
         }
-        if (v == NULL)
-            Py_CLEAR(out);
-        else
-            PyTuple_SET_ITEM(out, i, v);
     }
     PyBuffer_Release(&body);
-    return out;
+    return new_tuple(syscall_type, items, 10);
 }
 
 static PyMethodDef methods[] = {
     {"parse_syscall", parse_syscall, METH_VARARGS, parse_syscall_doc},
+    {"register", register_types, METH_VARARGS, register_doc},
     {"audit_batch", audit_batch, METH_VARARGS, audit_batch_doc},
     {"parse_audit", parse_audit, METH_VARARGS, parse_audit_doc},
     {"raw_batch", raw_batch, METH_VARARGS, raw_batch_doc},

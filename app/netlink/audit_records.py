@@ -154,7 +154,7 @@ def parse_syscall(body: bytes) -> Syscall | None:
     if _native_syscall is not None:
         # The same match in C (app/netlink/_batch.c): 2.6 -> 0.4 us a record here, two
         # records a fork+exit life; tests/unit/test_batch.py compares both.
-        got = _native_syscall(body, Syscall)
+        got = _native_syscall(body)
         if got is not None:
             return got
     else:
@@ -183,6 +183,8 @@ def native_enabled() -> bool:
     return _batch is not None and os.environ.get("LIFEWATCH_NATIVE", "1") != "0"
 
 
+if _batch is not None:
+    _batch.register(Record, Syscall)  # the classes the compiled module makes
 _native_syscall = _batch.parse_syscall if native_enabled() else None
 
 

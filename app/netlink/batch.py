@@ -72,6 +72,6 @@ class AuditBatchReader(BatchReader):
         """As `read`, but with `parse` and the compiled module the usual datagram comes back
         as its Record (none for a type in `skip`); bytes are for parse_datagram."""
         if self.native and parse:
-            return _native.audit_batch(self.fd, self._buf, self.slot, budget, skip, Record)
+            return _native.audit_batch(self.fd, self._buf, self.slot, budget, skip)
         raw, n, status = self.read(budget)
         return cast("list[Record | bytes]", raw), n, status

@@ -39,7 +39,7 @@ from app.sources.audit_lives import UNUSED, LifeEvents
 from app.sources.audit_rules import KernelChanges, pid_alive
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
-from app.sources.pacing import Pacer
+from app.sources.pacing import Pacer, hold_for
 from app.sources.privilege import MissingCapability, refused
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class AuditSource:
         self.counters: dict[str, int] = {
             "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
             "backlog": 0, "backlog_max": 0, "losses": 0, "full_reads": 0, "wakeups": 0,
+            "delivery_errors": 0,
         }  # fmt: skip
 
     # -- Source ------------------------------------------------------------------------------
@@ -157,7 +158,9 @@ class AuditSource:
         assert self._sock is not None
         self._reader = AuditBatchReader(self._sock.sock, RECV_SIZE)
         self._health.info["reader"] = self._reader.kind
-        self._pacer = Pacer(self._sock.fileno(), self._on_readable)
+        self._pacer = Pacer(
+            self._sock.fileno(), self._on_readable, hold=hold_for(self._sock.rcvbuf)
+        )
         self._pacer.start()
         self._tasks.append(asyncio.create_task(self._watch_status()))
         self._emit(Health(self.name, state, self._health.reason, self._wall()))
@@ -272,13 +275,16 @@ class AuditSource:
             items, got, status = reader.records(BATCH - n, UNUSED, parse)
             n += got
             for item in items:
-                if isinstance(item, bytes):
-                    if tap is not None:
-                        tap(item)
-                    for rec in parse_datagram(item, UNUSED):
-                        push(rec)
-                else:
-                    push(item)  # a Record, parsed by _batch.c
+                try:
+                    if isinstance(item, bytes):
+                        if tap is not None:
+                            tap(item)
+                        for rec in parse_datagram(item, UNUSED):
+                            push(rec)
+                    else:
+                        push(item)  # a Record, parsed by _batch.c
+                except Exception:  # a bug downstream: the rest of the batch still goes on
+                    self._delivery_failed()
             if status == DRAINED:
                 break
             if status == errno.ENOBUFS:
@@ -330,6 +336,15 @@ class AuditSource:
         self._loss("serial_gap", f"audit serials {first_serial}..{last} never arrived")
 
     # -- loss and health -------------------------------------------------------------------
+    def _delivery_failed(self) -> None:
+        """A datagram read could not be handled (a bug: logged with its traceback). Its
+        events may be missing, so it is a loss like any other: a gap, then a resync."""
+        self.counters["delivery_errors"] += 1
+        n = self.counters["delivery_errors"]
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a loop of them cannot flood the log
+            log.exception("audit: a datagram could not be handled (%d so far)", n)
+        self._loss("internal_error", "a datagram could not be handled: see the daemon's log")
+
     def _enobufs(self) -> None:
         self.counters["enobufs"] += 1
         self._loss("enobufs", "the audit socket's receive buffer overran", self._last_datagram)

@@ -7,10 +7,12 @@ wakeup, the socket is left unwatched for `hold` (3 ms): the kernel queues what c
 meanwhile (a fork storm's 3 ms is ~150 audit datagrams, against a backlog of 8,192 and a
 receive buffer of 32 MB) and the next read takes it in one batch. Until a read finds the
 socket empty, the socket is polled every `hold` by a timer rather than watched: no epoll
-change per batch. A storm's wakeup is one that read at least `at_least` datagrams, or came
-within SOON (2 ms) of the previous one: a quiet node does neither, so its deaths are read as
-soon as they come; under a storm, at most `hold` later, and a source reads about once per
-`hold`. A read that stops at its budget is followed by the next at once.
+change per batch. A storm is `at_least` datagrams read within SOON (2 ms), in one wakeup or
+several: a quiet node never reads that many so fast (a process started and ended at once is
+3 connector datagrams, 13 audit ones), so its deaths are read as soon as they come; under a
+storm, at most `hold` later, and a source reads about once per `hold`. A read that stops at
+its budget is followed by the next at once. `hold` 0 never paces (a receive buffer too small
+to hold a storm's 3 ms).
 docs/performance.md (round 5) has what it saves.
 """
 
@@ -25,8 +27,16 @@ from collections.abc import Callable
 # 1 ms 174 / 72 us, 2 ms 151 / 66, 3 ms 136 / 65, 4 ms 127 / 83 (audit's read budget hit
 # at every poll before `more`).
 HOLD = 0.003
-SOON = 0.002  # a wakeup this soon after the last is a storm's, however few it read
-AT_LEAST = 16  # datagrams in one wakeup that mean a storm (a death at rest is 1 to 4)
+SOON = 0.002  # the window in which `at_least` datagrams make a storm
+AT_LEAST = 16  # datagrams within SOON that mean a storm (a death at rest is 1 to 4)
+# A receive buffer smaller than this is not left unwatched: 3 ms of a storm's connector
+# datagrams (~770 B each in the buffer's accounting) would not fit in 64 KiB.
+MIN_RCVBUF = 1 << 20
+
+
+def hold_for(rcvbuf: int) -> float:
+    """The hold a socket with this receive buffer (bytes, as the kernel reports it) gets."""
+    return HOLD if rcvbuf >= MIN_RCVBUF else 0.0
 
 
 class Pacer:
@@ -48,7 +58,8 @@ class Pacer:
         self.hold = hold
         self.soon = soon
         self.holds = 0  # polls: reads at the end of a hold rather than at a wakeup
-        self._last = float("-inf")  # loop time of the last wakeup that read something
+        self._window = float("-inf")  # loop time the current SOON window started
+        self._seen = 0  # datagrams read in it
         self._timer: asyncio.TimerHandle | None = None
         self._polling = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,12 +90,14 @@ class Pacer:
                 self._polling = False
                 loop.add_reader(self.fd, self.on_readable)
             return
-        if n == 0:
+        if n == 0 or self.hold <= 0:
             return
         now = loop.time()
-        soon = now - self._last < self.soon
-        self._last = now
-        if n >= self.at_least or soon:
+        if now - self._window >= self.soon:
+            self._window, self._seen = now, 0
+        self._seen += n
+        if self._seen >= self.at_least:
+            self._seen = 0
             loop.remove_reader(self.fd)
             self._polling = True
             self._timer = loop.call_later(0 if more else self.hold, self._poll)

@@ -45,7 +45,7 @@ from app.sources.observations import (
     boot_minus_mono_ns,
     wait_status,
 )
-from app.sources.pacing import Pacer
+from app.sources.pacing import Pacer, hold_for
 from app.sources.privilege import MissingCapability
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class ProcConnectorSource:
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
              "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred", "full_reads",
-             "wakeups"),
+             "wakeups", "delivery_errors"),
             0,
         )  # fmt: skip
 
@@ -126,7 +126,9 @@ class ProcConnectorSource:
             raise
         sock.setblocking(False)
         self._reader = BatchReader(sock, DATAGRAM_MAX)
-        self._pacer = Pacer(sock.fileno(), self._on_readable, at_least=PACE_AT)
+        self._pacer = Pacer(
+            sock.fileno(), self._on_readable, at_least=PACE_AT, hold=hold_for(rcvbuf_of(sock))
+        )
         self._pacer.start()
         self._last_at = self._wall()
         self._set_health(OK, "listening")
@@ -210,7 +212,10 @@ class ProcConnectorSource:
             datagrams, got, status = reader.read(READ_BUDGET - n)
             n += got
             for data in datagrams:
-                self._deliver(data)
+                try:
+                    self._deliver(data)
+                except Exception:  # a bug downstream: the rest of the batch still goes on
+                    self._delivery_failed()
             if status == DRAINED:
                 if self._pacer is not None:
                     self._pacer.read(n)
@@ -227,6 +232,19 @@ class ProcConnectorSource:
         self.counters["full_reads"] += 1
         if self._pacer is not None:
             self._pacer.read(n, more=True)
+
+    def _delivery_failed(self) -> None:
+        """A datagram read could not be handled (a bug: logged with its traceback). Its
+        event may be missing, so it is a loss like any other: a gap, then a resync."""
+        c = self.counters
+        c["delivery_errors"] += 1
+        n = c["delivery_errors"]
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a loop of them cannot flood the log
+            log.exception("proc connector: a datagram could not be handled (%d so far)", n)
+        assert self._sink is not None
+        self._sink.submit(Loss(self.name, "internal_error", self._wall(),
+                               "a datagram could not be handled: see the daemon's log",
+                               self._last_at))  # fmt: skip
 
     def _overrun(self) -> None:
         """Our receive queue overflowed: some events are gone. Sequence holes after this are

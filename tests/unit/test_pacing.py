@@ -155,3 +155,54 @@ async def test_a_read_stopped_by_its_budget_is_followed_at_once(
     await asyncio.sleep(HOLD * 1.5)
     assert [n for _, n in got] == [4, 4, 2, 0] and not pacer.polling
     pacer.stop()
+
+
+async def test_a_process_started_and_ended_at_rest_is_read_at_once(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The production settings (the connector's 8 in 2 ms): FORK, EXEC and EXIT 0.5 ms
+    apart are each read as they come; a storm is a count, not two wakeups close together."""
+    from app.sources.pacing import HOLD as HOLD_REAL
+
+    rx, tx = pair
+    got: list[tuple[float, int]] = []
+    sent: list[float] = []
+
+    def on_readable() -> None:
+        n = 0
+        while True:
+            try:
+                rx.recv(64)
+            except BlockingIOError:
+                break
+            n += 1
+        got.append((asyncio.get_running_loop().time(), n))
+        pacer.read(n)
+
+    pacer = Pacer(rx.fileno(), on_readable, at_least=8)
+    pacer.start()
+    for _ in range(3):
+        tx.send(b"x")
+        sent.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.0005)
+    await asyncio.sleep(0.01)
+    assert sum(n for _, n in got) == 3 and not pacer.polling and pacer.holds == 0
+    # Each read well before a hold would have ended (the loop's own delay aside).
+    assert all(t - s < HOLD_REAL / 2 for (t, _), s in zip(got, sent, strict=False))
+    pacer.stop()
+
+
+async def test_no_hold_never_paces(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A receive buffer too small for a storm's hold (hold_for: 0): read at every wakeup."""
+    from app.sources.pacing import MIN_RCVBUF, hold_for
+
+    assert hold_for(MIN_RCVBUF - 1) == 0 and hold_for(MIN_RCVBUF) > 0
+    rx, tx = pair
+    r = Reader(rx)
+    r.pacer = Pacer(rx.fileno(), r.on_readable, at_least=4, hold=0)
+    r.pacer.start()
+    for _ in range(10):
+        tx.send(b"x")
+    await asyncio.sleep(0.003)
+    assert r.counts == [10] and not r.pacer.polling
+    r.pacer.stop()

@@ -204,3 +204,45 @@ def test_a_pid_reused_since_the_exit_is_not_the_process_still_running(tmp_path: 
     assert procfs.process_running(42, tmp_path)
     assert procfs.process_running(42, tmp_path, born_by=500)  # same tick: the same process
     assert not procfs.process_running(42, tmp_path, born_by=499)  # younger than the exit
+
+
+async def test_a_datagram_that_cannot_be_handled_is_a_loss_and_the_batch_goes_on() -> None:
+    """A bug downstream of the reader (here the sink raising on one fork) loses at most that
+    datagram's event, says so as a loss (a gap, then a resync), and the rest of the batch
+    read with it is still delivered: nothing is dropped silently."""
+    import socket
+
+    from app.netlink.batch import BatchReader
+    from app.sources.pacing import Pacer
+
+    datagrams = [bytes.fromhex(x) for x in (DATA / "cn_proc.hex").read_text().split()]
+    forks = [d for d in datagrams if isinstance(decode(d)[0], ForkEvent)][:3]
+    assert len(forks) == 3
+
+    class Flaky(Collect):
+        raised = False
+
+        def submit(self, obs: Observation) -> None:
+            if isinstance(obs, Fork) and not self.raised:  # the first fork only
+                self.raised = True
+                raise RuntimeError("a bug")
+            super().submit(obs)
+
+    rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.setblocking(False)
+    src = ProcConnectorSource(Config().proc_settings())
+    sink = Flaky()
+    src._sink = sink
+    src._reader = BatchReader(rx, 256)
+    src._pacer = Pacer(rx.fileno(), src._on_readable, hold=0)
+    try:
+        for d in forks:
+            tx.send(d)
+        src._on_readable()
+    finally:
+        rx.close()
+        tx.close()
+    assert src.counters["delivery_errors"] == 1
+    losses = [o for o in sink.got if isinstance(o, Loss) and o.reason == "internal_error"]
+    assert len(losses) == 1 and losses[0].source == "proc"
+    assert sum(isinstance(o, Fork) for o in sink.got) == 2  # the two after it
