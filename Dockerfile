@@ -11,7 +11,8 @@ COPY app ./app
 RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
     && python -c 'import sys, zipfile, glob; \
 w = glob.glob("/wheels/lifewatch-*.whl")[0]; \
-sys.exit(not any("_batch" in n for n in zipfile.ZipFile(w).namelist()))'
+sys.exit(not any(n.startswith("app/netlink/_batch.") and n.endswith(".so") \
+                 for n in zipfile.ZipFile(w).namelist()))'
 
 FROM python:3.11-slim-bookworm
 WORKDIR /opt/lifewatch
