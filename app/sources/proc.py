@@ -55,8 +55,9 @@ HZ = os.sysconf("SC_CLK_TCK")  # the unit of /proc's start ticks
 SOLO_MAX = 65536  # processes remembered as born under watch with no thread (~60 B each)
 READ_BUDGET = 512  # datagrams per wakeup before yielding to the rest of the loop
 DATAGRAM_MAX = 256  # bytes read of a datagram: a proc event is 76 with its headers
-# A storm's wakeup (app/sources/pacing.py): one event per datagram, so fewer than audit's;
-# a process started and ended at rest is 2 or 3 (FORK, EXEC, EXIT).
+# Datagrams within pacing.SOON (2 ms) that make a storm (app/sources/pacing.py): one event
+# per datagram, so fewer than audit's; a process started and ended at rest is 2 or 3 (FORK,
+# EXEC, EXIT).
 PACE_AT = 8
 ACK_TIMEOUT = 2.0
 
