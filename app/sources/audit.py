@@ -33,13 +33,13 @@ from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import ARCH_NAMES, AuditStatus
 from app.netlink.audit_reader import RECV_SIZE, RecordSocket
 from app.netlink.audit_records import Record, parse_datagram
-from app.netlink.batch import BUDGET, DRAINED, AuditBatchReader
+from app.netlink.batch import AuditBatchReader
 from app.sources.audit_assembler import Assembler
 from app.sources.audit_lives import UNUSED, LifeEvents
 from app.sources.audit_rules import KernelChanges, pid_alive
 from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
-from app.sources.pacing import Pacer, hold_for
+from app.sources.pacing import Pacer, hold_for, pacer_counters
 from app.sources.privilege import MissingCapability, refused
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,6 @@ class AuditSource:
         self.counters: dict[str, int] = {
             "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
             "backlog": 0, "backlog_max": 0, "losses": 0, "full_reads": 0, "wakeups": 0,
-            "delivery_errors": 0,
         }  # fmt: skip
 
     # -- Source ------------------------------------------------------------------------------
@@ -254,7 +253,7 @@ class AuditSource:
         h.counters = {
             **self.counters, **self.asm.counters, **self.lives.counters,
             "pending_events": self.asm.pending,
-            "holds": self._pacer.holds if self._pacer is not None else 0,
+            **pacer_counters(self._pacer),
         }  # fmt: skip
         if self._sock is not None:
             queued = procfs.netlink_queued(self._sock.fileno())
@@ -264,47 +263,34 @@ class AuditSource:
 
     # -- the record stream (hot path) ------------------------------------------------------
     def _on_readable(self) -> None:
-        reader = self._reader
-        if reader is None:
+        reader, pacer = self._reader, self._pacer
+        if reader is None or pacer is None:
             return
-        push = self.asm.push
-        tap = self.tap
-        parse = tap is None  # a tap records every datagram as read, before any parsing
-        n = 0
-        while n < BATCH:
-            items, got, status = reader.records(BATCH - n, UNUSED, parse)
-            n += got
-            for item in items:
-                try:
-                    if isinstance(item, bytes):
-                        if tap is not None:
-                            tap(item)
-                        for rec in parse_datagram(item, UNUSED):
-                            push(rec)
-                    else:
-                        push(item)  # a Record, parsed by _batch.c
-                except Exception:  # a bug downstream: the rest of the batch still goes on
-                    self._delivery_failed()
-            if status == DRAINED:
-                break
-            if status == errno.ENOBUFS:
-                self._enobufs()
-            elif status != BUDGET:
-                self._set_health(FAILED, f"reading the audit socket: {os.strerror(status)}")
-                if self._pacer is not None:
-                    self._pacer.stop()
-                return
+        parse = self.tap is None  # a tap records every datagram as read, before any parsing
+        n, status = pacer.drain(lambda k: reader.records(k, UNUSED, parse), BATCH, self._take,
+                                self._enobufs, self._delivery_failed)  # fmt: skip
+        if status > 0:
+            self._set_health(FAILED, f"reading the audit socket: {os.strerror(status)}")
+            return
         self.counters["datagrams"] += n
         self.counters["wakeups"] += 1
         if n == BATCH:  # the budget ran out with datagrams left: the reader is behind
             self.counters["full_reads"] += 1
         if n:
             self._last_datagram = self._wall()
-        if self._pacer is not None:
-            self._pacer.read(n, more=n >= BATCH)
         busy = self.asm.pending or self.lives.waiting or self.asm.holes
         if busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)
+
+    def _take(self, item: Record | bytes) -> None:
+        """One datagram as read: a Record parsed by _batch.c, or bytes to parse here."""
+        if isinstance(item, bytes):
+            if self.tap is not None:
+                self.tap(item)
+            for rec in parse_datagram(item, UNUSED):
+                self.asm.push(rec)
+        else:
+            self.asm.push(item)
 
     def _drain(self) -> None:
         """Read what is queued (on stop), so the last events are not thrown away."""
@@ -337,12 +323,8 @@ class AuditSource:
 
     # -- loss and health -------------------------------------------------------------------
     def _delivery_failed(self) -> None:
-        """A datagram read could not be handled (a bug: logged with its traceback). Its
-        events may be missing, so it is a loss like any other: a gap, then a resync."""
-        self.counters["delivery_errors"] += 1
-        n = self.counters["delivery_errors"]
-        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a loop of them cannot flood the log
-            log.exception("audit: a datagram could not be handled (%d so far)", n)
+        """A datagram read could not be handled (a bug, logged by the pacer): its events
+        may be missing, so it is a loss like any other: a gap, then a resync."""
         self._loss("internal_error", "a datagram could not be handled: see the daemon's log")
 
     def _enobufs(self) -> None:

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 from collections.abc import Callable
+from typing import TypeVar
+
+from app.netlink.batch import BUDGET, DRAINED
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Seconds a busy socket is left to fill before the next read. Measured (/tmp probes of
 # bench.storm's daemon, docs/performance.md round 5), CPU per fork+exec / fork+exit life:
@@ -39,10 +47,17 @@ def hold_for(rcvbuf: int) -> float:
     return HOLD if rcvbuf >= MIN_RCVBUF else 0.0
 
 
+def pacer_counters(pacer: Pacer | None) -> dict[str, int]:
+    """A source's counters of its pacer (0 before it starts)."""
+    return {"holds": pacer.holds if pacer else 0,
+            "delivery_errors": pacer.delivery_errors if pacer else 0}  # fmt: skip
+
+
 class Pacer:
     """Watches a socket (epoll) at rest; polls it every `hold` (a timer, no epoll) from a
-    storm's wakeup until a poll finds the socket empty. The owner reads in `on_readable` and
-    then calls `read(n)` with how many datagrams it read, on every path that read."""
+    storm's wakeup until a poll finds the socket empty. The owner reads in `on_readable`,
+    with `drain` (which says how the read went), or itself and then calls `read(n)` with how
+    many datagrams it read, on every path that read."""
 
     def __init__(
         self,
@@ -58,6 +73,7 @@ class Pacer:
         self.hold = hold
         self.soon = soon
         self.holds = 0  # polls: reads at the end of a hold rather than at a wakeup
+        self.delivery_errors = 0  # datagrams whose handling raised (drain)
         self._window = float("-inf")  # loop time the current SOON window started
         self._seen = 0  # datagrams read in it
         self._timer: asyncio.TimerHandle | None = None
@@ -101,6 +117,46 @@ class Pacer:
             loop.remove_reader(self.fd)
             self._polling = True
             self._timer = loop.call_later(0 if more else self.hold, self._poll)
+
+    def drain(
+        self,
+        read: Callable[[int], tuple[list[T], int, int]],
+        budget: int,
+        deliver: Callable[[T], None],
+        overrun: Callable[[], None],
+        failed: Callable[[], None],
+    ) -> tuple[int, int]:
+        """One wakeup's reading, the same for every source: batches from `read` (a
+        BatchReader's) until the socket is empty or `budget` datagrams were read, each item
+        handed to `deliver`; `overrun` at ENOBUFS (the kernel dropped some: reading goes
+        on). An item whose handling raises (a bug downstream) is logged and counted, and
+        `failed` reports the loss; the rest of the batch still goes on. Returns (datagrams
+        read, DRAINED / BUDGET / the errno of a failed read, after which the socket is no
+        longer watched)."""
+        n, status = 0, BUDGET
+        while n < budget:
+            items, got, status = read(budget - n)
+            n += got
+            for item in items:
+                try:
+                    deliver(item)
+                except Exception:
+                    self.delivery_errors += 1
+                    k = self.delivery_errors
+                    if k & (k - 1) == 0:  # the 1st, 2nd, 4th...: a loop of them cannot flood
+                        log.exception("a datagram of fd %d could not be handled (%d so far)",
+                                      self.fd, k)  # fmt: skip
+                    failed()
+            if status == DRAINED:
+                break
+            if status == errno.ENOBUFS:
+                overrun()
+                status = BUDGET
+            elif status != BUDGET:
+                self.stop()
+                return n, status
+        self.read(n, more=status == BUDGET and n >= budget)
+        return n, status
 
     def _poll(self) -> None:
         self._timer = None

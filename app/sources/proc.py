@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app import procfs
-from app.netlink.batch import BUDGET, DRAINED, BatchReader
+from app.netlink.batch import BatchReader
 from app.netlink.cn_proc import (
     CN_IDX_PROC,
     NETLINK_CONNECTOR,
@@ -45,7 +45,7 @@ from app.sources.observations import (
     boot_minus_mono_ns,
     wait_status,
 )
-from app.sources.pacing import Pacer, hold_for
+from app.sources.pacing import Pacer, hold_for, pacer_counters
 from app.sources.privilege import MissingCapability
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class ProcConnectorSource:
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
              "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred", "full_reads",
-             "wakeups", "delivery_errors"),
+             "wakeups"),
             0,
         )  # fmt: skip
 
@@ -188,7 +188,7 @@ class ProcConnectorSource:
 
     def health(self) -> SourceHealth:
         self._health.counters = dict(self.counters)
-        self._health.counters["holds"] = self._pacer.holds if self._pacer is not None else 0
+        self._health.counters.update(pacer_counters(self._pacer))
         if self._sock is not None:
             queued = procfs.netlink_queued(self._sock.fileno())
             if queued is not None:
@@ -204,44 +204,21 @@ class ProcConnectorSource:
 
     # -- the hot path ----------------------------------------------------------------------
     def _on_readable(self) -> None:
-        reader = self._reader
-        if reader is None:
+        reader, pacer = self._reader, self._pacer
+        if reader is None or pacer is None:
             return
         self.counters["wakeups"] += 1
-        n = 0
-        while n < READ_BUDGET:
-            datagrams, got, status = reader.read(READ_BUDGET - n)
-            n += got
-            for data in datagrams:
-                try:
-                    self._deliver(data)
-                except Exception:  # a bug downstream: the rest of the batch still goes on
-                    self._delivery_failed()
-            if status == DRAINED:
-                if self._pacer is not None:
-                    self._pacer.read(n)
-                return
-            if status == errno.ENOBUFS:
-                self._overrun()
-            elif status != BUDGET:
-                log.error("proc connector read failed: %s", os.strerror(status))
-                self._set_health(FAILED, f"read failed: {os.strerror(status)}")
-                if self._pacer is not None:
-                    self._pacer.stop()
-                return
-        # The budget ran out with datagrams left: the reader is behind the kernel.
-        self.counters["full_reads"] += 1
-        if self._pacer is not None:
-            self._pacer.read(n, more=True)
+        n, status = pacer.drain(reader.read, READ_BUDGET, self._deliver, self._overrun,
+                                self._delivery_failed)  # fmt: skip
+        if status > 0:
+            log.error("proc connector read failed: %s", os.strerror(status))
+            self._set_health(FAILED, f"read failed: {os.strerror(status)}")
+        elif n >= READ_BUDGET:  # the budget ran out with datagrams left: the reader is behind
+            self.counters["full_reads"] += 1
 
     def _delivery_failed(self) -> None:
-        """A datagram read could not be handled (a bug: logged with its traceback). Its
-        event may be missing, so it is a loss like any other: a gap, then a resync."""
-        c = self.counters
-        c["delivery_errors"] += 1
-        n = c["delivery_errors"]
-        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a loop of them cannot flood the log
-            log.exception("proc connector: a datagram could not be handled (%d so far)", n)
+        """A datagram read could not be handled (a bug, logged by the pacer): its event may
+        be missing, so it is a loss like any other: a gap, then a resync."""
         assert self._sink is not None
         self._sink.submit(Loss(self.name, "internal_error", self._wall(),
                                "a datagram could not be handled: see the daemon's log",

@@ -242,7 +242,7 @@ async def test_a_datagram_that_cannot_be_handled_is_a_loss_and_the_batch_goes_on
     finally:
         rx.close()
         tx.close()
-    assert src.counters["delivery_errors"] == 1
+    assert src.health().counters["delivery_errors"] == 1
     losses = [o for o in sink.got if isinstance(o, Loss) and o.reason == "internal_error"]
     assert len(losses) == 1 and losses[0].source == "proc"
     assert sum(isinstance(o, Fork) for o in sink.got) == 2  # the two after it
