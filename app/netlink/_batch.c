@@ -165,6 +165,19 @@ in_skip(unsigned mtype, const long *skip, int nskip)
     return 0;
 }
 
+/* One datagram appended as its bytes. */
+static int
+raw_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
+{
+    (void)ctx;
+    PyObject *raw = PyBytes_FromStringAndSize(d, n);
+    if (raw == NULL)
+        return -1;
+    int rc = PyList_Append(out, raw);
+    Py_DECREF(raw);
+    return rc;
+}
+
 /* One datagram: a Record appended, nothing (a skipped type), or its raw bytes. */
 static int
 audit_one(PyObject *out, PyTypeObject *record, const char *d, Py_ssize_t n, const long *skip,
@@ -193,12 +206,7 @@ audit_one(PyObject *out, PyTypeObject *record, const char *d, Py_ssize_t n, cons
             }
         }
     }
-    PyObject *raw = PyBytes_FromStringAndSize(d, n);
-    if (raw == NULL)
-        return -1;
-    int rc = PyList_Append(out, raw);
-    Py_DECREF(raw);
-    return rc;
+    return raw_each(out, d, n, NULL);
 }
 
 /* Read up to `budget` datagrams from `fd` into the slots of `buf`, `slot` bytes each;
@@ -272,18 +280,6 @@ audit_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
 {
     audit_ctx *a = ctx;
     return audit_one(out, a->record, d, n, a->skip, a->nskip);
-}
-
-static int
-raw_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
-{
-    (void)ctx;
-    PyObject *raw = PyBytes_FromStringAndSize(d, n);
-    if (raw == NULL)
-        return -1;
-    int rc = PyList_Append(out, raw);
-    Py_DECREF(raw);
-    return rc;
 }
 
 static int

@@ -9,7 +9,6 @@ when plain, hex-encoded without quotes when they hold a space, a quote or a cont
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from collections.abc import Iterator
@@ -17,12 +16,8 @@ from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
 from app.argv import ARGV_MAX, cap_argv, split_cmdline
+from app.netlink.native import _batch, native_enabled
 from app.netlink.socket import NLMSG_HDRLEN, NLMSGHDR, nlmsg_align
-
-try:
-    from app.netlink import _batch
-except ImportError:  # not built: no compiler or headers where the package was installed
-    _batch = None  # type: ignore[assignment]
 
 
 class Record(NamedTuple):
@@ -151,16 +146,11 @@ _SYSCALL = re.compile(
 
 def parse_syscall(body: bytes) -> Syscall | None:
     """The SYSCALL record's fields, or None when the body has another shape."""
-    if _native_syscall is not None:
-        # The same match in C (app/netlink/_batch.c): 2.6 -> 0.4 us a record here, two
-        # records a fork+exit life; tests/unit/test_batch.py compares both.
-        got = _native_syscall(body)
-        if got is not None:
-            return got
-    else:
-        m = _SYSCALL.match(body)
-        if m is not None:
-            return Syscall._make(m.groups())
+    # The regex's match, in C when built (app/netlink/_batch.c): 2.6 -> 0.55 us a record
+    # here, two records a fork+exit life; tests/unit/test_batch.py compares both.
+    got = _native_syscall(body) if _native_syscall is not None else _regex_syscall(body)
+    if got is not None:
+        return got
     f = raw_fields(body)  # fields in an unexpected order: slower, same answer
     try:
         return Syscall(
@@ -175,12 +165,6 @@ def _regex_syscall(body: bytes) -> Syscall | None:
     """parse_syscall's regex alone (what the compiled match must equal)."""
     m = _SYSCALL.match(body)
     return None if m is None else Syscall._make(m.groups())
-
-
-def native_enabled() -> bool:
-    """The compiled module (app/netlink/_batch.c) is built and not switched off with
-    LIFEWATCH_NATIVE=0 (read at start: it chooses the path once)."""
-    return _batch is not None and os.environ.get("LIFEWATCH_NATIVE", "1") != "0"
 
 
 if _batch is not None:

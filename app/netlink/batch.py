@@ -17,12 +17,9 @@ import socket
 from collections.abc import Set as AbstractSet
 from typing import cast
 
-from app.netlink.audit_records import Record, native_enabled
-
-try:
-    from app.netlink import _batch as _native
-except ImportError:  # not built (audit_records.native_enabled says so)
-    _native = None  # type: ignore[assignment]
+from app.netlink.audit_records import Record
+from app.netlink.native import _batch as _native
+from app.netlink.native import native_enabled
 
 DRAINED = 0  # status: every queued datagram was read
 BUDGET = -1  # status: the budget ran out, datagrams may be left

@@ -16,14 +16,9 @@ from pathlib import Path
 import pytest
 
 from app.netlink.audit_proto import AUDIT_EOE, AUDIT_PATH, AUDIT_PROCTITLE, AUDIT_SYSCALL
-from app.netlink.audit_records import (
-    Record,
-    Syscall,
-    _regex_syscall,
-    native_enabled,
-    parse_datagram,
-)
+from app.netlink.audit_records import Record, Syscall, _regex_syscall, parse_datagram
 from app.netlink.batch import BUDGET, DRAINED, AuditBatchReader, BatchReader
+from app.netlink.native import native_enabled
 
 DATA = Path(__file__).parent.parent / "data"
 RECORDED = [
