@@ -233,6 +233,11 @@ def list_pids(proc: Path = PROC) -> Iterator[int]:
             yield int(entry.name)
 
 
+# Reads of a pid whose task was released under the read before it is taken for gone: the
+# next read finds the pid's new task or no entry.
+RELEASED_READS = 3
+
+
 def process_running(pid: int, proc: Path = PROC, born_by: int | None = None) -> bool:
     """Is process `pid` still running (see `is_running`)? False once /proc no longer has it,
     and False when the pid is held by a process that started after tick `born_by`.
@@ -242,11 +247,19 @@ def process_running(pid: int, proc: Path = PROC, born_by: int | None = None) -> 
     (a fork storm) may ask after the pid was reused: a holder younger than the exit is not
     the process that exited (a pid is not reused within one tick).
     """
-    try:
-        stat = read_stat(pid, proc)
-    except (OSError, StatError):
-        return False
-    return is_running(stat) and (born_by is None or stat.start_ticks <= born_by)
+    for _ in range(RELEASED_READS):
+        try:
+            stat = read_stat(pid, proc)
+        except (OSError, StatError):
+            return False
+        if stat.num_threads:
+            return is_running(stat) and (born_by is None or stat.start_ticks <= born_by)
+        # 0 threads: the task this read found was released while it was read (do_task_stat
+        # counts threads only while it can lock the task's signal handlers). The pid may
+        # name another task by now: a thread that exec'd takes its leader's pid (de_thread
+        # releases the old leader right after), so this read proves nothing; read again. A
+        # CI run once took a de_thread exec for a death with status 0 this way.
+    return False
 
 
 def thread_group_of(pid: int, proc: Path = PROC) -> int | None:

@@ -3,6 +3,7 @@ are built but never started; their handlers are fed what the kernel would give t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,30 @@ def test_a_pid_reused_since_the_exit_is_not_the_process_still_running(tmp_path: 
     assert procfs.process_running(42, tmp_path)
     assert procfs.process_running(42, tmp_path, born_by=500)  # same tick: the same process
     assert not procfs.process_running(42, tmp_path, born_by=499)  # younger than the exit
+
+
+def test_a_task_released_while_read_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """de_thread: a thread that execs takes its leader's pid, and the old leader is released
+    at once. A read of /proc/<pid>/stat that found the old leader and finished after its
+    release shows it as X with 0 threads (do_task_stat counts them only while it can lock the
+    task's signal handlers): not the pid's state. The next read finds the new leader."""
+
+    def line(comm: str, state: str, threads: str) -> bytes:
+        fields = [state, "0"] + ["0"] * 15 + [threads] + ["0"] + ["500"] + ["0"] * 30
+        return f"42 ({comm}) ".encode() + " ".join(fields).encode()
+
+    released, execd, zombie = line("python3", "X", "0"), line("sh", "R", "1"), line("sh", "Z", "1")
+    cases = (([released, execd], True), ([released, released, zombie], False),
+             ([released] * procfs.RELEASED_READS, False), ([execd], True))  # fmt: skip
+    for lines, running in cases:
+        reads = iter(lines)
+
+        def read_stat(pid: int, proc: Path, reads: Iterator[bytes] = reads) -> procfs.Stat:
+            return procfs.parse_stat(next(reads))
+
+        monkeypatch.setattr(procfs, "read_stat", read_stat)
+        assert procfs.process_running(42) is running, lines
+        assert next(reads, None) is None  # read no more than needed
 
 
 async def test_a_datagram_that_cannot_be_handled_is_a_loss_and_the_batch_goes_on() -> None:
