@@ -7,7 +7,9 @@
  * as the Python path they shortcut (app/netlink/audit_records.py parse_datagram: its
  * one-record fast path; tests/unit/test_batch.py compares both on recorded kernel output
  * and on hostile bytes). Anything that path would not take is handed back as raw bytes for
- * the Python parser, so the general cases keep one implementation. Optional: without a C
+ * the Python parser, so the general cases keep one implementation. The connector's usual
+ * datagram (one FORK, EXEC or EXIT) is decoded here the same way (cn_proc.decode's hot
+ * path). Optional: without a C
  * compiler the package installs without it and the Python path runs (app/netlink/batch.py).
  */
 #define PY_SSIZE_T_CLEAN
@@ -29,6 +31,8 @@
 /* The NamedTuple classes this module makes (audit_records.Record and .Syscall), given once
  * by register(): only they, checked to be plain tuple subtypes of the right length. */
 static PyTypeObject *record_type, *syscall_type;
+/* And cn_proc.ForkEvent, .ExecEvent and .ExitEvent, given once by register_proc(). */
+static PyTypeObject *fork_type, *exec_type, *exit_type;
 
 /* A `t` holding items[0..n) (references stolen), as tuple.__new__(t, items) makes it. */
 static PyObject *
@@ -207,6 +211,75 @@ audit_one(PyObject *out, PyTypeObject *record, const char *d, Py_ssize_t n, cons
         }
     }
     return raw_each(out, d, n, NULL);
+}
+
+/* -- proc connector datagrams --------------------------------------------------------------
+ * The hot path of cn_proc.decode: a datagram that is one proc message (nlmsghdr, cn_msg of
+ * CN_IDX_PROC/CN_VAL_PROC, then proc_event) telling a FORK, EXEC or EXIT becomes its event
+ * tuple (cpu, cn_msg seq, timestamp_ns, then the union's u32 fields in the kernel's order).
+ * Anything else (an ack, another event, several messages, a foreign or short one) is handed
+ * back as bytes for decode(), so those cases keep one implementation. */
+#define PROC_HEAD 52 /* nlmsghdr 16 + cn_msg 20 + what, cpu, timestamp_ns 16 */
+#define PROC_EVENT_FORK 0x00000001u
+#define PROC_EVENT_EXEC 0x00000002u
+#define PROC_EVENT_EXIT 0x80000000u
+
+static uint32_t
+u32_at(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static int
+proc_one(PyObject *out, const char *d, Py_ssize_t n)
+{
+    if (n >= PROC_HEAD && fork_type != NULL) {
+        Py_ssize_t length = (Py_ssize_t)u32_at(d);
+        int framed = length >= PROC_HEAD &&
+                     (length == n || (length < n && ((length + 3) & ~(Py_ssize_t)3) == n));
+        if (framed && u32_at(d + 16) == 1 && u32_at(d + 20) == 1) { /* CN_IDX/VAL_PROC */
+            uint32_t what = u32_at(d + 36);
+            Py_ssize_t room = length - PROC_HEAD;
+            PyTypeObject *t = NULL;
+            int k = 0;
+            if (what == PROC_EVENT_EXIT && room >= 24) {
+                t = exit_type;
+                k = 6;
+            } else if (what == PROC_EVENT_FORK && room >= 16) {
+                t = fork_type;
+                k = 4;
+            } else if (what == PROC_EVENT_EXEC && room >= 8) {
+                t = exec_type;
+                k = 2;
+            }
+            if (t != NULL) {
+                uint64_t ts;
+                memcpy(&ts, d + 44, 8);
+                PyObject *items[9];
+                items[0] = PyLong_FromUnsignedLong(u32_at(d + 40)); /* cpu */
+                items[1] = PyLong_FromUnsignedLong(u32_at(d + 24)); /* cn_msg seq */
+                items[2] = PyLong_FromUnsignedLongLong(ts);
+                for (int i = 0; i < k; i++)
+                    items[3 + i] = PyLong_FromUnsignedLong(u32_at(d + PROC_HEAD + 4 * i));
+                PyObject *ev = new_tuple(t, items, 3 + k);
+                if (ev == NULL)
+                    return -1;
+                int rc = PyList_Append(out, ev);
+                Py_DECREF(ev);
+                return rc;
+            }
+        }
+    }
+    return raw_each(out, d, n, NULL);
+}
+
+static int
+proc_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
+{
+    (void)ctx;
+    return proc_one(out, d, n);
 }
 
 /* Read up to `budget` datagrams from `fd` into the slots of `buf`, `slot` bytes each;
@@ -405,6 +478,85 @@ raw_batch(PyObject *mod, PyObject *args)
 }
 
 
+PyDoc_STRVAR(register_proc_doc,
+"register_proc(ForkEvent, ExecEvent, ExitEvent)\n\n"
+"The NamedTuple classes of cn_proc this module makes (7, 5 and 9 fields).");
+
+static PyObject *
+register_proc(PyObject *mod, PyObject *args)
+{
+    PyObject *f, *e, *x;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "OOO", &f, &e, &x))
+        return NULL;
+    if (plain_tuple_type(f, 7) < 0 || plain_tuple_type(e, 5) < 0 || plain_tuple_type(x, 9) < 0)
+        return NULL;
+    Py_INCREF(f);
+    Py_INCREF(e);
+    Py_INCREF(x);
+    Py_XSETREF(fork_type, (PyTypeObject *)f);
+    Py_XSETREF(exec_type, (PyTypeObject *)e);
+    Py_XSETREF(exit_type, (PyTypeObject *)x);
+    Py_RETURN_NONE;
+}
+
+static int
+proc_registered(void)
+{
+    if (fork_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "register_proc(ForkEvent, ExecEvent, ExitEvent) first");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(proc_batch_doc,
+"proc_batch(fd, buf, slot, budget) -> (items, datagrams, status)\n\n"
+"Connector datagrams read with recvmmsg(): each FORK, EXEC or EXIT as its event, anything\n"
+"else as its raw bytes (for cn_proc.decode). status as audit_batch's.");
+
+static PyObject *
+proc_batch(PyObject *mod, PyObject *args)
+{
+    int fd;
+    Py_buffer buf;
+    Py_ssize_t slot, budget;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "iw*nn", &fd, &buf, &slot, &budget))
+        return NULL;
+    PyObject *res = NULL;
+    if (proc_registered() == 0) {
+        if (slot >= PROC_HEAD)
+            res = batch(fd, &buf, slot, budget, proc_each, NULL);
+        else
+            PyErr_SetString(PyExc_ValueError, "slot too small");
+    }
+    PyBuffer_Release(&buf);
+    return res;
+}
+
+PyDoc_STRVAR(parse_proc_doc,
+"parse_proc(data) -> list\n\n"
+"What proc_batch makes of one datagram (for tests): [event] or [data].");
+
+static PyObject *
+parse_proc(PyObject *mod, PyObject *args)
+{
+    Py_buffer data;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    PyObject *out = NULL;
+    if (proc_registered() == 0) {
+        out = PyList_New(0);
+        if (out != NULL && proc_one(out, data.buf, data.len) < 0)
+            Py_CLEAR(out);
+    }
+    PyBuffer_Release(&data);
+    return out;
+}
+
+
 /* -- the SYSCALL record's fields ----------------------------------------------------------
  * The same groups as audit_records._SYSCALL, a regex match (not fullmatch) of
  *   arch=([0-9a-f]+) syscall=([0-9]+) (?:success=([a-z]+) exit=(-?[0-9]+) )?
@@ -548,6 +700,9 @@ static PyMethodDef methods[] = {
     {"audit_batch", audit_batch, METH_VARARGS, audit_batch_doc},
     {"parse_audit", parse_audit, METH_VARARGS, parse_audit_doc},
     {"raw_batch", raw_batch, METH_VARARGS, raw_batch_doc},
+    {"register_proc", register_proc, METH_VARARGS, register_proc_doc},
+    {"proc_batch", proc_batch, METH_VARARGS, proc_batch_doc},
+    {"parse_proc", parse_proc, METH_VARARGS, parse_proc_doc},
     {NULL, NULL, 0, NULL},
 };
 

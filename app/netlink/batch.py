@@ -1,8 +1,9 @@
 """Batched reads of a non-blocking netlink socket: up to a budget of datagrams per call.
 
 With the compiled module (app/netlink/_batch.c) one recvmmsg() reads up to 16 datagrams and
-the usual audit datagram (one record) comes back parsed; without it, or with
-LIFEWATCH_NATIVE=0, one recv() per datagram and every datagram comes back as bytes. Either
+the usual audit datagram (one record) or connector datagram (one FORK, EXEC or EXIT) comes
+back parsed; without it, or with LIFEWATCH_NATIVE=0, one recv() per datagram and every
+datagram comes back as bytes. Either
 way the caller parses what is bytes with the pure parsers (audit_records.parse_datagram,
 cn_proc.decode), so both paths give the same records (tests/unit/test_batch.py).
 
@@ -18,6 +19,7 @@ from collections.abc import Set as AbstractSet
 from typing import cast
 
 from app.netlink.audit_records import Record
+from app.netlink.cn_proc import ProcEvent
 from app.netlink.native import _batch as _native
 from app.netlink.native import native_enabled
 
@@ -72,3 +74,13 @@ class AuditBatchReader(BatchReader):
             return _native.audit_batch(self.fd, self._buf, self.slot, budget, skip)
         raw, n, status = self.read(budget)
         return cast("list[Record | bytes]", raw), n, status
+
+
+class ProcBatchReader(BatchReader):
+    def events(self, budget: int, parse: bool = True) -> tuple[list[ProcEvent | bytes], int, int]:
+        """As `read`, but with `parse` and the compiled module a datagram telling one FORK,
+        EXEC or EXIT comes back as its event; bytes are for cn_proc.decode."""
+        if self.native and parse:
+            return _native.proc_batch(self.fd, self._buf, self.slot, budget)
+        raw, n, status = self.read(budget)
+        return cast("list[ProcEvent | bytes]", raw), n, status

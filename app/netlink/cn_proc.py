@@ -27,6 +27,7 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_fork,
 )
 
+from app.netlink.native import _batch
 from app.netlink.socket import NLMSG_DONE, NLMSG_HDRLEN, NLMSGHDR, nlmsg_align
 
 NETLINK_CONNECTOR = 11  # include/uapi/linux/netlink.h
@@ -127,6 +128,11 @@ class OtherEvent(NamedTuple):
 
 
 ProcEvent = ForkEvent | ExecEvent | ExitEvent | Ack | OtherEvent
+
+if _batch is not None:
+    # The classes the compiled reader makes of the usual datagram (app/netlink/_batch.c,
+    # decode's hot path in C: tests/unit/test_batch.py compares the two).
+    _batch.register_proc(ForkEvent, ExecEvent, ExitEvent)
 
 
 def decode(data: bytes | memoryview) -> list[ProcEvent]:

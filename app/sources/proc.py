@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app import procfs
-from app.netlink.batch import BatchReader
+from app.netlink.batch import ProcBatchReader
 from app.netlink.cn_proc import (
     CN_IDX_PROC,
     NETLINK_CONNECTOR,
@@ -30,6 +30,7 @@ from app.netlink.cn_proc import (
     ExecEvent,
     ExitEvent,
     ForkEvent,
+    ProcEvent,
     control_message,
     decode,
 )
@@ -96,7 +97,7 @@ class ProcConnectorSource:
         self._boot_minus_mono_ns = boot_offset_ns
         self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
         self._sock: socket.socket | None = None
-        self._reader: BatchReader | None = None
+        self._reader: ProcBatchReader | None = None
         self._pacer: Pacer | None = None
         self._sink: Sink | None = None
         self._listening = False
@@ -126,7 +127,7 @@ class ProcConnectorSource:
             sock.close()
             raise
         sock.setblocking(False)
-        self._reader = BatchReader(sock, DATAGRAM_MAX)
+        self._reader = ProcBatchReader(sock, DATAGRAM_MAX)
         self._pacer = Pacer(
             sock.fileno(), self._on_readable, at_least=PACE_AT, hold=hold_for(rcvbuf_of(sock))
         )
@@ -208,13 +209,18 @@ class ProcConnectorSource:
         if reader is None or pacer is None:
             return
         self.counters["wakeups"] += 1
-        n, status = pacer.drain(reader.read, READ_BUDGET, self._deliver, self._overrun,
+        n, status = pacer.drain(self._read, READ_BUDGET, self._deliver, self._overrun,
                                 self._delivery_failed)  # fmt: skip
         if status > 0:
             log.error("proc connector read failed: %s", os.strerror(status))
             self._set_health(FAILED, f"read failed: {os.strerror(status)}")
         elif n >= READ_BUDGET:  # the budget ran out with datagrams left: the reader is behind
             self.counters["full_reads"] += 1
+
+    def _read(self, budget: int) -> tuple[list[ProcEvent | bytes], int, int]:
+        assert self._reader is not None
+        # A tap records the kernel's bytes (fixtures for the decoder tests): it gets them.
+        return self._reader.events(budget, parse=self.tap is None)
 
     def _delivery_failed(self) -> None:
         """A datagram read could not be handled (a bug, logged by the pacer): its event may
@@ -236,9 +242,14 @@ class ProcConnectorSource:
             Loss(self.name, "enobufs", now, "proc connector socket overrun", self._last_at)
         )
 
-    def _deliver(self, data: bytes) -> None:
-        if self.tap is not None:
-            self.tap(data)
+    def _deliver(self, item: ProcEvent | bytes) -> None:
+        """One datagram: as bytes, or as the event the compiled reader decoded from it."""
+        if isinstance(item, bytes):
+            if self.tap is not None:
+                self.tap(item)
+            events: list[ProcEvent] | tuple[ProcEvent] = decode(item)
+        else:
+            events = (item,)
         sink = self._sink
         assert sink is not None
         c = self.counters
@@ -247,7 +258,7 @@ class ProcConnectorSource:
         # of the event itself rather than of our read.
         wall = self._wall()
         offset = self._wall_minus_mono()
-        for ev in decode(data):
+        for ev in events:
             self._check_seq(ev.cpu, ev.seq)  # a loss shows before the event that revealed it
             at = ev.timestamp_ns / 1e9 + offset
             # Deaths first: they are what clients wait for (bench/death_latency.py).

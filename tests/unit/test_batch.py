@@ -17,7 +17,8 @@ import pytest
 
 from app.netlink.audit_proto import AUDIT_EOE, AUDIT_PATH, AUDIT_PROCTITLE, AUDIT_SYSCALL
 from app.netlink.audit_records import Record, Syscall, _regex_syscall, parse_datagram
-from app.netlink.batch import BUDGET, DRAINED, AuditBatchReader, BatchReader
+from app.netlink.batch import BUDGET, DRAINED, AuditBatchReader, BatchReader, ProcBatchReader
+from app.netlink.cn_proc import ExecEvent, ExitEvent, ForkEvent, decode
 from app.netlink.native import native_enabled
 
 DATA = Path(__file__).parent.parent / "data"
@@ -296,3 +297,82 @@ def test_parse_syscall_gives_the_same_fields_on_either_path(
     monkeypatch.setattr(audit_records, "_native_syscall", None)
     assert [audit_records.parse_syscall(b) for b in bodies] == native
     assert sum(f is not None for f in native) > len(SYSCALL_BODIES)  # the fallback found more
+
+
+# -- the connector's datagrams ---------------------------------------------------------------
+
+PROC_RECORDED = [bytes.fromhex(line) for line in (DATA / "cn_proc.hex").read_text().split()]
+
+
+def same_events(data: bytes) -> None:
+    """What the compiled reader makes of a connector datagram decodes as cn_proc.decode does:
+    the event itself, or the bytes left for decode()."""
+    got = _batch.parse_proc(data)
+    assert len(got) == 1
+    events = decode(got[0]) if isinstance(got[0], bytes) else got
+    assert events == decode(data), data.hex()
+    assert [type(e) for e in events] == [type(e) for e in decode(data)]
+
+
+def test_recorded_connector_output_decodes_as_the_pure_decoder_does() -> None:
+    for data in PROC_RECORDED:
+        same_events(data)
+    # Every FORK, EXEC and EXIT recorded is decoded in C, not handed back.
+    made = [_batch.parse_proc(d)[0] for d in PROC_RECORDED]
+    assert {type(e) for e in made} == {ForkEvent, ExecEvent, ExitEvent}
+    for c, d in zip(made, PROC_RECORDED, strict=True):
+        assert hash(c) == hash(decode(d)[0]) == hash(tuple(c))
+
+
+def proc_mutations(rng: random.Random) -> Iterator[bytes]:
+    """Recorded datagrams cut, padded, re-framed, re-typed and scrambled: every field the
+    compiled path checks (lengths, idx/val, what) and the shapes it must hand back."""
+    whats = [0, 1, 2, 4, 0x80000000, 0x40000000, 0xFFFFFFFF, 2, 1]
+    for _ in range(5000):
+        data = bytearray(rng.choice(PROC_RECORDED))
+        what = rng.randrange(7)
+        if what == 0:
+            del data[rng.randrange(len(data)) :]  # truncated
+        elif what == 1:
+            for _ in range(rng.randrange(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif what == 2:
+            length = rng.choice([0, 16, 51, 52, 60, len(data) - 4, len(data) - 3, len(data) + 1])
+            struct.pack_into("=I", data, 0, max(0, length))
+        elif what == 3:
+            data += rng.randbytes(rng.randrange(1, 80))  # padding, or a second message
+        elif what == 4:
+            struct.pack_into("=I", data, 36, rng.choice(whats))
+        elif what == 5:
+            struct.pack_into("=II", data, 16, rng.randrange(3), rng.randrange(3))  # idx, val
+        else:
+            data = bytearray(rng.randbytes(rng.randrange(100)))
+        yield bytes(data)
+
+
+def test_hostile_connector_bytes_decode_as_the_pure_decoder_does() -> None:
+    for data in proc_mutations(random.Random(4711)):
+        same_events(data)
+    # Two messages in one datagram: both decoded (by decode(), from the bytes handed back).
+    two = PROC_RECORDED[0] + PROC_RECORDED[2]
+    assert len(decode(two)) == 2
+    same_events(two)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_connector_reader_reads_what_was_sent_in_order(
+    pair: tuple[socket.socket, socket.socket], native: bool
+) -> None:
+    rx, tx = pair
+    sent = PROC_RECORDED * 5
+    for d in sent:
+        tx.send(d)
+    reader = ProcBatchReader(rx, 4096, native=native)
+    items, n, status = reader.events(200, parse=True)
+    assert (n, status) == (len(sent), DRAINED)
+    got = [e for i in items for e in (decode(i) if isinstance(i, bytes) else [i])]
+    assert got == [e for d in sent for e in decode(d)]
+    if native:
+        assert not any(isinstance(i, bytes) for i in items)
+    tx.send(sent[0])
+    assert reader.events(10, parse=False)[0] == [sent[0]]  # a tap's reads: the bytes

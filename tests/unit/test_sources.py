@@ -237,7 +237,7 @@ async def test_a_datagram_that_cannot_be_handled_is_a_loss_and_the_batch_goes_on
     read with it is still delivered: nothing is dropped silently."""
     import socket
 
-    from app.netlink.batch import BatchReader
+    from app.netlink.batch import ProcBatchReader
     from app.sources.pacing import Pacer
 
     datagrams = [bytes.fromhex(x) for x in (DATA / "cn_proc.hex").read_text().split()]
@@ -258,7 +258,7 @@ async def test_a_datagram_that_cannot_be_handled_is_a_loss_and_the_batch_goes_on
     src = ProcConnectorSource(Config().proc_settings())
     sink = Flaky()
     src._sink = sink
-    src._reader = BatchReader(rx, 256)
+    src._reader = ProcBatchReader(rx, 256)
     src._pacer = Pacer(rx.fileno(), src._on_readable, hold=0)
     try:
         for d in forks:
