@@ -39,6 +39,9 @@ class Fork:
     mono_ns: int | None = None  # kernel CLOCK_MONOTONIC of the fork (proc connector)
     audit_stamp: float | None = None  # audit's coarse wall-clock stamp of the syscall
     uid: int | None = None
+    # The source read the process's exit with its fork (the connector, in one batch): its
+    # /proc entry is a zombie's at best, most often gone (reaped), so not worth a read.
+    ended: bool = False
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from app import procfs
@@ -107,6 +108,10 @@ class ProcConnectorSource:
         # process's. Forgotten at any loss (a missed thread FORK would make it wrong).
         self._solo: dict[int, bool] = {}
         self._last_at = 0.0
+        # Positions in the batch being delivered of the FORKs whose exit it holds too, and
+        # the position of the datagram being delivered (see `ended_forks`).
+        self._ended: AbstractSet[int] = frozenset()
+        self._item = 0
         self._health = SourceHealth()
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
@@ -220,7 +225,9 @@ class ProcConnectorSource:
     def _read(self, budget: int) -> tuple[list[ProcEvent | bytes], int, int]:
         assert self._reader is not None
         # A tap records the kernel's bytes (fixtures for the decoder tests): it gets them.
-        return self._reader.events(budget, parse=self.tap is None)
+        items, n, status = self._reader.events(budget, parse=self.tap is None)
+        self._ended, self._item = ended_forks(items), 0
+        return items, n, status
 
     def _delivery_failed(self) -> None:
         """A datagram read could not be handled (a bug, logged by the pacer): its event may
@@ -244,6 +251,8 @@ class ProcConnectorSource:
 
     def _deliver(self, item: ProcEvent | bytes) -> None:
         """One datagram: as bytes, or as the event the compiled reader decoded from it."""
+        position = self._item
+        self._item = position + 1
         if isinstance(item, bytes):
             if self.tap is not None:
                 self.tap(item)
@@ -279,7 +288,8 @@ class ProcConnectorSource:
                     if len(self._solo) > SOLO_MAX:
                         del self._solo[next(iter(self._solo))]
                     sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
-                                     mono_ns=ev.timestamp_ns))  # fmt: skip
+                                     mono_ns=ev.timestamp_ns,
+                                     ended=position in self._ended))  # fmt: skip
             elif type(ev) is ExecEvent:
                 c["execs"] += 1
                 sink.submit(Exec(self.name, ev.process_tgid, at))
@@ -344,3 +354,20 @@ class ProcConnectorSource:
         assert self._sink is not None
         detail = f"cpu {cpu}: {missing} proc event(s) missing"
         self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))
+
+
+def ended_forks(items: list[ProcEvent | bytes]) -> set[int]:
+    """Positions in one read's `items` of the process FORKs whose leader's EXIT comes later
+    in them: the process has ended by the time the fork is handled (a zombie at best, most
+    often reaped), so the tracker dates it from the fork's stamp without reading /proc
+    (app/core/dating.py). Under a fork+exit storm a batch holds most lives whole."""
+    exits: set[int] = set()
+    out: set[int] = set()
+    for i in range(len(items) - 1, -1, -1):
+        ev = items[i]
+        if type(ev) is ExitEvent:
+            if ev.process_pid == ev.process_tgid:
+                exits.add(ev.process_tgid)
+        elif type(ev) is ForkEvent and ev.child_pid in exits and ev.child_pid == ev.child_tgid:
+            out.add(i)
+    return out

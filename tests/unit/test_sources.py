@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,3 +272,74 @@ async def test_a_datagram_that_cannot_be_handled_is_a_loss_and_the_batch_goes_on
     losses = [o for o in sink.got if isinstance(o, Loss) and o.reason == "internal_error"]
     assert len(losses) == 1 and losses[0].source == "proc"
     assert sum(isinstance(o, Fork) for o in sink.got) == 2  # the two after it
+
+
+def test_forks_whose_exit_the_same_read_holds() -> None:
+    """The connector's batch under a fork+exit storm holds most lives whole: a FORK whose
+    process's (leader's) EXIT comes later in the same read is handled knowing it ended."""
+    from app.sources.proc import ended_forks
+
+    def fork(pid: int, tgid: int | None = None) -> ForkEvent:
+        return ForkEvent(0, 0, 0, 1, 1, pid, pid if tgid is None else tgid)
+
+    def exit_(pid: int, tgid: int | None = None) -> ExitEvent:
+        return ExitEvent(0, 0, 0, pid, pid if tgid is None else tgid, 0, 17, 1, 1)
+
+    items: list[Any] = [
+        fork(10),  # 0: ends at 3
+        fork(11),  # 1: still running (only a thread of it exits)
+        fork(12, 11),  # 2: a thread
+        exit_(10),
+        exit_(12, 11),
+        exit_(20),  # 5: an earlier holder of pid 20 ends...
+        fork(20),  # 6: ...and the pid's next process is still running
+        b"\x00" * 60,  # 7: bytes the compiled reader handed back
+        fork(30),  # 8: ends at 9
+        exit_(30),
+    ]
+    assert ended_forks(items) == {0, 8}
+    assert ended_forks([]) == set()
+
+
+def test_a_fork_known_to_have_ended_is_dated_without_reading_proc(tmp_path: Path) -> None:
+    from app.core.dating import DERIVED_SLACK, start_of
+    from app.sources.observations import Fork
+
+    (tmp_path / "42").mkdir()
+    fields = ["Z", "7"] + ["0"] * 15 + ["1"] + ["0"] + ["500"] + ["0"] * 30
+    (tmp_path / "42" / "stat").write_bytes(b"42 (sleep) " + " ".join(fields).encode())
+    est = (499, DERIVED_SLACK)
+    # Its zombie is still there: read, the start is exact.
+    assert start_of(Fork("proc", 42, 7, 0.0, mono_ns=1), est, tmp_path) == (500, 0, "sleep")
+    # Told it ended with its fork: not read, dated from the stamp with its slack.
+    ended = Fork("proc", 42, 7, 0.0, mono_ns=1, ended=True)
+    assert start_of(ended, est, tmp_path) == (499, DERIVED_SLACK, None)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_connector_tells_which_forks_ended_in_the_same_read(native: bool) -> None:
+    """Recorded datagrams read in one batch: 9075's fork, exec and exit, then 9078's fork and
+    exec. The compiled reader's events mark 9075 as ended; 9078 is still running. The pure
+    path (no compiled module) hands back bytes and marks none: /proc is read as before."""
+    import socket
+
+    from app.netlink.batch import ProcBatchReader
+    from app.sources.pacing import Pacer
+
+    datagrams = [bytes.fromhex(x) for x in (DATA / "cn_proc.hex").read_text().split()]
+    rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.setblocking(False)
+    src = ProcConnectorSource(Config().proc_settings())
+    sink = Collect()
+    src._sink = sink
+    src._reader = ProcBatchReader(rx, 256, native=native)
+    src._pacer = Pacer(rx.fileno(), src._on_readable, hold=0)
+    try:
+        for i in (0, 1, 2, 9, 10):
+            tx.send(datagrams[i])
+        src._on_readable()
+    finally:
+        rx.close()
+        tx.close()
+    forks = {o.pid: o.ended for o in sink.got if isinstance(o, Fork)}
+    assert forks == {9075: native, 9078: False}
