@@ -103,6 +103,9 @@ class AuditSource:
         self._lost_at_start = 0
         # A raw-bytes tap (every datagram as read): used to record kernel output for tests.
         self.tap: Callable[[bytes], None] | None = None
+        # Another source's reader, run before each read of this one (the Service sets the
+        # connector's: app/core/service.py, `_read_proc_first`).
+        self.first: Callable[[], None] | None = None
         self.asm = Assembler(self, clock=mono)
         self.lives = LifeEvents(self._emit, proc, clock=mono, argv_max=settings.argv_max)
         self.counters: dict[str, int] = {
@@ -266,6 +269,8 @@ class AuditSource:
         reader, pacer = self._reader, self._pacer
         if reader is None or pacer is None:
             return
+        if self.first is not None:
+            self.first()
         parse = self.tap is None  # a tap records every datagram as read, before any parsing
         n, status = pacer.drain(lambda k: reader.records(k, UNUSED, parse), BATCH, self._take,
                                 self._enobufs, self._delivery_failed)  # fmt: skip

@@ -209,6 +209,10 @@ class ProcConnectorSource:
             self._sink.submit(Health(self.name, state, reason, at))
 
     # -- the hot path ----------------------------------------------------------------------
+    def read_now(self) -> None:
+        """Read what the socket holds now, whatever the pacing (another source asks)."""
+        self._on_readable()
+
     def _on_readable(self) -> None:
         reader, pacer = self._reader, self._pacer
         if reader is None or pacer is None:

@@ -377,3 +377,33 @@ async def test_two_derived_starts_that_disagree_are_one_life_found_by_either(
         assert back is not None and back.start_slack == 5 and back.start_ticks == true - 5
     finally:
         await again.stop()
+
+
+async def test_the_connector_is_read_before_each_audit_read(tmp_path: Path) -> None:
+    """With both kernel sources the Service has audit read the connector's socket first
+    (the order the kernel sends their reports in); with one of them, nothing is wired."""
+    reads: list[str] = []
+
+    class Audit(ScriptedSource):
+        first: Any = None
+
+    class Proc(ScriptedSource):
+        def read_now(self) -> None:
+            reads.append("proc")
+
+    audit, proc = Audit("audit"), Proc("proc")
+    svc = Service(make_config(state_dir=tmp_path, canary_interval=0), sources=[audit, proc])
+    await svc.start()
+    try:
+        assert audit.first is not None
+        audit.first()
+        assert reads == ["proc"]
+    finally:
+        await svc.stop()
+    alone = Audit("audit")
+    svc = Service(make_config(state_dir=tmp_path, canary_interval=0), sources=[alone])
+    await svc.start()
+    try:
+        assert alone.first is None
+    finally:
+        await svc.stop()
