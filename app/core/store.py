@@ -763,9 +763,10 @@ class Store:
     def _rows(self, batch: list[Item]) -> tuple[list[EventRow], list[Row], list[Write]]:
         """A batch as chunk rows, life rows (the last state of each life) and writes."""
         events: list[EventRow] = []
-        lives: dict[int, Row] = {}
+        # The last state of each life in the batch: its row is made once, not per event (a
+        # life born and dead within one commit, as in a storm, has two events).
+        last: dict[int, Event | LifeView] = {}
         writes: list[Write] = []
-        ord = self.boot_ord
         for item in batch:
             if type(item) is Event:
                 view = item.life
@@ -775,15 +776,22 @@ class Store:
                     continue
                 events.append((item.cursor, item.type, item.at, item.sources,
                                flat_view(view), item.fields))  # fmt: skip
-                key = view.start_ticks << 23 | view.pid
-                lives[key] = (ord, key, view.died_at, _comm_bytes(view.comm), item.cursor, None)
+                last[view.start_ticks << 23 | view.pid] = item
             elif isinstance(item, LifeView):
-                key = life_key(item.pid, item.start_ticks)
-                lives[key] = (ord, key, item.died_at, _comm_bytes(item.comm), None,
-                              pack_view(item))  # fmt: skip
+                last[life_key(item.pid, item.start_ticks)] = item
             else:
                 writes.append(item)  # type: ignore[arg-type]
-        return events, list(lives.values()), writes
+        ord = self.boot_ord
+        lives: list[Row] = []
+        for key, item in last.items():
+            if isinstance(item, Event):
+                view = item.life
+                assert view is not None
+                lives.append((ord, key, view.died_at, _comm_bytes(view.comm), item.cursor, None))
+            else:
+                lives.append((ord, key, item.died_at, _comm_bytes(item.comm), None,
+                              pack_view(item)))  # fmt: skip
+        return events, lives, writes
 
     def _component_write(self, c: sqlite3.Connection, fn: Write) -> None:
         c.execute("SAVEPOINT component")
