@@ -207,9 +207,8 @@ class Service:
         (docs/performance.md, round 6)."""
         running = {s.name: s for s in self.sources if not isinstance(s, FailedSource)}
         audit, proc = running.get("audit"), running.get("proc")
-        read_now = getattr(proc, "read_now", None)
-        if audit is not None and read_now is not None and hasattr(audit, "first"):
-            audit.first = read_now
+        if audit is not None and hasattr(audit, "first"):
+            audit.first = getattr(proc, "read_now", None)
 
     async def stop(self) -> None:
         if self.canary is not None:

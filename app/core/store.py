@@ -763,9 +763,10 @@ class Store:
     def _rows(self, batch: list[Item]) -> tuple[list[EventRow], list[Row], list[Write]]:
         """A batch as chunk rows, life rows (the last state of each life) and writes."""
         events: list[EventRow] = []
-        # The last state of each life in the batch: its row is made once, not per event (a
-        # life born and dead within one commit, as in a storm, has two events).
-        last: dict[int, Event | LifeView] = {}
+        # The last state of each life in the batch, as the cursor of its event and the view
+        # that event carried (cursor None: a view written alone): its row is made once, not
+        # per event (a life born and dead within one commit, as in a storm, has two).
+        last: dict[int, tuple[int | None, LifeView]] = {}
         writes: list[Write] = []
         for item in batch:
             if type(item) is Event:
@@ -776,21 +777,16 @@ class Store:
                     continue
                 events.append((item.cursor, item.type, item.at, item.sources,
                                flat_view(view), item.fields))  # fmt: skip
-                last[view.start_ticks << 23 | view.pid] = item
+                last[view.start_ticks << 23 | view.pid] = (item.cursor, view)
             elif isinstance(item, LifeView):
-                last[life_key(item.pid, item.start_ticks)] = item
+                last[life_key(item.pid, item.start_ticks)] = (None, item)
             else:
                 writes.append(item)  # type: ignore[arg-type]
         ord = self.boot_ord
         lives: list[Row] = []
-        for key, item in last.items():
-            if isinstance(item, Event):
-                view = item.life
-                assert view is not None
-                lives.append((ord, key, view.died_at, _comm_bytes(view.comm), item.cursor, None))
-            else:
-                lives.append((ord, key, item.died_at, _comm_bytes(item.comm), None,
-                              pack_view(item)))  # fmt: skip
+        for key, (cursor, v) in last.items():
+            lives.append((ord, key, v.died_at, _comm_bytes(v.comm), cursor,
+                          None if cursor is not None else pack_view(v)))  # fmt: skip
         return events, lives, writes
 
     def _component_write(self, c: sqlite3.Connection, fn: Write) -> None:

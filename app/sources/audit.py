@@ -111,6 +111,7 @@ class AuditSource:
         self.counters: dict[str, int] = {
             "datagrams": 0, "enobufs": 0, "kernel_lost": 0, "kernel_lost_since_start": 0,
             "backlog": 0, "backlog_max": 0, "losses": 0, "full_reads": 0, "wakeups": 0,
+            "connector_read_errors": 0,
         }  # fmt: skip
 
     # -- Source ------------------------------------------------------------------------------
@@ -270,7 +271,13 @@ class AuditSource:
         if reader is None or pacer is None:
             return
         if self.first is not None:
-            self.first()
+            try:
+                self.first()
+            except Exception:  # the other source's trouble never stops this one's reading
+                self.counters["connector_read_errors"] += 1
+                k = self.counters["connector_read_errors"]
+                if k & (k - 1) == 0:  # the 1st, 2nd, 4th...
+                    log.exception("reading the proc connector before audit failed (%d)", k)
         parse = self.tap is None  # a tap records every datagram as read, before any parsing
         n, status = pacer.drain(lambda k: reader.records(k, UNUSED, parse), BATCH, self._take,
                                 self._enobufs, self._delivery_failed)  # fmt: skip

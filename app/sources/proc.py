@@ -116,7 +116,7 @@ class ProcConnectorSource:
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
              "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred", "full_reads",
-             "wakeups"),
+             "wakeups", "reads_for_audit"),
             0,
         )  # fmt: skip
 
@@ -210,19 +210,27 @@ class ProcConnectorSource:
 
     # -- the hot path ----------------------------------------------------------------------
     def read_now(self) -> None:
-        """Read what the socket holds now, whatever the pacing (another source asks)."""
-        self._on_readable()
+        """Read what the socket holds now, whatever the pacing: audit's reader asks before
+        each of its reads (counted in `reads_for_audit`, not `wakeups`)."""
+        if self._reader is not None:
+            self.counters["reads_for_audit"] += 1
+            self._read_all()
 
     def _on_readable(self) -> None:
-        reader, pacer = self._reader, self._pacer
-        if reader is None or pacer is None:
+        if self._reader is not None:
+            self.counters["wakeups"] += 1
+            self._read_all()
+
+    def _read_all(self) -> None:
+        pacer = self._pacer
+        if pacer is None:
             return
-        self.counters["wakeups"] += 1
         n, status = pacer.drain(self._read, READ_BUDGET, self._deliver, self._overrun,
                                 self._delivery_failed)  # fmt: skip
         if status > 0:
             log.error("proc connector read failed: %s", os.strerror(status))
             self._set_health(FAILED, f"read failed: {os.strerror(status)}")
+            self._reader = None  # read no more (the pacer stopped watching): nor for audit
         elif n >= READ_BUDGET:  # the budget ran out with datagrams left: the reader is behind
             self.counters["full_reads"] += 1
 
@@ -362,9 +370,10 @@ class ProcConnectorSource:
 
 def ended_forks(items: list[ProcEvent | bytes]) -> set[int]:
     """Positions in one read's `items` of the process FORKs whose leader's EXIT comes later
-    in them: the process has ended by the time the fork is handled (a zombie at best, most
-    often reaped), so the tracker dates it from the fork's stamp without reading /proc
-    (app/core/dating.py). Under a fork+exit storm a batch holds most lives whole."""
+    in them, with no thread made in between: the process has ended by the time the fork is
+    handled (a zombie at best, most often reaped), so the tracker dates it from the fork's
+    stamp without reading /proc (app/core/dating.py). Under a fork+exit storm a batch holds
+    most lives whole."""
     exits: set[int] = set()
     out: set[int] = set()
     for i in range(len(items) - 1, -1, -1):
@@ -372,6 +381,13 @@ def ended_forks(items: list[ProcEvent | bytes]) -> set[int]:
         if type(ev) is ExitEvent:
             if ev.process_pid == ev.process_tgid:
                 exits.add(ev.process_tgid)
-        elif type(ev) is ForkEvent and ev.child_pid in exits and ev.child_pid == ev.child_tgid:
-            out.add(i)
+        elif type(ev) is ForkEvent and ev.child_tgid in exits:
+            if ev.child_pid == ev.child_tgid:
+                out.add(i)
+            else:
+                # A thread made before its leader's exit: that exit may not end the process
+                # (a thread that execs takes the pid, a leader may pthread_exit first). A
+                # thread of a process forked in this batch was made after that fork, so it
+                # is always seen here, between the two.
+                exits.discard(ev.child_tgid)
     return out

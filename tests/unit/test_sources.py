@@ -3,6 +3,7 @@ are built but never started; their handlers are fed what the kernel would give t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from app.netlink.audit_proto import AUDIT_SYSCALL, AuditStatus
 from app.netlink.audit_records import Record
 from app.netlink.cn_proc import ExitEvent, ForkEvent, decode
 from app.sources.audit import RECOVER_AFTER, AuditSource
-from app.sources.base import DEGRADED, OK
+from app.sources.base import DEGRADED, FAILED, OK
 from app.sources.observations import Exit, Fork, Health, Loss, Observation
 from app.sources.proc import HZ, ProcConnectorSource
 
@@ -296,6 +297,12 @@ def test_forks_whose_exit_the_same_read_holds() -> None:
         b"\x00" * 60,  # 7: bytes the compiled reader handed back
         fork(30),  # 8: ends at 9
         exit_(30),
+        fork(40),  # 10: a thread (11) execs, the kernel kills the leader (12, status 0)
+        fork(41, 40),  # and takes its pid: the process lives on
+        exit_(40),
+        fork(50),  # 13: its leader pthread_exits, its thread (14) runs on
+        fork(51, 50),
+        exit_(50),
     ]
     assert ended_forks(items) == {0, 8}
     assert ended_forks([]) == set()
@@ -343,3 +350,57 @@ def test_the_connector_tells_which_forks_ended_in_the_same_read(native: bool) ->
         tx.close()
     forks = {o.pid: o.ended for o in sink.got if isinstance(o, Fork)}
     assert forks == {9075: native, 9078: False}
+
+
+def test_a_failed_connector_read_stops_its_reads_also_those_audit_asks_for() -> None:
+    """After a read fails the connector's reader is FAILED and reads no more: audit's reader,
+    which asks it to read first, must not bring it back to half a life."""
+    import socket
+
+    from app.netlink.batch import ProcBatchReader
+    from app.sources.pacing import Pacer
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    src = ProcConnectorSource(Config().proc_settings())
+    src._sink = Collect()
+    src._reader = ProcBatchReader(a, 256)
+    src._pacer = Pacer(a.fileno(), src._on_readable, hold=0)
+    b.close()
+    os.close(a.detach())  # the descriptor is gone under the reader: EBADF
+    src._on_readable()
+    assert src.health().state == FAILED
+    src.read_now()
+    src._on_readable()
+    c = src.health().counters
+    assert (c["wakeups"], c["reads_for_audit"]) == (1, 0)
+
+
+def test_audit_reads_on_when_the_connector_read_before_it_fails(
+    audit: tuple[AuditSource, Clock, Clock, Collect],
+) -> None:
+    """One source's trouble never stops the other's reading: audit's reader goes on to its
+    own socket when the connector's read it asks for first raises."""
+    import socket
+
+    from app.netlink.batch import AuditBatchReader
+    from app.sources.pacing import Pacer
+
+    src, _, _, _ = audit
+    rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.setblocking(False)
+    src._reader = AuditBatchReader(rx, 1 << 14)
+    src._pacer = Pacer(rx.fileno(), src._on_readable, hold=0)
+
+    def broken() -> None:
+        raise MemoryError("the connector's read")
+
+    src.first = broken
+    try:
+        tx.send(b"x" * 40)  # any datagram: audit reads it
+        src._on_readable()
+        src._on_readable()
+    finally:
+        rx.close()
+        tx.close()
+    c = src.health().counters
+    assert c["connector_read_errors"] == 2 and c["datagrams"] == 1
