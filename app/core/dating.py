@@ -57,8 +57,9 @@ def start_of(
     else the report's own estimate (+-DERIVED_SLACK ticks, design.md fact 11)."""
     if est is not None and (est[1] == 0 or o.ended):
         # An exact start, or a process whose exit was read with its fork: in a fork+exit
-        # storm 98% of those reads found the pid reaped (bench.profile, round 6), each a
-        # failed open for nothing; the connector's stamp dates it (design.md fact 11).
+        # storm 98% of those reads found the pid reaped (a probe, docs/performance.md round
+        # 6), each a failed open for nothing; the connector's stamp dates it (design.md
+        # fact 11).
         return est[0], est[1], None
     if est is not None:
         # Hot path (every fork): `stat` alone, 15 us instead of 50 for a pidfd capture.

@@ -233,8 +233,9 @@ u32_at(const char *p)
 }
 
 static int
-proc_one(PyObject *out, const char *d, Py_ssize_t n)
+proc_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
 {
+    (void)ctx;
     if (n >= PROC_HEAD && fork_type != NULL) {
         Py_ssize_t length = (Py_ssize_t)u32_at(d);
         int framed = length >= PROC_HEAD &&
@@ -273,13 +274,6 @@ proc_one(PyObject *out, const char *d, Py_ssize_t n)
         }
     }
     return raw_each(out, d, n, NULL);
-}
-
-static int
-proc_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
-{
-    (void)ctx;
-    return proc_one(out, d, n);
 }
 
 /* Read up to `budget` datagrams from `fd` into the slots of `buf`, `slot` bytes each;
@@ -459,22 +453,29 @@ PyDoc_STRVAR(raw_batch_doc,
 "raw_batch(fd, buf, slot, budget) -> (datagrams, count, status)\n\n"
 "Datagrams read with recvmmsg(), each as bytes (at most `slot` of it, as recv(slot)).");
 
+/* (fd, buf, slot, budget) read with `each`, for raw_batch and proc_batch. */
 static PyObject *
-raw_batch(PyObject *mod, PyObject *args)
+batch_args(PyObject *args, each_fn each, Py_ssize_t min_slot)
 {
     int fd;
     Py_buffer buf;
     Py_ssize_t slot, budget;
-    (void)mod;
     if (!PyArg_ParseTuple(args, "iw*nn", &fd, &buf, &slot, &budget))
         return NULL;
     PyObject *res = NULL;
-    if (slot >= 1)
-        res = batch(fd, &buf, slot, budget, raw_each, NULL);
+    if (slot >= min_slot)
+        res = batch(fd, &buf, slot, budget, each, NULL);
     else
         PyErr_SetString(PyExc_ValueError, "slot too small");
     PyBuffer_Release(&buf);
     return res;
+}
+
+static PyObject *
+raw_batch(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    return batch_args(args, raw_each, 1);
 }
 
 
@@ -518,21 +519,8 @@ PyDoc_STRVAR(proc_batch_doc,
 static PyObject *
 proc_batch(PyObject *mod, PyObject *args)
 {
-    int fd;
-    Py_buffer buf;
-    Py_ssize_t slot, budget;
     (void)mod;
-    if (!PyArg_ParseTuple(args, "iw*nn", &fd, &buf, &slot, &budget))
-        return NULL;
-    PyObject *res = NULL;
-    if (proc_registered() == 0) {
-        if (slot >= PROC_HEAD)
-            res = batch(fd, &buf, slot, budget, proc_each, NULL);
-        else
-            PyErr_SetString(PyExc_ValueError, "slot too small");
-    }
-    PyBuffer_Release(&buf);
-    return res;
+    return proc_registered() < 0 ? NULL : batch_args(args, proc_each, PROC_HEAD);
 }
 
 PyDoc_STRVAR(parse_proc_doc,
@@ -549,7 +537,7 @@ parse_proc(PyObject *mod, PyObject *args)
     PyObject *out = NULL;
     if (proc_registered() == 0) {
         out = PyList_New(0);
-        if (out != NULL && proc_one(out, data.buf, data.len) < 0)
+        if (out != NULL && proc_each(out, data.buf, data.len, NULL) < 0)
             Py_CLEAR(out);
     }
     PyBuffer_Release(&data);

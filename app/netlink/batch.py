@@ -3,9 +3,9 @@
 With the compiled module (app/netlink/_batch.c) one recvmmsg() reads up to 16 datagrams and
 the usual audit datagram (one record) or connector datagram (one FORK, EXEC or EXIT) comes
 back parsed; without it, or with LIFEWATCH_NATIVE=0, one recv() per datagram and every
-datagram comes back as bytes. Either
-way the caller parses what is bytes with the pure parsers (audit_records.parse_datagram,
-cn_proc.decode), so both paths give the same records (tests/unit/test_batch.py).
+datagram comes back as bytes. Either way the caller parses what is bytes with the pure
+parsers (audit_records.parse_datagram, cn_proc.decode), so both paths give the same records
+(tests/unit/test_batch.py).
 
 Why: socket.recv() and parse_datagram() were a fifth of the daemon's CPU per fork+exit life
 (6 audit datagrams and 2 connector ones); docs/performance.md, round 5, has the figures.

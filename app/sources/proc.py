@@ -108,10 +108,8 @@ class ProcConnectorSource:
         # process's. Forgotten at any loss (a missed thread FORK would make it wrong).
         self._solo: dict[int, bool] = {}
         self._last_at = 0.0
-        # Positions in the batch being delivered of the FORKs whose exit it holds too, and
-        # the position of the datagram being delivered (see `ended_forks`).
-        self._ended: AbstractSet[int] = frozenset()
-        self._item = 0
+        # The FORKs of the batch being delivered whose exit it holds too (`ended_forks`).
+        self._ended: AbstractSet[ForkEvent] = frozenset()
         self._health = SourceHealth()
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
@@ -238,7 +236,7 @@ class ProcConnectorSource:
         assert self._reader is not None
         # A tap records the kernel's bytes (fixtures for the decoder tests): it gets them.
         items, n, status = self._reader.events(budget, parse=self.tap is None)
-        self._ended, self._item = ended_forks(items), 0
+        self._ended = ended_forks(items)
         return items, n, status
 
     def _delivery_failed(self) -> None:
@@ -263,8 +261,6 @@ class ProcConnectorSource:
 
     def _deliver(self, item: ProcEvent | bytes) -> None:
         """One datagram: as bytes, or as the event the compiled reader decoded from it."""
-        position = self._item
-        self._item = position + 1
         if isinstance(item, bytes):
             if self.tap is not None:
                 self.tap(item)
@@ -301,7 +297,7 @@ class ProcConnectorSource:
                         del self._solo[next(iter(self._solo))]
                     sink.submit(Fork(self.name, ev.child_pid, ev.parent_tgid, at,
                                      mono_ns=ev.timestamp_ns,
-                                     ended=position in self._ended))  # fmt: skip
+                                     ended=ev in self._ended))  # fmt: skip
             elif type(ev) is ExecEvent:
                 c["execs"] += 1
                 sink.submit(Exec(self.name, ev.process_tgid, at))
@@ -368,22 +364,21 @@ class ProcConnectorSource:
         self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))
 
 
-def ended_forks(items: list[ProcEvent | bytes]) -> set[int]:
-    """Positions in one read's `items` of the process FORKs whose leader's EXIT comes later
+def ended_forks(items: list[ProcEvent | bytes]) -> set[ForkEvent]:
+    """The process FORKs among one read's `items` whose leader's EXIT comes later
     in them, with no thread made in between: the process has ended by the time the fork is
     handled (a zombie at best, most often reaped), so the tracker dates it from the fork's
     stamp without reading /proc (app/core/dating.py). Under a fork+exit storm a batch holds
     most lives whole."""
     exits: set[int] = set()
-    out: set[int] = set()
-    for i in range(len(items) - 1, -1, -1):
-        ev = items[i]
+    out: set[ForkEvent] = set()
+    for ev in reversed(items):
         if type(ev) is ExitEvent:
             if ev.process_pid == ev.process_tgid:
                 exits.add(ev.process_tgid)
         elif type(ev) is ForkEvent and ev.child_tgid in exits:
             if ev.child_pid == ev.child_tgid:
-                out.add(i)
+                out.add(ev)
             else:
                 # A thread made before its leader's exit: that exit may not end the process
                 # (a thread that execs takes the pid, a leader may pthread_exit first). A

@@ -304,7 +304,7 @@ def test_forks_whose_exit_the_same_read_holds() -> None:
         fork(51, 50),
         exit_(50),
     ]
-    assert ended_forks(items) == {0, 8}
+    assert ended_forks(items) == {items[0], items[8]}
     assert ended_forks([]) == set()
 
 
