@@ -84,8 +84,11 @@ def compiled_parse(skip: frozenset[int]) -> Callable[[bytes], list[Record]]:
 
     def parse(d: bytes) -> list[Record]:
         out: list[Record] = []
-        for item in _batch.parse_audit(d, skip):
-            out.extend(parse_datagram(item, skip) if isinstance(item, bytes) else (item,))
+        for item in _batch.parse_audit(d, skip):  # no table: never a Confirmed
+            if isinstance(item, bytes):
+                out.extend(parse_datagram(item, skip))
+            elif isinstance(item, Record):
+                out.append(item)
         return out
 
     return parse

@@ -27,6 +27,7 @@ from app.core.life import Exit as ExitInfo
 from app.core.life import Life, SourceSet, exit_of, iso, source_bit
 from app.core.registry import MAX_SLACK, Registry
 from app.core.vanish import Vanished, Vanishings
+from app.netlink.audit_records import CONFIRMED_FORK, Confirmed
 from app.sources.base import OK
 from app.sources.observations import Exec, Exit, Fork, Health, Loss, Observation
 
@@ -44,6 +45,11 @@ PARKED_MAX = 4096  # such execs waiting at once; past it the oldest reads /proc
 # Ticks by which two reports of one fork may disagree beyond their slacks and still be one life
 # (a pid is reused only after pid_max others: seconds even at the fastest fork rates). The
 # life's slack then grows to take both in, up to registry.MAX_SLACK.
+AUDIT = "audit"  # the source whose reports the compiled reader confirms
+AUDIT_BIT = source_bit(AUDIT)
+# s: audit's confirmed report and the life's birth or death, as the connector dated them, are
+# at most this far apart (audit's is read after the connector's; a pid is not reused so soon)
+CONFIRM_WINDOW = 2.0
 SAME_LIFE = 3
 
 
@@ -103,6 +109,7 @@ class Tracker:
         self._settle: asyncio.TimerHandle | None = None
         self.counters: dict[str, int] = {
             "duplicates": 0,
+            "confirmed": 0,
             "unidentified_exits": 0,
             "undated_forks": 0,
             "early_reports": 0,
@@ -129,7 +136,9 @@ class Tracker:
 
     # -- the Sink interface ------------------------------------------------------------
     def submit(self, obs: Observation) -> None:
-        if isinstance(obs, Fork):
+        if type(obs) is Confirmed:
+            self._confirmed(obs)
+        elif isinstance(obs, Fork):
             self._fork(obs)
         elif isinstance(obs, Exit):
             self._exit(obs)
@@ -308,6 +317,38 @@ class Tracker:
                 self._exec(ex)
             if early.exit is not None and early.exit.at >= o.at - SAME_MOMENT:
                 self._exit(early.exit)
+
+    def _confirmed(self, c: Confirmed) -> None:
+        """Audit's report of a fork or exit_group that the compiled reader matched to the
+        connector's report of it (the pid, and the parent or the status: app/netlink/
+        _batch.c, "confirmations"). That report made the birth or the death already, so the
+        life only learns what the duplicate path would teach it: audit saw it too, its uid,
+        and the canary's tally. When the life is not where that report left it (the
+        connector's EXIT was not the process's end, or the dates are far apart), the report
+        takes the full path, as if it had not been matched."""
+        pid = c.pid
+        if c.kind == CONFIRMED_FORK:
+            life = self.registry.alive.get(pid) or self._recent_dead.get(pid)
+            at = None if life is None else life.born_at
+            if at is None or abs(at - c.stamp) > CONFIRM_WINDOW:
+                self._fork(Fork(AUDIT, pid, c.ppid, c.stamp, audit_stamp=c.stamp, uid=c.uid))
+                return
+            assert life is not None
+            life.uid = c.uid
+            what = "born"
+        else:
+            life = None if pid in self.registry.alive else self._recent_dead.get(pid)
+            at = None if life is None else life.died_at
+            if at is None or abs(at - c.stamp) > CONFIRM_WINDOW:
+                self._exit(Exit(AUDIT, pid, c.stamp, code=c.code))
+                return
+            what = "died"
+        assert life is not None
+        life.sources |= AUDIT_BIT
+        self.counters["duplicates"] += 1
+        self.counters["confirmed"] += 1
+        if life.canary:
+            self._seen(life, AUDIT, what)
 
     def _newer_holder(self, alive: Life, o: Fork, bit: int) -> tuple[int, int, str | None] | None:
         """A fork report dated before the start of the pid's alive life. Audit dates a child

@@ -22,6 +22,7 @@
 #define SLOTS 16    /* datagrams per recvmmsg() */
 #define HDRLEN 16   /* struct nlmsghdr */
 #define MAX_SKIP 64 /* record types a caller may skip */
+#define AUDIT_SYSCALL_TYPE 1300
 #define NUM_MAX 48  /* digits of a stamp or serial parsed here; longer goes to Python */
 
 /* How a batch ended: every datagram read, or the budget spent with some maybe left. */
@@ -33,6 +34,12 @@
 static PyTypeObject *record_type, *syscall_type;
 /* And cn_proc.ForkEvent, .ExecEvent and .ExitEvent, given once by register_proc(). */
 static PyTypeObject *fork_type, *exec_type, *exit_type;
+
+/* What the connector told, for audit's reports of the same forks and exits (below). */
+typedef struct Confirmations Confirmations;
+static PyTypeObject confirmations_type;
+static int conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end);
+static void conf_proc(Confirmations *c, uint32_t what, const char *u, Py_ssize_t room);
 
 /* A `t` holding items[0..n) (references stolen), as tuple.__new__(t, items) makes it. */
 static PyObject *
@@ -111,50 +118,63 @@ digits(const char *p, const char *end)
     return (int)(q - p);
 }
 
+/* The head of `audit(SECONDS.MILLIS:SERIAL): ?BODY` at p: the stamp, the serial's digits and
+ * the body (its trailing NULs and newlines cut). 1 when it has that shape, 0 when not (the
+ * Python path decides), -1 with a Python error set when float() would raise. */
+static int
+audit_head(const char *p, const char *end, double *stamp, char *serial, const char **body,
+           const char **bend)
+{
+    char num[NUM_MAX + 1];
+    if (end - p < 6 || memcmp(p, "audit(", 6) != 0)
+        return 0;
+    const char *s = p + 6;
+    int whole = digits(s, end);
+    if (whole == 0 || s + whole >= end || s[whole] != '.')
+        return 0;
+    int frac = digits(s + whole + 1, end);
+    int slen = whole + 1 + frac;
+    if (frac == 0 || slen > NUM_MAX)
+        return 0;
+    const char *r = s + slen;
+    if (r >= end || *r != ':')
+        return 0;
+    r++;
+    int rlen = digits(r, end);
+    if (rlen == 0 || rlen > NUM_MAX || r + rlen + 2 > end || r[rlen] != ')' || r[rlen + 1] != ':')
+        return 0;
+    const char *b = r + rlen + 2;
+    if (b < end && *b == ' ')
+        b++;
+    const char *e = end;
+    while (e > b && (e[-1] == '\0' || e[-1] == '\n'))
+        e--;
+    memcpy(num, s, (size_t)slen);
+    num[slen] = '\0';
+    *stamp = PyOS_string_to_double(num, NULL, NULL); /* float(): same conversion */
+    if (*stamp == -1.0 && PyErr_Occurred())
+        return -1; /* the caller clears it: Python's float() decides */
+    memcpy(serial, r, (size_t)rlen);
+    serial[rlen] = '\0';
+    *body = b;
+    *bend = e;
+    return 1;
+}
+
 /* `audit(SECONDS.MILLIS:SERIAL): ?BODY` at p, as Record(type, stamp, serial, body); NULL
  * without an exception when the text has another shape (the Python path decides). */
 static PyObject *
 audit_record(PyTypeObject *record, unsigned mtype, const char *p, const char *end)
 {
-    char num[NUM_MAX + 1];
-    if (end - p < 6 || memcmp(p, "audit(", 6) != 0)
+    char serial[NUM_MAX + 1];
+    double stamp;
+    const char *body, *bend;
+    if (audit_head(p, end, &stamp, serial, &body, &bend) <= 0)
         return NULL;
-    const char *s = p + 6;
-    int whole = digits(s, end);
-    if (whole == 0 || s + whole >= end || s[whole] != '.')
-        return NULL;
-    int frac = digits(s + whole + 1, end);
-    int slen = whole + 1 + frac;
-    if (frac == 0 || slen > NUM_MAX)
-        return NULL;
-    const char *r = s + slen;
-    if (r >= end || *r != ':')
-        return NULL;
-    r++;
-    int rlen = digits(r, end);
-    if (rlen == 0 || rlen > NUM_MAX || r + rlen + 2 > end || r[rlen] != ')' || r[rlen + 1] != ':')
-        return NULL;
-    const char *body = r + rlen + 2;
-    if (body < end && *body == ' ')
-        body++;
-    const char *bend = end;
-    if (bend > body && (bend[-1] == '\0' || bend[-1] == '\n')) {
-        while (bend > body && (bend[-1] == '\0' || bend[-1] == '\n'))
-            bend--;
-    }
-
-    memcpy(num, s, (size_t)slen);
-    num[slen] = '\0';
-    double stamp = PyOS_string_to_double(num, NULL, NULL); /* float(): same conversion */
-    if (stamp == -1.0 && PyErr_Occurred())
-        return NULL; /* the caller clears it: Python's float() decides */
-    memcpy(num, r, (size_t)rlen);
-    num[rlen] = '\0';
-
     PyObject *items[4] = {
         PyLong_FromLong((long)mtype),
         PyFloat_FromDouble(stamp),
-        PyLong_FromString(num, NULL, 10),
+        PyLong_FromString(serial, NULL, 10),
         PyBytes_FromStringAndSize(body, bend - body),
     };
     return new_tuple(record, items, 4);
@@ -182,10 +202,11 @@ raw_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
     return rc;
 }
 
-/* One datagram: a Record appended, nothing (a skipped type), or its raw bytes. */
+/* One datagram: a Record appended, a Confirmed (a SYSCALL record `conf` matched), nothing
+ * (a skipped type), or its raw bytes. */
 static int
 audit_one(PyObject *out, PyTypeObject *record, const char *d, Py_ssize_t n, const long *skip,
-          int nskip)
+          int nskip, Confirmations *conf)
 {
     if (n > 22) {
         uint32_t length;
@@ -195,6 +216,11 @@ audit_one(PyObject *out, PyTypeObject *record, const char *d, Py_ssize_t n, cons
         int framed = (Py_ssize_t)length == n - HDRLEN || (Py_ssize_t)length == n;
         if (framed && in_skip(mtype, skip, nskip))
             return 0;
+        if (framed && conf != NULL && mtype == AUDIT_SYSCALL_TYPE) {
+            int done = conf_audit(conf, out, d + HDRLEN, d + n);
+            if (done != 0)
+                return done < 0 ? -1 : 0;
+        }
         if (framed) {
             PyObject *rec = audit_record(record, mtype, d + HDRLEN, d + n);
             if (rec != NULL) {
@@ -235,7 +261,6 @@ u32_at(const char *p)
 static int
 proc_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
 {
-    (void)ctx;
     if (n >= PROC_HEAD && fork_type != NULL) {
         Py_ssize_t length = (Py_ssize_t)u32_at(d);
         int framed = length >= PROC_HEAD &&
@@ -267,6 +292,8 @@ proc_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
                 PyObject *ev = new_tuple(t, items, 3 + k);
                 if (ev == NULL)
                     return -1;
+                if (ctx != NULL)
+                    conf_proc(ctx, what, d + PROC_HEAD, room);
                 int rc = PyList_Append(out, ev);
                 Py_DECREF(ev);
                 return rc;
@@ -340,13 +367,30 @@ typedef struct {
     PyTypeObject *record;
     long skip[MAX_SKIP];
     int nskip;
+    Confirmations *conf;
 } audit_ctx;
 
 static int
 audit_each(PyObject *out, const char *d, Py_ssize_t n, void *ctx)
 {
     audit_ctx *a = ctx;
-    return audit_one(out, a->record, d, n, a->skip, a->nskip);
+    return audit_one(out, a->record, d, n, a->skip, a->nskip, a->conf);
+}
+
+/* An optional `confirm` argument: None (NULL) or a Confirmations. */
+static int
+conf_arg(PyObject *o, Confirmations **out)
+{
+    if (o == NULL || o == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    if (Py_TYPE(o) != &confirmations_type) {
+        PyErr_SetString(PyExc_TypeError, "confirm: a Confirmations or None is wanted");
+        return -1;
+    }
+    *out = (Confirmations *)o;
+    return 0;
 }
 
 static int
@@ -401,10 +445,11 @@ register_types(PyObject *mod, PyObject *args)
 }
 
 PyDoc_STRVAR(audit_batch_doc,
-"audit_batch(fd, buf, slot, budget, skip) -> (items, datagrams, status)\n\n"
+"audit_batch(fd, buf, slot, budget, skip, confirm=None) -> (items, datagrams, status)\n\n"
 "Audit datagrams read with recvmmsg(): each one-record datagram as a Record, skipped\n"
 "types dropped, anything else as its raw bytes. status: 0 drained, -1 budget spent,\n"
-"else the errno of the read that failed.");
+"else the errno of the read that failed. With `confirm`, a SYSCALL record of a fork or\n"
+"exit_group the connector told already comes back as a Confirmed.");
 
 static PyObject *
 audit_batch(PyObject *mod, PyObject *args)
@@ -412,13 +457,14 @@ audit_batch(PyObject *mod, PyObject *args)
     int fd;
     Py_buffer buf;
     Py_ssize_t slot, budget;
-    PyObject *skip;
+    PyObject *skip, *confirm = NULL;
     audit_ctx a;
     (void)mod;
-    if (!PyArg_ParseTuple(args, "iw*nnO", &fd, &buf, &slot, &budget, &skip))
+    if (!PyArg_ParseTuple(args, "iw*nnO|O", &fd, &buf, &slot, &budget, &skip, &confirm))
         return NULL;
     PyObject *res = NULL;
-    if (slot >= 64 && registered(&a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0)
+    if (slot >= 64 && registered(&a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0 &&
+        conf_arg(confirm, &a.conf) == 0)
         res = batch(fd, &buf, slot, budget, audit_each, &a);
     else if (!PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "slot too small");
@@ -427,22 +473,24 @@ audit_batch(PyObject *mod, PyObject *args)
 }
 
 PyDoc_STRVAR(parse_audit_doc,
-"parse_audit(data, skip) -> list\n\n"
-"What audit_batch makes of one datagram (for tests): [record], [] or [data].");
+"parse_audit(data, skip, confirm=None) -> list\n\n"
+"What audit_batch makes of one datagram (for tests): [record], [confirmed], [] or [data].");
 
 static PyObject *
 parse_audit(PyObject *mod, PyObject *args)
 {
     Py_buffer data;
-    PyObject *skip;
+    PyObject *skip, *confirm = NULL;
     audit_ctx a;
     (void)mod;
-    if (!PyArg_ParseTuple(args, "y*O", &data, &skip))
+    if (!PyArg_ParseTuple(args, "y*O|O", &data, &skip, &confirm))
         return NULL;
     PyObject *out = NULL;
-    if (registered(&a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0) {
+    if (registered(&a) == 0 && skip_types(skip, a.skip, &a.nskip) == 0 &&
+        conf_arg(confirm, &a.conf) == 0) {
         out = PyList_New(0);
-        if (out != NULL && audit_one(out, a.record, data.buf, data.len, a.skip, a.nskip) < 0)
+        if (out != NULL &&
+            audit_one(out, a.record, data.buf, data.len, a.skip, a.nskip, a.conf) < 0)
             Py_CLEAR(out);
     }
     PyBuffer_Release(&data);
@@ -453,18 +501,23 @@ PyDoc_STRVAR(raw_batch_doc,
 "raw_batch(fd, buf, slot, budget) -> (datagrams, count, status)\n\n"
 "Datagrams read with recvmmsg(), each as bytes (at most `slot` of it, as recv(slot)).");
 
-/* (fd, buf, slot, budget) read with `each`, for raw_batch and proc_batch. */
+/* (fd, buf, slot, budget[, confirm]) read with `each`, for raw_batch and proc_batch; the
+ * Confirmations (or NULL) is `each`'s context. */
 static PyObject *
 batch_args(PyObject *args, each_fn each, Py_ssize_t min_slot)
 {
     int fd;
     Py_buffer buf;
     Py_ssize_t slot, budget;
-    if (!PyArg_ParseTuple(args, "iw*nn", &fd, &buf, &slot, &budget))
+    PyObject *confirm = NULL;
+    Confirmations *conf;
+    if (!PyArg_ParseTuple(args, "iw*nn|O", &fd, &buf, &slot, &budget, &confirm))
         return NULL;
     PyObject *res = NULL;
-    if (slot >= min_slot)
-        res = batch(fd, &buf, slot, budget, each, NULL);
+    if (conf_arg(confirm, &conf) < 0)
+        ;
+    else if (slot >= min_slot)
+        res = batch(fd, &buf, slot, budget, each, conf);
     else
         PyErr_SetString(PyExc_ValueError, "slot too small");
     PyBuffer_Release(&buf);
@@ -475,6 +528,10 @@ static PyObject *
 raw_batch(PyObject *mod, PyObject *args)
 {
     (void)mod;
+    if (PyTuple_GET_SIZE(args) > 4) {
+        PyErr_SetString(PyExc_TypeError, "raw_batch takes 4 arguments");
+        return NULL;
+    }
     return batch_args(args, raw_each, 1);
 }
 
@@ -512,9 +569,10 @@ proc_registered(void)
 }
 
 PyDoc_STRVAR(proc_batch_doc,
-"proc_batch(fd, buf, slot, budget) -> (items, datagrams, status)\n\n"
+"proc_batch(fd, buf, slot, budget, confirm=None) -> (items, datagrams, status)\n\n"
 "Connector datagrams read with recvmmsg(): each FORK, EXEC or EXIT as its event, anything\n"
-"else as its raw bytes (for cn_proc.decode). status as audit_batch's.");
+"else as its raw bytes (for cn_proc.decode). status as audit_batch's. A process's FORK\n"
+"and a leader's EXIT are noted in `confirm`, for audit_batch.");
 
 static PyObject *
 proc_batch(PyObject *mod, PyObject *args)
@@ -524,20 +582,22 @@ proc_batch(PyObject *mod, PyObject *args)
 }
 
 PyDoc_STRVAR(parse_proc_doc,
-"parse_proc(data) -> list\n\n"
+"parse_proc(data, confirm=None) -> list\n\n"
 "What proc_batch makes of one datagram (for tests): [event] or [data].");
 
 static PyObject *
 parse_proc(PyObject *mod, PyObject *args)
 {
     Py_buffer data;
+    PyObject *confirm = NULL;
+    Confirmations *conf;
     (void)mod;
-    if (!PyArg_ParseTuple(args, "y*", &data))
+    if (!PyArg_ParseTuple(args, "y*|O", &data, &confirm))
         return NULL;
     PyObject *out = NULL;
-    if (proc_registered() == 0) {
+    if (proc_registered() == 0 && conf_arg(confirm, &conf) == 0) {
         out = PyList_New(0);
-        if (out != NULL && proc_each(out, data.buf, data.len, NULL) < 0)
+        if (out != NULL && proc_each(out, data.buf, data.len, conf) < 0)
             Py_CLEAR(out);
     }
     PyBuffer_Release(&data);
@@ -682,6 +742,289 @@ parse_syscall(PyObject *mod, PyObject *args)
     return new_tuple(syscall_type, items, 10);
 }
 
+/* -- confirmations -------------------------------------------------------------------------
+ * With both kernel sources each fork and exit of a storm is told twice: by the connector,
+ * read first (app/core/service.py), and by audit. Audit's report of a transition already
+ * told adds only the audit bit, its uid and a canary's tally; its full path (a Record, the
+ * assembler, LifeEvents, the tracker's duplicate check) cost about 7 us a life (round 7 of
+ * docs/performance.md). A Confirmations table, given to proc_batch and to audit_batch,
+ * remembers by pid each process FORK (child and parent) and leader EXIT (its status) the
+ * connector told; an audit SYSCALL record of a fork or exit_group that matches one comes back
+ * as a short Confirmed(kind, pid, ppid, uid, code, stamp) instead of its Record, and the
+ * entry is used up. Anything else goes the usual way: a clone with CLONE_THREAD or
+ * CLONE_PARENT, a failed call, another status, a pid the table does not hold. The event's
+ * EOE still comes as a Record: the assembler counts the serial from it. An entry is a
+ * cache, overwritten by the next pid of its slot: a miss only costs the full path. */
+#define CONF_SLOTS 16384 /* a power of two */
+#define CONF_CALLS 16
+#define CONF_CLONE 1 /* clone(2): its flags in a0 */
+#define CONF_FORK 2  /* fork, vfork, clone3: a process on the connector's word */
+#define CONF_EXIT 3  /* exit_group */
+#define CONFIRMED_FORK 1
+#define CONFIRMED_EXIT 2
+#define F_CLONE_PARENT 0x00008000ull
+#define F_CLONE_THREAD 0x00010000ull
+
+typedef struct {
+    uint32_t pid, ppid, status;
+    uint8_t forked, exited;
+} conf_slot;
+
+typedef struct {
+    char arch[16], nr[16];
+    Py_ssize_t arch_n, nr_n;
+    int kind;
+} conf_call;
+
+enum { RECORDED_FORKS, RECORDED_EXITS, CONFIRMED_FORKS, CONFIRMED_EXITS, UNMATCHED, NCOUNTS };
+static const char *const count_names[NCOUNTS] = {
+    "recorded_forks", "recorded_exits", "confirmed_forks", "confirmed_exits", "unmatched",
+};
+
+struct Confirmations {
+    PyObject_HEAD
+    PyTypeObject *cls; /* Confirmed: 6 fields */
+    conf_call calls[CONF_CALLS];
+    int ncalls;
+    unsigned long long counts[NCOUNTS];
+    conf_slot slot[CONF_SLOTS];
+};
+
+/* The connector's event `what` with its union at u (`room` bytes of it). */
+static void
+conf_proc(Confirmations *c, uint32_t what, const char *u, Py_ssize_t room)
+{
+    if (what == PROC_EVENT_FORK && room >= 16) {
+        uint32_t ptgid = u32_at(u + 4), child = u32_at(u + 8), ctgid = u32_at(u + 12);
+        if (child != ctgid || child == 0)
+            return; /* a thread */
+        conf_slot *s = &c->slot[child & (CONF_SLOTS - 1)];
+        s->pid = child;
+        s->ppid = ptgid;
+        s->forked = 1;
+        s->exited = 0;
+        c->counts[RECORDED_FORKS]++;
+    } else if (what == PROC_EVENT_EXIT && room >= 24) {
+        uint32_t pid = u32_at(u), tgid = u32_at(u + 4);
+        conf_slot *s = &c->slot[pid & (CONF_SLOTS - 1)];
+        if (pid != tgid || s->pid != pid)
+            return; /* a thread, or a process whose FORK the table does not hold */
+        s->status = u32_at(u + 8);
+        s->exited = 1;
+        c->counts[RECORDED_EXITS]++;
+    }
+}
+
+/* A span of decimal digits as a u32; 0 when it is none or does not fit. */
+static int
+span_u32(span g, uint32_t *out)
+{
+    if (g.p == NULL || g.n < 1 || g.n > 10)
+        return 0;
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i < g.n; i++) {
+        if (g.p[i] < '0' || g.p[i] > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(g.p[i] - '0');
+    }
+    if (v > 0xFFFFFFFFull)
+        return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+/* A span of hex digits (the kernel's lower case) as a u64; 0 when it does not fit. */
+static int
+span_hex(span g, uint64_t *out)
+{
+    if (g.p == NULL || g.n < 1 || g.n > 16)
+        return 0;
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i < g.n; i++) {
+        char ch = g.p[i];
+        int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+        if (d < 0)
+            return 0;
+        v = v << 4 | (uint64_t)d;
+    }
+    *out = v;
+    return 1;
+}
+
+/* An audit record (after nlmsghdr) of type SYSCALL: 1 with a Confirmed appended when it
+ * tells a fork or exit the table holds, 0 when it goes the usual way, -1 on error. */
+static int
+conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end)
+{
+    char serial[NUM_MAX + 1];
+    double stamp;
+    const char *body, *bend;
+    int head = audit_head(p, end, &stamp, serial, &body, &bend);
+    if (head <= 0) {
+        PyErr_Clear(); /* float() decides on the usual way */
+        return 0;
+    }
+    span g[10];
+    memset(g, 0, sizeof g);
+    if (!syscall_spans(body, bend, g))
+        return 0;
+    int kind = 0;
+    for (int i = 0; i < c->ncalls; i++) {
+        conf_call *k = &c->calls[i];
+        if (g[0].n == k->arch_n && g[1].n == k->nr_n && memcmp(g[0].p, k->arch, k->arch_n) == 0 &&
+            memcmp(g[1].p, k->nr, k->nr_n) == 0) {
+            kind = k->kind;
+            break;
+        }
+    }
+    uint32_t pid, uid, child = 0, code = 0;
+    uint64_t a0;
+    if (kind == 0 || !span_u32(g[6], &pid) || !span_u32(g[7], &uid) || !span_hex(g[4], &a0))
+        return 0;
+    conf_slot *s;
+    if (kind == CONF_EXIT) {
+        if (g[2].p != NULL) /* exit_group does not return: a record of another shape */
+            return 0;
+        code = (uint32_t)(a0 & 0xFF);
+        s = &c->slot[pid & (CONF_SLOTS - 1)];
+        if (s->pid != pid || !s->exited || s->status != code << 8) {
+            c->counts[UNMATCHED]++;
+            return 0;
+        }
+        s->exited = 0;
+        c->counts[CONFIRMED_EXITS]++;
+        kind = CONFIRMED_EXIT;
+    } else {
+        if (g[2].n != 3 || memcmp(g[2].p, "yes", 3) != 0 || !span_u32(g[3], &child) || child == 0)
+            return 0; /* failed, or a return value that is not a pid */
+        if (kind == CONF_CLONE && (a0 & (F_CLONE_THREAD | F_CLONE_PARENT)))
+            return 0;
+        s = &c->slot[child & (CONF_SLOTS - 1)];
+        if (s->pid != child || !s->forked || s->ppid != pid) {
+            c->counts[UNMATCHED]++;
+            return 0;
+        }
+        s->forked = 0;
+        c->counts[CONFIRMED_FORKS]++;
+        kind = CONFIRMED_FORK;
+    }
+    PyObject *items[6] = {
+        PyLong_FromLong(kind),
+        PyLong_FromUnsignedLong(kind == CONFIRMED_FORK ? child : pid),
+        PyLong_FromUnsignedLong(kind == CONFIRMED_FORK ? pid : 0),
+        PyLong_FromUnsignedLong(uid),
+        PyLong_FromUnsignedLong(code),
+        PyFloat_FromDouble(stamp),
+    };
+    PyObject *ev = new_tuple(c->cls, items, 6);
+    if (ev == NULL)
+        return -1;
+    int rc = PyList_Append(out, ev);
+    Py_DECREF(ev);
+    return rc < 0 ? -1 : 1;
+}
+
+static int
+conf_call_of(PyObject *item, conf_call *k)
+{
+    const char *arch, *nr;
+    Py_ssize_t an, nn;
+    int kind;
+    if (!PyArg_ParseTuple(item, "y#y#i", &arch, &an, &nr, &nn, &kind))
+        return -1;
+    if (an < 1 || an > 16 || nn < 1 || nn > 16 || kind < CONF_CLONE || kind > CONF_EXIT) {
+        PyErr_SetString(PyExc_ValueError, "calls: (arch, nr, kind) with 1-16 bytes, kind 1-3");
+        return -1;
+    }
+    memcpy(k->arch, arch, (size_t)an);
+    memcpy(k->nr, nr, (size_t)nn);
+    k->arch_n = an;
+    k->nr_n = nn;
+    k->kind = kind;
+    return 0;
+}
+
+static PyObject *
+conf_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *cls, *calls;
+    static char *kwlist[] = {"confirmed", "calls", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO", kwlist, &cls, &calls))
+        return NULL;
+    if (plain_tuple_type(cls, 6) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(calls, "calls: a sequence of (arch, nr, kind)");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > CONF_CALLS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many calls");
+        return NULL;
+    }
+    Confirmations *c = (Confirmations *)type->tp_alloc(type, 0); /* zeroed */
+    if (c == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (conf_call_of(PySequence_Fast_GET_ITEM(seq, i), &c->calls[i]) < 0) {
+            Py_DECREF(seq);
+            Py_DECREF(c);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    c->ncalls = (int)n;
+    Py_INCREF(cls);
+    c->cls = (PyTypeObject *)cls;
+    return (PyObject *)c;
+}
+
+static void
+conf_dealloc(PyObject *self)
+{
+    Py_XDECREF(((Confirmations *)self)->cls);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyObject *
+conf_counters(PyObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    Confirmations *c = (Confirmations *)self;
+    PyObject *d = PyDict_New();
+    for (int i = 0; d != NULL && i < NCOUNTS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(c->counts[i]);
+        if (v == NULL || PyDict_SetItemString(d, count_names[i], v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+static PyMethodDef conf_methods[] = {
+    {"counters", conf_counters, METH_NOARGS, "The table's counters, as a dict."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(conf_doc,
+"Confirmations(confirmed, calls)\n\n"
+"The connector's forks and exits by pid, for audit's reports of them. `confirmed`: the\n"
+"NamedTuple class made for a match (6 fields); `calls`: (arch, nr, kind) as a SYSCALL\n"
+"record writes them (hex arch, decimal nr), kind 1 clone, 2 another fork, 3 exit_group.");
+
+static PyTypeObject confirmations_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "app.netlink._batch.Confirmations",
+    .tp_basicsize = sizeof(Confirmations),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = conf_doc,
+    .tp_new = conf_new,
+    .tp_dealloc = conf_dealloc,
+    .tp_methods = conf_methods,
+};
+
 static PyMethodDef methods[] = {
     {"parse_syscall", parse_syscall, METH_VARARGS, parse_syscall_doc},
     {"register", register_types, METH_VARARGS, register_doc},
@@ -704,6 +1047,16 @@ PyInit__batch(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyType_Ready(&confirmations_type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&confirmations_type);
+    if (PyModule_AddObject(m, "Confirmations", (PyObject *)&confirmations_type) < 0) {
+        Py_DECREF(&confirmations_type);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "SLOTS", SLOTS) < 0 ||
         PyModule_AddIntConstant(m, "DRAINED", DRAINED) < 0 ||
         PyModule_AddIntConstant(m, "BUDGET", BUDGET) < 0) {

@@ -29,6 +29,29 @@ class Record(NamedTuple):
     body: bytes
 
 
+# Confirmed.kind
+CONFIRMED_FORK = 1
+CONFIRMED_EXIT = 2
+
+
+class Confirmed(NamedTuple):
+    """A SYSCALL record of a fork or exit_group that the proc connector had told already,
+    matched by the compiled reader (app/netlink/batch.py `confirmations`) instead of being
+    handed back as its Record. Only the fields audit adds or the match used."""
+
+    kind: int  # CONFIRMED_FORK or CONFIRMED_EXIT
+    pid: int  # the child (fork) or the process that ended (exit)
+    ppid: int  # the fork's caller (its parent); 0 for an exit
+    uid: int
+    code: int  # exit_group's status (a0 & 0xff); 0 for a fork
+    stamp: float  # the record's stamp, as Record.stamp
+
+    @property
+    def source(self) -> str:
+        """Who told it, as an observation says (the tracker takes it for one)."""
+        return "audit"
+
+
 class NetlinkMessage(NamedTuple):
     type: int
     flags: int

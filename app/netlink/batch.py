@@ -16,12 +16,16 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Set as AbstractSet
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from app.netlink.audit_records import Record
+from app.netlink.audit_proto import ARCH_SYSCALLS
+from app.netlink.audit_records import Confirmed, Record
 from app.netlink.cn_proc import ProcEvent
 from app.netlink.native import _batch as _native
 from app.netlink.native import native_enabled
+
+if TYPE_CHECKING:
+    from app.netlink._batch import Confirmations
 
 DRAINED = 0  # status: every queued datagram was read
 BUDGET = -1  # status: the budget ran out, datagrams may be left
@@ -64,23 +68,51 @@ class BatchReader:
         return out, len(out), BUDGET
 
 
+# How the compiled module tells the calls apart (_batch.c CONF_*): clone's flags say whether
+# it made a thread; fork, vfork and clone3 made a process if the connector says so.
+_CONFIRM_KINDS = {"clone": 1, "fork": 2, "vfork": 2, "clone3": 2, "exit_group": 3}
+
+
+def confirmations() -> Confirmations | None:
+    """A table of the connector's forks and exits for audit's reader to confirm its own
+    reports of them against (_batch.c, "confirmations"), shared by the two readers; None
+    without the compiled module or with LIFEWATCH_NATIVE=0."""
+    if not native_enabled():
+        return None
+    calls = [
+        (b"%x" % arch, b"%d" % table[name], kind)
+        for arch, table in ARCH_SYSCALLS.items()
+        for name, kind in _CONFIRM_KINDS.items()
+        if name in table
+    ]
+    return _native.Confirmations(Confirmed, calls)
+
+
 class AuditBatchReader(BatchReader):
     def records(
-        self, budget: int, skip: AbstractSet[int], parse: bool = True
-    ) -> tuple[list[Record | bytes], int, int]:
+        self,
+        budget: int,
+        skip: AbstractSet[int],
+        parse: bool = True,
+        confirm: Confirmations | None = None,
+    ) -> tuple[list[Record | Confirmed | bytes], int, int]:
         """As `read`, but with `parse` and the compiled module the usual datagram comes back
-        as its Record (none for a type in `skip`); bytes are for parse_datagram."""
+        as its Record (none for a type in `skip`), or as a Confirmed when `confirm` holds
+        the connector's report of the same fork or exit; bytes are for parse_datagram."""
         if self.native and parse:
-            return _native.audit_batch(self.fd, self._buf, self.slot, budget, skip)
+            return _native.audit_batch(self.fd, self._buf, self.slot, budget, skip, confirm)
         raw, n, status = self.read(budget)
-        return cast("list[Record | bytes]", raw), n, status
+        return cast("list[Record | Confirmed | bytes]", raw), n, status
 
 
 class ProcBatchReader(BatchReader):
-    def events(self, budget: int, parse: bool = True) -> tuple[list[ProcEvent | bytes], int, int]:
+    def events(
+        self, budget: int, parse: bool = True, confirm: Confirmations | None = None
+    ) -> tuple[list[ProcEvent | bytes], int, int]:
         """As `read`, but with `parse` and the compiled module a datagram telling one FORK,
-        EXEC or EXIT comes back as its event; bytes are for cn_proc.decode."""
+        EXEC or EXIT comes back as its event (a process's FORK and a leader's EXIT noted in
+        `confirm`); bytes are for cn_proc.decode."""
         if self.native and parse:
-            return _native.proc_batch(self.fd, self._buf, self.slot, budget)
+            return _native.proc_batch(self.fd, self._buf, self.slot, budget, confirm)
         raw, n, status = self.read(budget)
         return cast("list[ProcEvent | bytes]", raw), n, status

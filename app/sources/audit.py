@@ -25,14 +25,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from app import procfs
 from app.argv import ARGV_MAX
 from app.netlink.audit_control import AuditControl
 from app.netlink.audit_proto import ARCH_NAMES, AuditStatus
 from app.netlink.audit_reader import RECV_SIZE, RecordSocket
-from app.netlink.audit_records import Record, parse_datagram
+from app.netlink.audit_records import Confirmed, Record, parse_datagram
 from app.netlink.batch import AuditBatchReader
 from app.sources.audit_assembler import Assembler
 from app.sources.audit_lives import UNUSED, LifeEvents
@@ -41,6 +41,9 @@ from app.sources.base import DEGRADED, FAILED, OK, STOPPED, Sink, SourceHealth
 from app.sources.observations import Health, Loss, Observation
 from app.sources.pacing import Pacer, hold_for, pacer_counters
 from app.sources.privilege import MissingCapability, refused
+
+if TYPE_CHECKING:
+    from app.netlink._batch import Confirmations
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,9 @@ class AuditSource:
         # Another source's reader, run before each read of this one (the Service sets the
         # connector's: app/core/service.py, `_read_proc_first`).
         self.first: Callable[[], None] | None = None
+        # The connector's forks and exits, for this reader to confirm its own reports of
+        # them cheaply (the Service shares one table with the connector's reader).
+        self.confirm: Confirmations | None = None
         self.asm = Assembler(self, clock=mono)
         self.lives = LifeEvents(self._emit, proc, clock=mono, argv_max=settings.argv_max)
         self.counters: dict[str, int] = {
@@ -258,6 +264,7 @@ class AuditSource:
             **self.counters, **self.asm.counters, **self.lives.counters,
             "pending_events": self.asm.pending,
             **pacer_counters(self._pacer),
+            **(self.confirm.counters() if self.confirm is not None else {}),
         }  # fmt: skip
         if self._sock is not None:
             queued = procfs.netlink_queued(self._sock.fileno())
@@ -278,9 +285,9 @@ class AuditSource:
                 k = self.counters["connector_read_errors"]
                 if k & (k - 1) == 0:  # the 1st, 2nd, 4th...
                     log.exception("reading the proc connector before audit failed (%d)", k)
-        parse = self.tap is None  # a tap records every datagram as read, before any parsing
-        n, status = pacer.drain(lambda k: reader.records(k, UNUSED, parse), BATCH, self._take,
-                                self._enobufs, self._delivery_failed)  # fmt: skip
+        parse, confirm = self.tap is None, self.confirm  # a tap records every datagram as read
+        n, status = pacer.drain(lambda k: reader.records(k, UNUSED, parse, confirm), BATCH,
+                                self._take, self._enobufs, self._delivery_failed)  # fmt: skip
         if status > 0:
             self._set_health(FAILED, f"reading the audit socket: {os.strerror(status)}")
             return
@@ -294,15 +301,18 @@ class AuditSource:
         if busy and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)
 
-    def _take(self, item: Record | bytes) -> None:
-        """One datagram as read: a Record parsed by _batch.c, or bytes to parse here."""
+    def _take(self, item: Record | Confirmed | bytes) -> None:
+        """One datagram as read: a Record parsed by _batch.c, a SYSCALL record it confirmed
+        against the connector's report, or bytes to parse here."""
         if isinstance(item, bytes):
             if self.tap is not None:
                 self.tap(item)
             for rec in parse_datagram(item, UNUSED):
                 self.asm.push(rec)
+        elif type(item) is Confirmed:
+            self.lives.confirmed(item)  # its EOE, still to come, counts its serial
         else:
-            self.asm.push(item)
+            self.asm.push(item)  # type: ignore[arg-type]
 
     def _drain(self) -> None:
         """Read what is queued (on stop), so the last events are not thrown away."""

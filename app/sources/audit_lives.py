@@ -38,6 +38,8 @@ from app.netlink.audit_proto import (
     CLONE_THREAD,
 )
 from app.netlink.audit_records import (
+    CONFIRMED_FORK,
+    Confirmed,
     Record,
     Syscall,
     execve_argv,
@@ -213,6 +215,28 @@ class LifeEvents:
         self._exits.pop(obs.pid, None)
         self.counters["exits"] += 1
         self._deliver(obs.pid, obs)
+
+    def confirmed(self, c: Confirmed) -> None:
+        """A fork or exit_group record the compiled reader matched to the connector's report
+        of it (app/netlink/batch.py `confirmations`): the connector told the tracker
+        already, so it goes on as it is, without a Fork or Exit made for it or a hold."""
+        pid = c.pid
+        if c.kind == CONFIRMED_FORK:
+            self.counters["forks"] += 1
+            self._remember(pid)
+            self.emit(c)
+            if self._held:
+                self._release(pid)
+            return
+        self.counters["exits"] += 1
+        if self._exits:
+            self._exits.pop(pid, None)
+        if self._unresolved:
+            unresolved = self._unresolved.pop(pid, None)
+            if unresolved is not None:
+                self._born(unresolved[1])  # its exit_group proves it was a process
+        self._known.pop(pid, None)
+        self.emit(c)
 
     # -- ordering --------------------------------------------------------------------------
     def _deliver(self, pid: int, obs: Observation) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.netlink.audit_records import Confirmed
 from app.sources.clockoffset import BOOT_MINUS_MONO, REAL_MINUS_BOOT
 
 
@@ -90,7 +91,8 @@ class Health:
     at: float
 
 
-Observation = Fork | Exec | Exit | Loss | Health
+# Confirmed: audit's report of a fork or exit that the connector told already (audit_lives).
+Observation = Fork | Exec | Exit | Loss | Health | Confirmed
 
 
 def wait_status(status: int) -> tuple[int | None, int | None, bool]:

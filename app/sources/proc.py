@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app import procfs
 from app.netlink.batch import ProcBatchReader
@@ -49,6 +50,9 @@ from app.sources.observations import (
 )
 from app.sources.pacing import Pacer, hold_for, pacer_counters
 from app.sources.privilege import MissingCapability
+
+if TYPE_CHECKING:
+    from app.netlink._batch import Confirmations
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,9 @@ class ProcConnectorSource:
         self.tap = tap  # sees every raw datagram: records fixtures for the decoder tests
         self._sock: socket.socket | None = None
         self._reader: ProcBatchReader | None = None
+        # Where the compiled reader notes each process FORK and leader EXIT for audit's
+        # reader to confirm its own reports against (the Service shares one table).
+        self.confirm: Confirmations | None = None
         self._pacer: Pacer | None = None
         self._sink: Sink | None = None
         self._listening = False
@@ -235,7 +242,7 @@ class ProcConnectorSource:
     def _read(self, budget: int) -> tuple[list[ProcEvent | bytes], int, int]:
         assert self._reader is not None
         # A tap records the kernel's bytes (fixtures for the decoder tests): it gets them.
-        items, n, status = self._reader.events(budget, parse=self.tap is None)
+        items, n, status = self._reader.events(budget, self.tap is None, self.confirm)
         self._ended = ended_forks(items)
         return items, n, status
 

@@ -93,3 +93,35 @@ async def test_audit_disabled_behind_our_back_turns_degraded_and_proc_keeps_goin
     # The canary's verdict is ok again (the audit source may keep its own `degraded` for
     # the disable it saw itself: that state is the audit source's to clear).
     assert both.canary.stats.verdicts["audit"].state == "ok"
+
+
+async def test_audits_reports_confirmed_against_the_connectors_keep_every_life_whole(
+    both: Service,
+) -> None:
+    """With both sources, audit's fork and exit_group records that the connector told
+    already are confirmed in the compiled reader (app/netlink/_batch.c, "confirmations"):
+    each life still has one birth, one death, its status, and both sources; and the canary
+    still hears audit (its lives are confirmed the same way)."""
+    audit = next(s for s in both.sources if s.name == "audit")
+    before = dict(both.source_health(audit).counters)
+    out = subprocess.run(
+        ["sh", "-c", "for i in $(seq 40); do (exit 3) & echo $!; done; wait"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    pids = [int(x) for x in out.stdout.split()]
+    await asyncio.sleep(0.6)  # audit's records come through kauditd
+    for pid in pids:
+        assert events_of(both, pid) == ["born", "died"], events_of(both, pid)
+        ev = next(e for e in both.journal.since(0) or [] if e.type == "died" and e.life
+                  and e.life.pid == pid)  # fmt: skip
+        assert ev.life is not None
+        life = both.registry.find(pid, ev.life.start_ticks)
+        assert life is not None and life.exit is not None and life.exit.code == 3
+        assert life.sources & 6 == 6, (pid, life.sources)
+    after = both.source_health(audit).counters
+    confirmed = {k: after[k] - before.get(k, 0) for k in ("confirmed_forks", "confirmed_exits")}
+    # Each of the 40 is told by both; most of audit's reports find the connector's first.
+    assert confirmed["confirmed_forks"] > 0 and confirmed["confirmed_exits"] > 0, confirmed
+    assert both.tracker.counters["confirmed"] > 0
+    assert both.canary is not None
+    assert await both.canary.check_once() == {"audit": True, "proc": True}
