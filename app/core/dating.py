@@ -42,12 +42,16 @@ def estimate(o: Fork, hz: int, clocks: Clocks) -> tuple[int, int] | None:
         boot_ns = o.mono_ns + clocks.boot_minus_mono_ns()
         return boot_ns * hz // 1_000_000_000, DERIVED_SLACK
     if o.audit_stamp is not None:
-        # Coarse wall clock at the parent's syscall entry: a lower bound, usually 0-1 tick
-        # early (bench/audit_forks.py measures it), more when the fork is slow. Centred one
-        # tick later, where the quiet box's error is.
-        since_boot = o.audit_stamp - clocks.real_minus_boot()
-        return int(since_boot * hz) + 1, DERIVED_SLACK
+        return audit_estimate(o.audit_stamp, hz, clocks)
     return None
+
+
+def audit_estimate(stamp: float, hz: int, clocks: Clocks) -> tuple[int, int]:
+    """(start ticks, slack) of a child from its parent's audit fork record's stamp: coarse
+    wall clock at the parent's syscall entry, a lower bound, usually 0-1 tick early
+    (bench/audit_forks.py measures it), more when the fork is slow. Centred one tick later,
+    where the quiet box's error is."""
+    return int((stamp - clocks.real_minus_boot()) * hz) + 1, DERIVED_SLACK
 
 
 def start_of(

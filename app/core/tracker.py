@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 from app import procfs
 from app.argv import ARGV_MAX
-from app.core.dating import Clocks, estimate, start_of
+from app.core.dating import Clocks, audit_estimate, estimate, start_of
 from app.core.life import Exit as ExitInfo
 from app.core.life import Life, SourceSet, exit_of, iso, source_bit
 from app.core.registry import MAX_SLACK, Registry
@@ -33,6 +33,12 @@ from app.sources.observations import Exec, Exit, Fork, Health, Loss, Observation
 
 log = logging.getLogger(__name__)
 
+AUDIT = "audit"  # the source whose reports the compiled reader confirms (_confirmed)
+AUDIT_BIT = source_bit(AUDIT)
+# s between the stamp of audit's confirmed exit_group (its syscall entry) and the death as the
+# connector dated it, for the confirmed report to be taken for that death's: a stale table
+# entry (cleared at every loss) would need a pid reused as fast to mislead it.
+CONFIRM_WINDOW = 1.0
 RECENT_DEAD = 4096  # deaths remembered by pid, to merge a second source's report of one
 
 
@@ -45,11 +51,6 @@ PARKED_MAX = 4096  # such execs waiting at once; past it the oldest reads /proc
 # Ticks by which two reports of one fork may disagree beyond their slacks and still be one life
 # (a pid is reused only after pid_max others: seconds even at the fastest fork rates). The
 # life's slack then grows to take both in, up to registry.MAX_SLACK.
-AUDIT = "audit"  # the source whose reports the compiled reader confirms
-AUDIT_BIT = source_bit(AUDIT)
-# s: audit's confirmed report and the life's birth or death, as the connector dated them, are
-# at most this far apart (audit's is read after the connector's; a pid is not reused so soon)
-CONFIRM_WINDOW = 2.0
 SAME_LIFE = 3
 
 
@@ -268,21 +269,7 @@ class Tracker:
         est = estimate(o, self.hz, self.clocks)
         known = self._known(o.pid, est)
         if known is not None:
-            # The same birth told by a second source: one life, one event; keep its fields.
-            if est is not None and known.start_slack and est[1] <= known.start_slack:
-                # Both starts were derived (audit's from below, the connector's from above,
-                # each can be ticks off under load): the life's start, already sent, stays,
-                # and its slack grows to take in the other estimate too.
-                slack = min(abs(est[0] - known.start_ticks), MAX_SLACK)
-                if slack > known.start_slack:
-                    known.start_slack = slack
-                    self.counters["slack_widened"] += 1
-                    self.registry.touched(known)  # a restart finds it by either start too
-            known.sources |= bit
-            if o.uid is not None:
-                known.uid = o.uid
-            self.counters["duplicates"] += 1
-            self._seen(known, o.source, "born")
+            self._born_again(known, est, bit, o.uid, o.source)
             return
         alive = self.registry.alive.get(o.pid)
         if alive is not None and est is not None and _dated_before(alive, *est):
@@ -318,37 +305,60 @@ class Tracker:
             if early.exit is not None and early.exit.at >= o.at - SAME_MOMENT:
                 self._exit(early.exit)
 
+    def _born_again(
+        self, known: Life, est: tuple[int, int] | None, bit: int, uid: int | None, source: str
+    ) -> None:
+        """The same birth told by a second source: one life, one event; keep its fields."""
+        if est is not None and known.start_slack and est[1] <= known.start_slack:
+            # Both starts were derived (audit's from below, the connector's from above, each
+            # can be ticks off under load): the life's start, already sent, stays, and its
+            # slack grows to take in the other estimate too.
+            slack = min(abs(est[0] - known.start_ticks), MAX_SLACK)
+            if slack > known.start_slack:
+                known.start_slack = slack
+                self.counters["slack_widened"] += 1
+                self.registry.touched(known)  # a restart finds it by either start too
+        known.sources |= bit
+        if uid is not None:
+            known.uid = uid
+        self.counters["duplicates"] += 1
+        self._seen(known, source, "born")
+
     def _confirmed(self, c: Confirmed) -> None:
         """Audit's report of a fork or exit_group that the compiled reader matched to the
         connector's report of it (the pid, and the parent or the status: app/netlink/
-        _batch.c, "confirmations"). That report made the birth or the death already, so the
-        life only learns what the duplicate path would teach it: audit saw it too, its uid,
-        and the canary's tally. When the life is not where that report left it (the
-        connector's EXIT was not the process's end, or the dates are far apart), the report
-        takes the full path, as if it had not been matched."""
+        _batch.c, "confirmations"). That report made the birth or the death already, so
+        this one does what the duplicate paths do, without the Fork or Exit made to get
+        there: the life learns that audit saw it, its uid, its slack, the canary its tally.
+        When the life is not where the connector's report left it (its EXIT was not the
+        process's end, a death found by a lookup, dates that do not fit), the report takes
+        the full path, as if it had not been matched."""
         pid = c.pid
         if c.kind == CONFIRMED_FORK:
-            life = self.registry.alive.get(pid) or self._recent_dead.get(pid)
-            at = None if life is None else life.born_at
-            if at is None or abs(at - c.stamp) > CONFIRM_WINDOW:
+            est = audit_estimate(c.stamp, self.hz, self.clocks)
+            known = self._known(pid, est)
+            if known is None:
                 self._fork(Fork(AUDIT, pid, c.ppid, c.stamp, audit_stamp=c.stamp, uid=c.uid))
                 return
-            assert life is not None
-            life.uid = c.uid
-            what = "born"
-        else:
-            life = None if pid in self.registry.alive else self._recent_dead.get(pid)
-            at = None if life is None else life.died_at
-            if at is None or abs(at - c.stamp) > CONFIRM_WINDOW:
-                self._exit(Exit(AUDIT, pid, c.stamp, code=c.code))
-                return
-            what = "died"
-        assert life is not None
-        life.sources |= AUDIT_BIT
+            self._born_again(known, est, AUDIT_BIT, c.uid, AUDIT)
+            self.counters["confirmed"] += 1
+            return
+        recent = None if pid in self.registry.alive else self._recent_dead.get(pid)
+        if (
+            recent is None
+            or recent.exit is None
+            or recent.cause == "vanished"
+            or recent.died_at is None
+            or abs(recent.died_at - c.stamp) > CONFIRM_WINDOW
+        ):
+            self._exit(Exit(AUDIT, pid, c.stamp, code=c.code))
+            return
+        # As _told_again with a status known already (audit's is never the better one)
+        # and no lookup's death awaiting a report (cause "vanished" took the full path).
+        recent.sources |= AUDIT_BIT
         self.counters["duplicates"] += 1
         self.counters["confirmed"] += 1
-        if life.canary:
-            self._seen(life, AUDIT, what)
+        self._seen(recent, AUDIT, "died")
 
     def _newer_holder(self, alive: Life, o: Fork, bit: int) -> tuple[int, int, str | None] | None:
         """A fork report dated before the start of the pid's alive life. Audit dates a child

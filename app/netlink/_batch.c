@@ -787,6 +787,7 @@ struct Confirmations {
     conf_call calls[CONF_CALLS];
     int ncalls;
     unsigned long long counts[NCOUNTS];
+    unsigned long long clears;
     conf_slot slot[CONF_SLOTS];
 };
 
@@ -796,9 +797,12 @@ conf_proc(Confirmations *c, uint32_t what, const char *u, Py_ssize_t room)
 {
     if (what == PROC_EVENT_FORK && room >= 16) {
         uint32_t ptgid = u32_at(u + 4), child = u32_at(u + 8), ctgid = u32_at(u + 12);
-        if (child != ctgid || child == 0)
-            return; /* a thread */
         conf_slot *s = &c->slot[child & (CONF_SLOTS - 1)];
+        if (child != ctgid || child == 0) { /* a thread: its tid may be a noted pid reused */
+            if (s->pid == child)
+                s->pid = 0;
+            return;
+        }
         s->pid = child;
         s->ppid = ptgid;
         s->forked = 1;
@@ -860,26 +864,39 @@ conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end)
     double stamp;
     const char *body, *bend;
     int head = audit_head(p, end, &stamp, serial, &body, &bend);
-    if (head <= 0) {
-        PyErr_Clear(); /* float() decides on the usual way */
+    if (head < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
+            !PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1; /* out of memory */
+        PyErr_Clear(); /* float() decides, on the usual way */
         return 0;
     }
-    span g[10];
-    memset(g, 0, sizeof g);
-    if (!syscall_spans(body, bend, g))
+    if (head == 0)
+        return 0;
+    /* The call first (`arch=HEX syscall=DEC `, as syscall_spans starts): most SYSCALL
+     * records of a storm are forks and exits, the rest need not be scanned twice. */
+    span arch, nr;
+    const char *q = lit(body, bend, "arch=");
+    if (!q || !(q = run(q, bend, is_hex, &arch)) || !(q = lit(q, bend, " syscall=")) ||
+        !run(q, bend, is_dec, &nr))
         return 0;
     int kind = 0;
     for (int i = 0; i < c->ncalls; i++) {
         conf_call *k = &c->calls[i];
-        if (g[0].n == k->arch_n && g[1].n == k->nr_n && memcmp(g[0].p, k->arch, k->arch_n) == 0 &&
-            memcmp(g[1].p, k->nr, k->nr_n) == 0) {
+        if (arch.n == k->arch_n && nr.n == k->nr_n && memcmp(arch.p, k->arch, k->arch_n) == 0 &&
+            memcmp(nr.p, k->nr, k->nr_n) == 0) {
             kind = k->kind;
             break;
         }
     }
+    if (kind == 0)
+        return 0;
+    span g[10];
+    memset(g, 0, sizeof g);
     uint32_t pid, uid, child = 0, code = 0;
     uint64_t a0;
-    if (kind == 0 || !span_u32(g[6], &pid) || !span_u32(g[7], &uid) || !span_hex(g[4], &a0))
+    if (!syscall_spans(body, bend, g) || !span_u32(g[6], &pid) || !span_u32(g[7], &uid) ||
+        !span_hex(g[4], &a0))
         return 0;
     conf_slot *s;
     if (kind == CONF_EXIT) {
@@ -930,6 +947,10 @@ conf_call_of(PyObject *item, conf_call *k)
     const char *arch, *nr;
     Py_ssize_t an, nn;
     int kind;
+    if (!PyTuple_Check(item)) {
+        PyErr_SetString(PyExc_TypeError, "calls: (arch, nr, kind) tuples are wanted");
+        return -1;
+    }
     if (!PyArg_ParseTuple(item, "y#y#i", &arch, &an, &nr, &nn, &kind))
         return -1;
     if (an < 1 || an > 16 || nn < 1 || nn > 16 || kind < CONF_CLONE || kind > CONF_EXIT) {
@@ -994,17 +1015,31 @@ conf_counters(PyObject *self, PyObject *noargs)
     (void)noargs;
     Confirmations *c = (Confirmations *)self;
     PyObject *d = PyDict_New();
-    for (int i = 0; d != NULL && i < NCOUNTS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(c->counts[i]);
-        if (v == NULL || PyDict_SetItemString(d, count_names[i], v) < 0)
+    for (int i = 0; d != NULL && i <= NCOUNTS; i++) {
+        unsigned long long n = i < NCOUNTS ? c->counts[i] : c->clears;
+        PyObject *v = PyLong_FromUnsignedLongLong(n);
+        if (v == NULL || PyDict_SetItemString(d, i < NCOUNTS ? count_names[i] : "clears", v) < 0)
             Py_CLEAR(d);
         Py_XDECREF(v);
     }
     return d;
 }
 
+/* Forget every entry: after a loss by either source, or when the connector stops, an entry
+ * may stand for a life the other reports do not (its own FORK of a reused pid lost). */
+static PyObject *
+conf_clear(PyObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    Confirmations *c = (Confirmations *)self;
+    memset(c->slot, 0, sizeof c->slot);
+    c->clears++;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef conf_methods[] = {
     {"counters", conf_counters, METH_NOARGS, "The table's counters, as a dict."},
+    {"clear", conf_clear, METH_NOARGS, "Forget every entry (after a loss; when stopped)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -354,6 +354,8 @@ class AuditSource:
         self._loss("enobufs", "the audit socket's receive buffer overran", self._last_datagram)
 
     def _loss(self, reason: str, detail: str, since: float | None = None) -> None:
+        if self.confirm is not None:
+            self.confirm.clear()  # an entry may stand for a fork or exit audit lost
         now = self._wall()
         self.counters["losses"] += 1
         self._last_loss = self._mono()

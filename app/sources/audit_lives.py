@@ -151,14 +151,6 @@ class LifeEvents:
             if flags & CLONE_PARENT:
                 ppid = _int(f.ppid) or pid
         obs = Fork(SOURCE, child, ppid, stamp, audit_stamp=stamp, uid=_int(f.uid))
-        if stamp < self.stale_before and not procfs.pid_exists(child, self.proc):
-            # Read after a resync that already judged this pid from /proc (records can come
-            # seconds late through the kernel's retry queue). Recreating the child on the
-            # fork alone, its exit record maybe lost, could leave a dead life alive: it is
-            # born only with its own exec or exit as evidence, like an unresolved clone3.
-            self.counters["stale_forks"] += 1
-            self._wait_for_evidence(obs)
-            return
         if name == "clone3":
             tgid = procfs.thread_group_of(child, self.proc)
             if tgid is None:
@@ -167,6 +159,18 @@ class LifeEvents:
             if tgid != child:
                 self.counters["threads"] += 1
                 return
+        self._fork_told(obs)
+
+    def _fork_told(self, obs: Fork) -> None:
+        """A fork of a process (not a thread), unless it was read after a resync."""
+        if obs.at < self.stale_before and not procfs.pid_exists(obs.pid, self.proc):
+            # Read after a resync that already judged this pid from /proc (records can come
+            # seconds late through the kernel's retry queue). Recreating the child on the
+            # fork alone, its exit record maybe lost, could leave a dead life alive: it is
+            # born only with its own exec or exit as evidence, like an unresolved clone3.
+            self.counters["stale_forks"] += 1
+            self._wait_for_evidence(obs)
+            return
         self._born(obs)
 
     def _wait_for_evidence(self, obs: Fork) -> None:
@@ -222,6 +226,10 @@ class LifeEvents:
         already, so it goes on as it is, without a Fork or Exit made for it or a hold."""
         pid = c.pid
         if c.kind == CONFIRMED_FORK:
+            if c.stamp < self.stale_before:  # read after a resync: as the full path would
+                self._fork_told(Fork(SOURCE, pid, c.ppid, c.stamp, audit_stamp=c.stamp,
+                                     uid=c.uid))  # fmt: skip
+                return
             self.counters["forks"] += 1
             self._remember(pid)
             self.emit(c)

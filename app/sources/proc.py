@@ -178,6 +178,7 @@ class ProcConnectorSource:
     async def stop(self) -> None:
         sock, self._sock = self._sock, None
         self._reader = None
+        self._forget_noted()
         if sock is None:
             return
         if self._pacer is not None:
@@ -236,6 +237,7 @@ class ProcConnectorSource:
             log.error("proc connector read failed: %s", os.strerror(status))
             self._set_health(FAILED, f"read failed: {os.strerror(status)}")
             self._reader = None  # read no more (the pacer stopped watching): nor for audit
+            self._forget_noted()
         elif n >= READ_BUDGET:  # the budget ran out with datagrams left: the reader is behind
             self.counters["full_reads"] += 1
 
@@ -246,10 +248,18 @@ class ProcConnectorSource:
         self._ended = ended_forks(items)
         return items, n, status
 
+    def _forget_noted(self) -> None:
+        """After a loss, or when this reader stops: what the table of forks and exits holds
+        may no longer be the connector's last word on a pid (a reused pid's FORK lost), so
+        audit's reports are not confirmed against it."""
+        if self.confirm is not None:
+            self.confirm.clear()
+
     def _delivery_failed(self) -> None:
         """A datagram read could not be handled (a bug, logged by the pacer): its event may
         be missing, so it is a loss like any other: a gap, then a resync."""
         assert self._sink is not None
+        self._forget_noted()
         self._sink.submit(Loss(self.name, "internal_error", self._wall(),
                                "a datagram could not be handled: see the daemon's log",
                                self._last_at))  # fmt: skip
@@ -261,6 +271,7 @@ class ProcConnectorSource:
         self.counters["enobufs"] += 1
         self._last_seq.clear()
         self._solo.clear()
+        self._forget_noted()
         assert self._sink is not None
         self._sink.submit(
             Loss(self.name, "enobufs", now, "proc connector socket overrun", self._last_at)
@@ -366,6 +377,7 @@ class ProcConnectorSource:
         self.counters["seq_gaps"] += 1
         self.counters["seq_missing"] += missing
         self._solo.clear()
+        self._forget_noted()
         assert self._sink is not None
         detail = f"cpu {cpu}: {missing} proc event(s) missing"
         self._sink.submit(Loss(self.name, "seq_gap", self._wall(), detail, self._last_at))

@@ -103,7 +103,11 @@ async def test_audits_reports_confirmed_against_the_connectors_keep_every_life_w
     each life still has one birth, one death, its status, and both sources; and the canary
     still hears audit (its lives are confirmed the same way)."""
     audit = next(s for s in both.sources if s.name == "audit")
+    proc = next(s for s in both.sources if s.name == "proc")
+    table = getattr(audit, "confirm", None)
+    assert table is not None and table is getattr(proc, "confirm", None)  # one, shared
     before = dict(both.source_health(audit).counters)
+    first = both.journal.last_cursor
     out = subprocess.run(
         ["sh", "-c", "for i in $(seq 40); do (exit 3) & echo $!; done; wait"],
         capture_output=True, text=True, check=True,
@@ -123,5 +127,8 @@ async def test_audits_reports_confirmed_against_the_connectors_keep_every_life_w
     # Each of the 40 is told by both; most of audit's reports find the connector's first.
     assert confirmed["confirmed_forks"] > 0 and confirmed["confirmed_exits"] > 0, confirmed
     assert both.tracker.counters["confirmed"] > 0
+    # Serials counted from the EOEs: no hole, no gap.
+    assert after["gaps"] == before["gaps"] and after["lost_serials"] == before["lost_serials"]
+    assert not [e for e in both.journal.since(first) or [] if e.type == "gap"]
     assert both.canary is not None
     assert await both.canary.check_once() == {"audit": True, "proc": True}

@@ -14,7 +14,7 @@ import pytest
 
 from app.core.service import Service
 from app.netlink import _batch
-from app.netlink.audit_proto import AUDIT_SYSCALL
+from app.netlink.audit_proto import AUDIT_EOE, AUDIT_SYSCALL
 from app.netlink.audit_records import (
     CONFIRMED_EXIT,
     CONFIRMED_FORK,
@@ -24,6 +24,7 @@ from app.netlink.audit_records import (
 )
 from app.netlink.batch import confirmations
 from app.netlink.cn_proc import ExitEvent, ForkEvent, decode
+from app.sources.audit_assembler import Assembler
 from app.sources.audit_lives import UNUSED, LifeEvents
 from app.sources.observations import Exec, Exit, Fork, Observation
 from tests.helpers import make_config
@@ -212,6 +213,57 @@ def test_hostile_records_with_a_table_parse_as_without() -> None:
             assert want[0].type == AUDIT_SYSCALL
 
 
+def test_a_pid_of_the_same_slot_or_a_threads_tid_replaces_the_entry() -> None:
+    t = table()
+    p = 4_001_000
+    _batch.parse_proc(connector_fork(100, p), t)
+    _batch.parse_proc(connector_fork(100, p + 16384), t)  # the same slot: the newer holds it
+    assert type(audit(fork_record(p, 100), t)[0]) is Record
+    assert type(audit(fork_record(p + 16384, 100), t)[0]) is Confirmed
+    _batch.parse_proc(connector_fork(100, p + 1), t)
+    _batch.parse_proc(connector_fork(100, p + 1, child_tgid=100), t)  # a thread took the pid
+    assert type(audit(fork_record(p + 1, 100, nr=435), t)[0]) is Record
+
+
+def test_a_cleared_table_confirms_nothing() -> None:
+    t = table()
+    _batch.parse_proc(connector_fork(100, 4_001_100), t)
+    _batch.parse_proc(connector_exit(4_001_100, 0x300), t)
+    t.clear()
+    assert type(audit(fork_record(4_001_100, 100), t)[0]) is Record
+    assert type(audit(exit_record(4_001_100, 3), t)[0]) is Record
+    assert t.counters()["clears"] == 1
+    with pytest.raises(TypeError):
+        _batch.raw_batch(0, bytearray(64), 64, 1, t)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _batch.Confirmations(Confirmed, [[b"c000003e", b"56", 1]])  # type: ignore[list-item]
+
+
+def test_the_eoe_of_a_confirmed_record_keeps_the_serials_whole() -> None:
+    """The SYSCALL record is handed back as a Confirmed; its EOE, a Record, counts the
+    serial: no hole, no gap."""
+    lost: list[tuple[int, int]] = []
+
+    class Sink:
+        def event_complete(self, records: list[Record]) -> None:
+            pass
+
+        def events_lost(self, first_serial: int, count: int) -> None:
+            lost.append((first_serial, count))
+
+    now = [0.0]
+    asm = Assembler(Sink(), clock=lambda: now[0])
+    for serial in range(100, 110):
+        if serial % 2:  # a confirmed event: only its EOE reaches the assembler
+            asm.push(Record(AUDIT_EOE, 1.0, serial, b""))
+        else:
+            asm.push(Record(AUDIT_SYSCALL, 1.0, serial, b"arch=c000003e syscall=56"))
+            asm.push(Record(AUDIT_EOE, 1.0, serial, b""))
+    now[0] = 10.0
+    asm.flush()
+    assert lost == [] and asm.holes == 0 and asm.counters["late"] == 0
+
+
 # -- what the daemon does with one ------------------------------------------------------------
 
 
@@ -289,3 +341,54 @@ def test_a_confirmed_fork_releases_what_waited_for_it() -> None:
     lives.confirmed(e)
     assert made[-1] == e and child not in lives._known
     assert (lives.counters["forks"], lives.counters["exits"]) == (1, 1)
+
+
+def test_a_confirmed_fork_read_after_a_resync_waits_for_evidence() -> None:
+    """As LifeEvents._fork: a fork stamped before the last resync, its child gone, is born
+    only with the child's own exec or exit as evidence."""
+    made: list[Observation] = []
+    lives = LifeEvents(made.append)
+    lives.stale_before = time.time()
+    child = free_pid()
+    lives.confirmed(Confirmed(CONFIRMED_FORK, child, 100, 0, 0, lives.stale_before - 5))
+    assert made == [] and lives.counters["stale_forks"] == 1
+
+
+async def test_a_confirmed_fork_widens_a_derived_start_as_the_full_path(tmp_path: Path) -> None:
+    """Both starts derived (the connector's of a fork read with its exit, audit's from its
+    stamp) five ticks apart: the slack grows the same way on either path."""
+    slacks = []
+    for quick in (False, True):
+        c = Child(free_pid(int(quick)))
+        f_p = Fork("proc", c.pid, 1, c.born, mono_ns=c.f_p.mono_ns, ended=True)
+        at = c.born - 0.05  # audit's stamp five ticks before the connector's date
+        f_a: Observation = (
+            Confirmed(CONFIRMED_FORK, c.pid, 1, 1000, 0, at)
+            if quick
+            else Fork("audit", c.pid, 1, at, audit_stamp=at, uid=1000)
+        )
+        svc = await tracked(tmp_path / str(quick), [f_p, f_a])
+        try:
+            life = svc.registry.alive[c.pid]
+            assert life.sources & 6 == 6 and life.uid == 1000
+            slacks.append((life.start_slack, svc.tracker.counters["slack_widened"]))
+            assert svc.tracker.counters["confirmed"] == int(quick)
+        finally:
+            await svc.stop()
+    assert slacks[0] == slacks[1] and slacks[0][0] > 3 and slacks[0][1] == 1, slacks
+
+
+async def test_a_confirmed_exit_of_a_life_found_gone_takes_the_full_path(
+    tmp_path: Path,
+) -> None:
+    c = Child(free_pid())
+    svc = await tracked(tmp_path, [c.f_p])
+    try:
+        life = svc.registry.alive[c.pid]
+        svc.tracker.vanished(life, c.died + 0.01, 4)
+        svc.tracker.submit(exit_of(c))
+        assert svc.tracker.counters["vanished_reported"] == 1
+        assert svc.tracker.counters["confirmed"] == 0
+        assert life.exit is not None and life.exit.code == 3
+    finally:
+        await svc.stop()
