@@ -23,6 +23,7 @@
 #define HDRLEN 16   /* struct nlmsghdr */
 #define MAX_SKIP 64 /* record types a caller may skip */
 #define AUDIT_SYSCALL_TYPE 1300
+#define AUDIT_EOE_TYPE 1320
 #define NUM_MAX 48  /* digits of a stamp or serial parsed here; longer goes to Python */
 
 /* How a batch ended: every datagram read, or the budget spent with some maybe left. */
@@ -39,6 +40,7 @@ static PyTypeObject *fork_type, *exec_type, *exit_type;
 typedef struct Confirmations Confirmations;
 static PyTypeObject confirmations_type;
 static int conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end);
+static int conf_eoe(Confirmations *c, const char *p, const char *end);
 static void conf_proc(Confirmations *c, uint32_t what, const char *u, Py_ssize_t room);
 
 /* A `t` holding items[0..n) (references stolen), as tuple.__new__(t, items) makes it. */
@@ -220,6 +222,11 @@ audit_one(PyObject *out, PyTypeObject *record, const char *d, Py_ssize_t n, cons
             int done = conf_audit(conf, out, d + HDRLEN, d + n);
             if (done != 0)
                 return done < 0 ? -1 : 0;
+        }
+        if (framed && conf != NULL && mtype == AUDIT_EOE_TYPE) {
+            int done = conf_eoe(conf, d + HDRLEN, d + n);
+            if (done != 0)
+                return done < 0 ? -1 : 0; /* the end of a confirmed event: dropped */
         }
         if (framed) {
             PyObject *rec = audit_record(record, mtype, d + HDRLEN, d + n);
@@ -752,11 +759,14 @@ parse_syscall(PyObject *mod, PyObject *args)
  * connector told; an audit SYSCALL record of a fork or exit_group that matches one comes back
  * as a short Confirmed(kind, pid, ppid, uid, code, stamp) instead of its Record, and the
  * entry is used up. Anything else goes the usual way: a clone with CLONE_THREAD or
- * CLONE_PARENT, a failed call, another status, a pid the table does not hold. The event's
- * EOE still comes as a Record: the assembler counts the serial from it. An entry is a
- * cache, overwritten by the next pid of its slot: a miss only costs the full path. */
+ * CLONE_PARENT, a failed call, another status, a pid the table does not hold. The
+ * Confirmed carries the record's serial, for the assembler to count, and the event's EOE is
+ * dropped when it comes (the last CONF_RING confirmed serials are remembered; an EOE that
+ * comes later than that goes to the assembler as ever). An entry is a cache, overwritten by
+ * the next pid of its slot: a miss only costs the full path. */
 #define CONF_SLOTS 16384 /* a power of two */
 #define CONF_CALLS 16
+#define CONF_RING 64 /* confirmed serials whose EOE is still to come */
 #define CONF_CLONE 1 /* clone(2): its flags in a0 */
 #define CONF_FORK 2  /* fork, vfork, clone3: a process on the connector's word */
 #define CONF_EXIT 3  /* exit_group */
@@ -776,18 +786,24 @@ typedef struct {
     int kind;
 } conf_call;
 
-enum { RECORDED_FORKS, RECORDED_EXITS, CONFIRMED_FORKS, CONFIRMED_EXITS, UNMATCHED, NCOUNTS };
+enum {
+    RECORDED_FORKS, RECORDED_EXITS, CONFIRMED_FORKS, CONFIRMED_EXITS, UNMATCHED, EOES_DROPPED,
+    NCOUNTS
+};
 static const char *const count_names[NCOUNTS] = {
     "recorded_forks", "recorded_exits", "confirmed_forks", "confirmed_exits", "unmatched",
+    "confirmed_eoes",
 };
 
 struct Confirmations {
     PyObject_HEAD
-    PyTypeObject *cls; /* Confirmed: 6 fields */
+    PyTypeObject *cls; /* Confirmed: 7 fields */
     conf_call calls[CONF_CALLS];
     int ncalls;
     unsigned long long counts[NCOUNTS];
     unsigned long long clears;
+    uint64_t ring[CONF_RING]; /* serial + 1; 0: free */
+    int ring_at;
     conf_slot slot[CONF_SLOTS];
 };
 
@@ -893,10 +909,11 @@ conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end)
         return 0;
     span g[10];
     memset(g, 0, sizeof g);
-    uint32_t pid, uid, child = 0, code = 0;
+    uint32_t pid, uid, child = 0, code = 0, sn;
     uint64_t a0;
-    if (!syscall_spans(body, bend, g) || !span_u32(g[6], &pid) || !span_u32(g[7], &uid) ||
-        !span_hex(g[4], &a0))
+    span sspan = {serial, (Py_ssize_t)strlen(serial)};
+    if (!span_u32(sspan, &sn) || !syscall_spans(body, bend, g) || !span_u32(g[6], &pid) ||
+        !span_u32(g[7], &uid) || !span_hex(g[4], &a0))
         return 0;
     conf_slot *s;
     if (kind == CONF_EXIT) {
@@ -925,20 +942,55 @@ conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end)
         c->counts[CONFIRMED_FORKS]++;
         kind = CONFIRMED_FORK;
     }
-    PyObject *items[6] = {
+    PyObject *items[7] = {
         PyLong_FromLong(kind),
         PyLong_FromUnsignedLong(kind == CONFIRMED_FORK ? child : pid),
         PyLong_FromUnsignedLong(kind == CONFIRMED_FORK ? pid : 0),
         PyLong_FromUnsignedLong(uid),
         PyLong_FromUnsignedLong(code),
         PyFloat_FromDouble(stamp),
+        PyLong_FromUnsignedLong(sn),
     };
-    PyObject *ev = new_tuple(c->cls, items, 6);
+    PyObject *ev = new_tuple(c->cls, items, 7);
     if (ev == NULL)
         return -1;
     int rc = PyList_Append(out, ev);
     Py_DECREF(ev);
-    return rc < 0 ? -1 : 1;
+    if (rc < 0)
+        return -1;
+    c->ring[c->ring_at] = (uint64_t)sn + 1;
+    c->ring_at = (c->ring_at + 1) % CONF_RING;
+    return 1;
+}
+
+/* An EOE record (after nlmsghdr): 1 when it ends an event confirmed above (its serial is
+ * remembered; forgotten now), 0 when it goes to the assembler, -1 on error. */
+static int
+conf_eoe(Confirmations *c, const char *p, const char *end)
+{
+    char serial[NUM_MAX + 1];
+    double stamp;
+    const char *body, *bend;
+    int head = audit_head(p, end, &stamp, serial, &body, &bend);
+    if (head < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
+            !PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    uint32_t sn;
+    span sspan = {serial, (Py_ssize_t)strlen(serial)};
+    if (head == 0 || bend != body || !span_u32(sspan, &sn))
+        return 0; /* an EOE has no body */
+    for (int i = 0; i < CONF_RING; i++) {
+        if (c->ring[i] == (uint64_t)sn + 1) {
+            c->ring[i] = 0;
+            c->counts[EOES_DROPPED]++;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static int
@@ -972,7 +1024,7 @@ conf_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"confirmed", "calls", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO", kwlist, &cls, &calls))
         return NULL;
-    if (plain_tuple_type(cls, 6) < 0)
+    if (plain_tuple_type(cls, 7) < 0)
         return NULL;
     PyObject *seq = PySequence_Fast(calls, "calls: a sequence of (arch, nr, kind)");
     if (seq == NULL)
@@ -1046,7 +1098,7 @@ static PyMethodDef conf_methods[] = {
 PyDoc_STRVAR(conf_doc,
 "Confirmations(confirmed, calls)\n\n"
 "The connector's forks and exits by pid, for audit's reports of them. `confirmed`: the\n"
-"NamedTuple class made for a match (6 fields); `calls`: (arch, nr, kind) as a SYSCALL\n"
+"NamedTuple class made for a match (7 fields); `calls`: (arch, nr, kind) as a SYSCALL\n"
 "record writes them (hex arch, decimal nr), kind 1 clone, 2 another fork, 3 exit_group.");
 
 static PyTypeObject confirmations_type = {

@@ -45,6 +45,7 @@ class Confirmed(NamedTuple):
     uid: int
     code: int  # exit_group's status (a0 & 0xff); 0 for a fork
     stamp: float  # the record's stamp, as Record.stamp
+    serial: int  # the record's serial: its EOE is dropped, the assembler counts it from here
 
     @property
     def source(self) -> str:

@@ -86,6 +86,12 @@ class Assembler:
         else:
             group[2].append(rec)
 
+    def seen(self, serial: int) -> None:
+        """An event handled without the assembler (a SYSCALL record the compiled reader
+        confirmed against the connector's report, its EOE dropped): its serial counts."""
+        self.records += 1
+        self._see(serial)
+
     def flush(self, force: bool = False) -> None:
         """Complete events held longer than `timeout` and declare serials missing for longer
         than `reorder`; with `force`, complete everything (on stop)."""

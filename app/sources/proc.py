@@ -215,22 +215,24 @@ class ProcConnectorSource:
             self._sink.submit(Health(self.name, state, reason, at))
 
     # -- the hot path ----------------------------------------------------------------------
-    def read_now(self) -> None:
+    def read_now(self) -> int:
         """Read what the socket holds now, whatever the pacing: audit's reader asks before
-        each of its reads (counted in `reads_for_audit`, not `wakeups`)."""
-        if self._reader is not None:
-            self.counters["reads_for_audit"] += 1
-            self._read_all()
+        each of its reads (counted in `reads_for_audit`, not `wakeups`). Returns how many
+        datagrams were read."""
+        if self._reader is None:
+            return 0
+        self.counters["reads_for_audit"] += 1
+        return self._read_all()
 
     def _on_readable(self) -> None:
         if self._reader is not None:
             self.counters["wakeups"] += 1
             self._read_all()
 
-    def _read_all(self) -> None:
+    def _read_all(self) -> int:
         pacer = self._pacer
         if pacer is None:
-            return
+            return 0
         n, status = pacer.drain(self._read, READ_BUDGET, self._deliver, self._overrun,
                                 self._delivery_failed)  # fmt: skip
         if status > 0:
@@ -240,6 +242,7 @@ class ProcConnectorSource:
             self._forget_noted()
         elif n >= READ_BUDGET:  # the budget ran out with datagrams left: the reader is behind
             self.counters["full_reads"] += 1
+        return n
 
     def _read(self, budget: int) -> tuple[list[ProcEvent | bytes], int, int]:
         assert self._reader is not None

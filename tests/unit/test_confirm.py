@@ -92,7 +92,7 @@ def test_a_fork_the_connector_told_is_confirmed_once() -> None:
     )
     got = audit(fork_record(4_000_200, 100, uid=1000), t)
     stamp = the_record(fork_record(4_000_200, 100))[0].stamp
-    assert got == [Confirmed(CONFIRMED_FORK, 4_000_200, 100, 1000, 0, stamp)]
+    assert got == [Confirmed(CONFIRMED_FORK, 4_000_200, 100, 1000, 0, stamp, 431)]
     assert type(got[0]) is Confirmed and type(got[0].stamp) is float
     # Used up: the same record again (or a copy) takes the full path.
     assert audit(fork_record(4_000_200, 100), t) == the_record(fork_record(4_000_200, 100))
@@ -152,7 +152,7 @@ def test_an_exit_is_confirmed_only_with_the_same_status() -> None:
     stamp = the_record(exit_record(4_000_600, 0x103))[0].stamp
     # a0 & 0xff is the status, as LifeEvents takes it.
     assert audit(exit_record(4_000_600, 0x103), t) == [
-        Confirmed(CONFIRMED_EXIT, 4_000_600, 0, 1000, 3, stamp)
+        Confirmed(CONFIRMED_EXIT, 4_000_600, 0, 1000, 3, stamp, 534)
     ]
     assert type(audit(exit_record(4_000_600, 3), t)[0]) is Record  # used up
 
@@ -239,9 +239,25 @@ def test_a_cleared_table_confirms_nothing() -> None:
         _batch.Confirmations(Confirmed, [[b"c000003e", b"56", 1]])  # type: ignore[list-item]
 
 
-def test_the_eoe_of_a_confirmed_record_keeps_the_serials_whole() -> None:
-    """The SYSCALL record is handed back as a Confirmed; its EOE, a Record, counts the
-    serial: no hole, no gap."""
+def eoe(serial: int) -> bytes:
+    return datagram(b"audit(%s:%d): " % (STAMP, serial), AUDIT_EOE)
+
+
+def test_the_eoe_of_a_confirmed_record_is_dropped_and_only_it() -> None:
+    t = table()
+    _batch.parse_proc(connector_fork(100, 4_001_200), t)
+    assert _batch.parse_audit(eoe(431), UNUSED, t) == the_record(eoe(431))  # none confirmed
+    (c,) = audit(fork_record(4_001_200, 100, serial=431), t)
+    assert type(c) is Confirmed and c.serial == 431
+    assert _batch.parse_audit(eoe(432), UNUSED, t) == the_record(eoe(432))  # another event
+    assert _batch.parse_audit(eoe(431), UNUSED, t) == []  # its end: dropped
+    assert _batch.parse_audit(eoe(431), UNUSED, t) == the_record(eoe(431))  # once only
+    assert t.counters()["confirmed_eoes"] == 1
+
+
+def test_the_serial_of_a_confirmed_event_keeps_the_serials_whole() -> None:
+    """The SYSCALL record comes as a Confirmed carrying its serial, its EOE not at all: the
+    assembler counts the serial from the Confirmed: no hole, no gap, nothing late."""
     lost: list[tuple[int, int]] = []
 
     class Sink:
@@ -254,25 +270,30 @@ def test_the_eoe_of_a_confirmed_record_keeps_the_serials_whole() -> None:
     now = [0.0]
     asm = Assembler(Sink(), clock=lambda: now[0])
     for serial in range(100, 110):
-        if serial % 2:  # a confirmed event: only its EOE reaches the assembler
-            asm.push(Record(AUDIT_EOE, 1.0, serial, b""))
+        if serial % 2:
+            asm.seen(serial)  # a confirmed event
         else:
             asm.push(Record(AUDIT_SYSCALL, 1.0, serial, b"arch=c000003e syscall=56"))
             asm.push(Record(AUDIT_EOE, 1.0, serial, b""))
     now[0] = 10.0
     asm.flush()
     assert lost == [] and asm.holes == 0 and asm.counters["late"] == 0
+    assert asm.counters["records"] == 15
+    asm.push(Record(AUDIT_EOE, 1.0, 111, b""))  # 110 never came: a hole, then a gap
+    now[0] = 20.0
+    asm.flush()
+    assert lost == [(110, 1)]
 
 
 # -- what the daemon does with one ------------------------------------------------------------
 
 
 def fork_of(c: Child) -> Confirmed:
-    return Confirmed(CONFIRMED_FORK, c.pid, 1, 1000, 0, c.born)
+    return Confirmed(CONFIRMED_FORK, c.pid, 1, 1000, 0, c.born, 1)
 
 
 def exit_of(c: Child) -> Confirmed:
-    return Confirmed(CONFIRMED_EXIT, c.pid, 0, 1000, 3, c.died)
+    return Confirmed(CONFIRMED_EXIT, c.pid, 0, 1000, 3, c.died, 2)
 
 
 async def tracked(tmp_path: Path, script: list[Observation]) -> Service:
@@ -318,7 +339,7 @@ async def test_a_confirmed_exit_of_a_life_still_alive_is_its_death(tmp_path: Pat
 async def test_a_confirmed_fork_of_an_unknown_life_is_a_birth(tmp_path: Path) -> None:
     c = Child(free_pid())
     old = Child(free_pid(1))
-    far = Confirmed(CONFIRMED_FORK, old.pid, 1, 1000, 0, old.born + 30)  # 30 s from its birth
+    far = Confirmed(CONFIRMED_FORK, old.pid, 1, 1000, 0, old.born + 30, 3)  # 30 s from its birth
     svc = await tracked(tmp_path, [fork_of(c), old.f_p, far])
     try:
         assert c.pid in svc.registry.alive and svc.registry.alive[c.pid].sources & 2
@@ -334,10 +355,10 @@ def test_a_confirmed_fork_releases_what_waited_for_it() -> None:
     x = Exec("audit", child, time.time(), exe="/bin/true", argv=("true",))
     lives._deliver(child, x)  # the child's exec, read before its parent's clone record
     assert made == []
-    c = Confirmed(CONFIRMED_FORK, child, 100, 0, 0, time.time())
+    c = Confirmed(CONFIRMED_FORK, child, 100, 0, 0, time.time(), 4)
     lives.confirmed(c)
     assert made == [c, x]
-    e = Confirmed(CONFIRMED_EXIT, child, 0, 0, 0, time.time())
+    e = Confirmed(CONFIRMED_EXIT, child, 0, 0, 0, time.time(), 5)
     lives.confirmed(e)
     assert made[-1] == e and child not in lives._known
     assert (lives.counters["forks"], lives.counters["exits"]) == (1, 1)
@@ -350,7 +371,7 @@ def test_a_confirmed_fork_read_after_a_resync_waits_for_evidence() -> None:
     lives = LifeEvents(made.append)
     lives.stale_before = time.time()
     child = free_pid()
-    lives.confirmed(Confirmed(CONFIRMED_FORK, child, 100, 0, 0, lives.stale_before - 5))
+    lives.confirmed(Confirmed(CONFIRMED_FORK, child, 100, 0, 0, lives.stale_before - 5, 6))
     assert made == [] and lives.counters["stale_forks"] == 1
 
 
@@ -363,7 +384,7 @@ async def test_a_confirmed_fork_widens_a_derived_start_as_the_full_path(tmp_path
         f_p = Fork("proc", c.pid, 1, c.born, mono_ns=c.f_p.mono_ns, ended=True)
         at = c.born - 0.05  # audit's stamp five ticks before the connector's date
         f_a: Observation = (
-            Confirmed(CONFIRMED_FORK, c.pid, 1, 1000, 0, at)
+            Confirmed(CONFIRMED_FORK, c.pid, 1, 1000, 0, at, 7)
             if quick
             else Fork("audit", c.pid, 1, at, audit_stamp=at, uid=1000)
         )

@@ -391,7 +391,7 @@ def test_audit_reads_on_when_the_connector_read_before_it_fails(
     src._reader = AuditBatchReader(rx, 1 << 14)
     src._pacer = Pacer(rx.fileno(), src._on_readable, hold=0)
 
-    def broken() -> None:
+    def broken() -> int:
         raise MemoryError("the connector's read")
 
     src.first = broken
@@ -404,3 +404,38 @@ def test_audit_reads_on_when_the_connector_read_before_it_fails(
         tx.close()
     c = src.health().counters
     assert c["connector_read_errors"] == 2 and c["datagrams"] == 1
+
+
+def test_audit_reads_the_connector_until_it_is_empty_at_most_three_times(
+    audit: tuple[AuditSource, Clock, Clock, Collect],
+) -> None:
+    """Forks made while the connector's last read was handled are read too, before audit's
+    reports of them (their confirmation needs the connector's report first)."""
+    import socket
+
+    from app.netlink.batch import AuditBatchReader
+    from app.sources.pacing import Pacer
+
+    src, _, _, _ = audit
+    rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.setblocking(False)
+    src._reader = AuditBatchReader(rx, 1 << 14)
+    src._pacer = Pacer(rx.fileno(), src._on_readable, hold=0)
+    counts = [5, 2, 0, 7]
+    calls: list[int] = []
+
+    def connector() -> int:
+        calls.append(1)
+        return counts[len(calls) - 1] if len(calls) <= len(counts) else 9
+
+    src.first = connector
+    try:
+        src._on_readable()  # 5, 2, then empty: three reads
+        assert len(calls) == 3
+        counts[:] = [9, 9, 9, 9, 9, 9]
+        calls.clear()
+        src._on_readable()  # never empty: stops at three
+        assert len(calls) == 3
+    finally:
+        rx.close()
+        tx.close()
