@@ -757,7 +757,7 @@ parse_syscall(PyObject *mod, PyObject *args)
  * docs/performance.md). A Confirmations table, given to proc_batch and to audit_batch,
  * remembers by pid each process FORK (child and parent) and leader EXIT (its status) the
  * connector told; an audit SYSCALL record of a fork or exit_group that matches one comes back
- * as a short Confirmed(kind, pid, ppid, uid, code, stamp) instead of its Record, and the
+ * as a short Confirmed(kind, pid, ppid, uid, code, stamp, serial) instead of its Record, and the
  * entry is used up. Anything else goes the usual way: a clone with CLONE_THREAD or
  * CLONE_PARENT, a failed call, another status, a pid the table does not hold. The
  * Confirmed carries the record's serial, for the assembler to count, and the event's EOE is
@@ -802,7 +802,10 @@ struct Confirmations {
     int ncalls;
     unsigned long long counts[NCOUNTS];
     unsigned long long clears;
-    uint64_t ring[CONF_RING]; /* serial + 1; 0: free */
+    /* The confirmed events whose EOE is still to come: serial and stamp (ms, low 32 bits;
+     * a serial alone comes round again after a u32 wrap). */
+    uint32_t ring_serial[CONF_RING], ring_ms[CONF_RING];
+    uint8_t ring_used[CONF_RING];
     int ring_at;
     conf_slot slot[CONF_SLOTS];
 };
@@ -869,6 +872,14 @@ span_hex(span g, uint64_t *out)
     }
     *out = v;
     return 1;
+}
+
+/* A record's stamp in milliseconds, its low 32 bits: the SYSCALL record and the EOE of one
+ * event carry the same text, so the same double and the same value. */
+static uint32_t
+stamp_ms(double stamp)
+{
+    return (uint32_t)(uint64_t)(stamp * 1000.0 + 0.5);
 }
 
 /* An audit record (after nlmsghdr) of type SYSCALL: 1 with a Confirmed appended when it
@@ -958,7 +969,9 @@ conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end)
     Py_DECREF(ev);
     if (rc < 0)
         return -1;
-    c->ring[c->ring_at] = (uint64_t)sn + 1;
+    c->ring_serial[c->ring_at] = sn;
+    c->ring_ms[c->ring_at] = stamp_ms(stamp);
+    c->ring_used[c->ring_at] = 1;
     c->ring_at = (c->ring_at + 1) % CONF_RING;
     return 1;
 }
@@ -979,13 +992,16 @@ conf_eoe(Confirmations *c, const char *p, const char *end)
         PyErr_Clear();
         return 0;
     }
-    uint32_t sn;
+    if (head == 0 || bend != body)
+        return 0; /* not an audit record's shape, or a body: an EOE has none */
+    uint32_t sn, ms = stamp_ms(stamp);
     span sspan = {serial, (Py_ssize_t)strlen(serial)};
-    if (head == 0 || bend != body || !span_u32(sspan, &sn))
-        return 0; /* an EOE has no body */
-    for (int i = 0; i < CONF_RING; i++) {
-        if (c->ring[i] == (uint64_t)sn + 1) {
-            c->ring[i] = 0;
+    if (!span_u32(sspan, &sn))
+        return 0;
+    for (int k = 1; k <= CONF_RING; k++) { /* the newest first */
+        int i = (c->ring_at - k + CONF_RING) % CONF_RING;
+        if (c->ring_used[i] && c->ring_serial[i] == sn && c->ring_ms[i] == ms) {
+            c->ring_used[i] = 0;
             c->counts[EOES_DROPPED]++;
             return 1;
         }

@@ -109,7 +109,7 @@ class AuditSource:
         self.tap: Callable[[bytes], None] | None = None
         # Another source's reader, run before each read of this one (the Service sets the
         # connector's: app/core/service.py, `_read_proc_first`).
-        self.first: Callable[[], int] | None = None
+        self.first: Callable[[], bool] | None = None
         # The connector's forks and exits, for this reader to confirm its own reports of
         # them cheaply (the Service shares one table with the connector's reader).
         self.confirm: Confirmations | None = None
@@ -280,10 +280,10 @@ class AuditSource:
             return
         if self.first is not None:
             try:
-                # Until it finds the socket empty (at most FIRST_READS times): forks and exits
-                # made while the previous read's events were handled are read too, so
-                # audit's reports of them find them (confirm); one read left about a tenth
-                # of a storm's unmatched (docs/performance.md, round 7).
+                # Again while it says more may have come (at most FIRST_READS times): forks
+                # and exits made while the previous read's events were handled are read too,
+                # so audit's reports of them find them (confirm); one read left about a
+                # tenth of a storm's unmatched (docs/performance.md, round 7).
                 for _ in range(FIRST_READS):
                     if not self.first():
                         break
@@ -317,8 +317,8 @@ class AuditSource:
             for rec in parse_datagram(item, UNUSED):
                 self.asm.push(rec)
         elif type(item) is Confirmed:
-            self.asm.seen(item.serial)  # its EOE does not come: _batch.c drops it
             self.lives.confirmed(item)
+            self.asm.seen(item.serial)  # its EOE does not come: _batch.c drops it
         else:
             self.asm.push(item)  # type: ignore[arg-type]
 

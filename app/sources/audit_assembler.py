@@ -88,9 +88,15 @@ class Assembler:
 
     def seen(self, serial: int) -> None:
         """An event handled without the assembler (a SYSCALL record the compiled reader
-        confirmed against the connector's report, its EOE dropped): its serial counts."""
+        confirmed against the connector's report, its EOE dropped): its serial counts, and
+        a group of that serial already open (records logged before the SYSCALL one) is
+        complete now, as its EOE would have made it."""
         self.records += 1
-        self._see(serial)
+        group = self._open.pop(serial, None)
+        if group is None:
+            self._see(serial)
+        else:
+            self._emit(group[2])
 
     def flush(self, force: bool = False) -> None:
         """Complete events held longer than `timeout` and declare serials missing for longer

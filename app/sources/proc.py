@@ -215,14 +215,15 @@ class ProcConnectorSource:
             self._sink.submit(Health(self.name, state, reason, at))
 
     # -- the hot path ----------------------------------------------------------------------
-    def read_now(self) -> int:
+    def read_now(self) -> bool:
         """Read what the socket holds now, whatever the pacing: audit's reader asks before
-        each of its reads (counted in `reads_for_audit`, not `wakeups`). Returns how many
-        datagrams were read."""
+        each of its reads (counted in `reads_for_audit`, not `wakeups`). True when it is
+        worth asking again: it read something and did not stop at its budget (when it did,
+        this source's own pacer reads the rest, not audit's reader)."""
         if self._reader is None:
-            return 0
+            return False
         self.counters["reads_for_audit"] += 1
-        return self._read_all()
+        return 0 < self._read_all() < READ_BUDGET
 
     def _on_readable(self) -> None:
         if self._reader is not None:

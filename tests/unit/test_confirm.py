@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from app.netlink._batch import Confirmations
 
 CLONE = 56
+CONF_RING = 64  # _batch.c: confirmed serials whose EOE is remembered
 STAMP = b"1795654632.816"
 SYSCALL_TEXT = (
     b"audit(%s:%d): arch=c000003e syscall=%d %sa0=%s a1=0 a2=0 a3=7f2feac3be50 items=0 "
@@ -253,6 +254,43 @@ def test_the_eoe_of_a_confirmed_record_is_dropped_and_only_it() -> None:
     assert _batch.parse_audit(eoe(431), UNUSED, t) == []  # its end: dropped
     assert _batch.parse_audit(eoe(431), UNUSED, t) == the_record(eoe(431))  # once only
     assert t.counters()["confirmed_eoes"] == 1
+
+
+def test_only_the_eoe_of_a_confirmed_event_is_dropped() -> None:
+    t = table()
+    for i in range(CONF_RING + 1):  # more in flight than the reader remembers
+        _batch.parse_proc(connector_fork(100, 4_001_300 + i), t)
+        assert type(audit(fork_record(4_001_300 + i, 100, serial=1000 + i), t)[0]) is Confirmed
+    assert _batch.parse_audit(eoe(1000), UNUSED, t) == the_record(eoe(1000))  # forgotten
+    assert _batch.parse_audit(eoe(1001), UNUSED, t) == []
+    body = datagram(b"audit(%s:%d): x=1" % (STAMP, 1002), AUDIT_EOE)
+    assert _batch.parse_audit(body, UNUSED, t) == the_record(body)  # an EOE has no body
+    other = datagram(b"audit(1795654632.817:%d): " % 1003, AUDIT_EOE)
+    assert _batch.parse_audit(other, UNUSED, t) == the_record(other)  # another stamp
+    t.clear()  # the serials were counted already: their EOEs are still dropped
+    assert _batch.parse_audit(eoe(1003), UNUSED, t) == []
+    for junk in (b"audit(", b"audit(1.2:", b"xx", b"audit(9" * 20, b"\xff" * 30):
+        d = datagram(junk, AUDIT_EOE)
+        assert _batch.parse_audit(d, UNUSED, t) == _batch.parse_audit(d, UNUSED)
+
+
+def test_a_confirmed_serial_completes_a_group_already_open() -> None:
+    """Records logged during the syscall (an AVC, a SECCOMP) come before its SYSCALL record:
+    the confirmed event's serial completes their group as its EOE would have."""
+    done: list[list[Record]] = []
+
+    class Sink:
+        def event_complete(self, records: list[Record]) -> None:
+            done.append(records)
+
+        def events_lost(self, first_serial: int, count: int) -> None:
+            raise AssertionError("no loss")
+
+    asm = Assembler(Sink(), clock=lambda: 0.0)
+    avc = Record(1400, 1.0, 50, b"avc: denied")
+    asm.push(avc)
+    asm.seen(50)
+    assert done == [[avc]] and asm.pending == 0 and asm.counters["late"] == 0
 
 
 def test_the_serial_of_a_confirmed_event_keeps_the_serials_whole() -> None:

@@ -388,9 +388,9 @@ async def test_the_connector_is_read_before_each_audit_read(tmp_path: Path) -> N
         first: Any = None
 
     class Proc(ScriptedSource):
-        def read_now(self) -> int:
+        def read_now(self) -> bool:
             reads.append("proc")
-            return 0
+            return False
 
     audit, proc = Audit("audit"), Proc("proc")
     svc = Service(make_config(state_dir=tmp_path, canary_interval=0), sources=[audit, proc])

@@ -391,7 +391,7 @@ def test_audit_reads_on_when_the_connector_read_before_it_fails(
     src._reader = AuditBatchReader(rx, 1 << 14)
     src._pacer = Pacer(rx.fileno(), src._on_readable, hold=0)
 
-    def broken() -> int:
+    def broken() -> bool:
         raise MemoryError("the connector's read")
 
     src.first = broken
@@ -406,7 +406,7 @@ def test_audit_reads_on_when_the_connector_read_before_it_fails(
     assert c["connector_read_errors"] == 2 and c["datagrams"] == 1
 
 
-def test_audit_reads_the_connector_until_it_is_empty_at_most_three_times(
+def test_audit_reads_the_connector_again_while_it_says_so_at_most_three_times(
     audit: tuple[AuditSource, Clock, Clock, Collect],
 ) -> None:
     """Forks made while the connector's last read was handled are read too, before audit's
@@ -421,21 +421,28 @@ def test_audit_reads_the_connector_until_it_is_empty_at_most_three_times(
     rx.setblocking(False)
     src._reader = AuditBatchReader(rx, 1 << 14)
     src._pacer = Pacer(rx.fileno(), src._on_readable, hold=0)
-    counts = [5, 2, 0, 7]
+    answers: list[bool | Exception] = []
     calls: list[int] = []
 
-    def connector() -> int:
+    def connector() -> bool:
         calls.append(1)
-        return counts[len(calls) - 1] if len(calls) <= len(counts) else 9
+        answer = answers.pop(0) if answers else False
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     src.first = connector
     try:
-        src._on_readable()  # 5, 2, then empty: three reads
-        assert len(calls) == 3
-        counts[:] = [9, 9, 9, 9, 9, 9]
-        calls.clear()
-        src._on_readable()  # never empty: stops at three
-        assert len(calls) == 3
+        for said, reads in (([True, False, True], 2), ([True] * 5, 3), ([False], 1)):
+            answers[:], calls[:] = said, []
+            src._on_readable()
+            assert len(calls) == reads, said
+        answers[:], calls[:] = [True, OSError("the 2nd read"), True], []
+        tx.send(b"x" * 40)  # audit's own datagram: still read after the connector's raised
+        src._on_readable()
+        assert len(calls) == 2
     finally:
         rx.close()
         tx.close()
+    c = src.health().counters
+    assert c["connector_read_errors"] == 1 and c["datagrams"] == 1
