@@ -92,7 +92,7 @@ def test_a_new_loss_restarts_the_quiet_period(
 
 def test_proc_events_are_dated_by_the_monotonic_offset() -> None:
     """The connector stamps events with CLOCK_MONOTONIC; the source turns them into wall
-    time with wall - mono as it is at delivery (one offset per datagram)."""
+    time with wall - mono as it is at the read (one offset per read of the socket)."""
     datagrams = [bytes.fromhex(x) for x in (DATA / "cn_proc.hex").read_text().split()]
     events = [(d, decode(d)[0]) for d in datagrams]
     fork = next(d for d, e in events if isinstance(e, ForkEvent))
@@ -106,9 +106,11 @@ def test_proc_events_are_dated_by_the_monotonic_offset() -> None:
     src = ProcConnectorSource(Config().proc_settings(), wall=wall, mono=mono)
     sink = Collect()
     src._sink = sink
+    src._clocks_now()  # what each read does (_read)
     src._deliver(fork)
     mono.now += 1.0  # the wall clock steps by a minute between the two reads
     wall.now += 61.0
+    src._clocks_now()
     src._deliver(died)
     f, x = sink.got
     assert isinstance(f, Fork) and isinstance(x, Exit)
