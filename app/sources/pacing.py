@@ -76,6 +76,7 @@ class Pacer:
         self.delivery_errors = 0  # datagrams whose handling raised (drain)
         self._window = float("-inf")  # loop time the current SOON window started
         self._seen = 0  # datagrams read in it
+        self._between = 0  # datagrams read by other paths while a poll was pending
         self._timer: asyncio.TimerHandle | None = None
         self._polling = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,6 +89,7 @@ class Pacer:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._polling = False
+        self._between = 0
         self._loop.add_reader(self.fd, self.on_readable)
 
     def read(self, n: int, more: bool = False) -> None:
@@ -95,9 +97,16 @@ class Pacer:
         `more`: the read stopped at its budget with datagrams left; they are read after
         the loop's other ready callbacks, not a hold later."""
         loop = self._loop
-        if loop is None or self._timer is not None:
+        if loop is None:
+            return
+        if self._timer is not None:
+            # Read between two polls (the proc connector's socket, read for audit's reader
+            # before each of its reads): the storm goes on even if the next poll finds the
+            # socket empty, so that poll does not go back to watching it.
+            self._between += n
             return
         if self._polling:
+            n, self._between = n + self._between, 0
             if more:
                 self._timer = loop.call_later(0, self._poll)
             elif n:  # still coming: the next poll

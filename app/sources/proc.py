@@ -123,7 +123,7 @@ class ProcConnectorSource:
         self.counters: dict[str, int] = dict.fromkeys(
             ("datagrams", "forks", "threads", "execs", "exits", "thread_exits", "other",
              "enobufs", "seq_gaps", "seq_missing", "leader_exits_deferred", "full_reads",
-             "wakeups", "reads_for_audit"),
+             "wakeups", "reads_for_audit", "forks_ended"),
             0,
         )  # fmt: skip
 
@@ -253,6 +253,8 @@ class ProcConnectorSource:
         # A tap records the kernel's bytes (fixtures for the decoder tests): it gets them.
         items, n, status = self._reader.events(budget, self.tap is None, self.confirm)
         self._ended = ended_forks(items)
+        # Forks dated without reading /proc: their exit came in the same read (dating.py).
+        self.counters["forks_ended"] += len(self._ended)
         self._clocks_now()
         return items, n, status
 

@@ -101,6 +101,30 @@ async def test_after_a_storm_the_socket_fills_for_hold_then_is_read_in_one_batch
     r.pacer.stop()
 
 
+async def test_reads_by_another_path_between_polls_keep_the_storm_on(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The connector's socket is also read for audit's reader between its own polls: a poll
+    that then finds it empty does not end the storm (each datagram would wake the loop
+    again); a poll with nothing read since the last one does."""
+    rx, tx = pair
+    r = Reader(rx)
+    r.pacer.start()
+    for _ in range(10):
+        tx.send(b"x")
+    await asyncio.sleep(0.003)
+    assert r.pacer.polling
+    for _ in range(3):  # read by the other path during the hold
+        tx.send(b"y")
+        await asyncio.sleep(0.002)
+        r.on_readable()
+    await asyncio.sleep(HOLD * 1.5)  # the poll finds nothing, but 3 were read meanwhile
+    assert r.pacer.polling and r.pacer.holds == 1
+    await asyncio.sleep(HOLD * 1.5)  # nothing read since: the storm is over
+    assert not r.pacer.polling and r.pacer.holds == 2
+    r.pacer.stop()
+
+
 async def test_a_steady_trickle_is_batched_too(pair: tuple[socket.socket, socket.socket]) -> None:
     """Fewer than `at_least` per wakeup, but wakeups close together: the rate makes it a
     storm, so a source wakes about once per hold however the datagrams are spread."""
