@@ -451,3 +451,12 @@ async def test_a_confirmed_exit_of_a_life_found_gone_takes_the_full_path(
         assert life.exit is not None and life.exit.code == 3
     finally:
         await svc.stop()
+
+
+def test_no_table_without_the_compiled_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIFEWATCH_NATIVE=0 (or no compiled module): the pure-Python readers, no table, and
+    audit's reports take the full path."""
+    monkeypatch.setenv("LIFEWATCH_NATIVE", "0")
+    assert confirmations() is None
+    monkeypatch.setenv("LIFEWATCH_NATIVE", "1")
+    assert confirmations() is not None
