@@ -27,13 +27,13 @@ from app.core.life import Exit as ExitInfo
 from app.core.life import Life, SourceSet, exit_of, iso, source_bit
 from app.core.registry import MAX_SLACK, Registry
 from app.core.vanish import Vanished, Vanishings
-from app.netlink.audit_records import CONFIRMED_FORK, Confirmed
+from app.netlink.audit_records import CONFIRMED_FORK, CONFIRMED_SOURCE, Confirmed
 from app.sources.base import OK
 from app.sources.observations import Exec, Exit, Fork, Health, Loss, Observation
 
 log = logging.getLogger(__name__)
 
-AUDIT = "audit"  # the source whose reports the compiled reader confirms (_confirmed)
+AUDIT = CONFIRMED_SOURCE  # the source whose reports the compiled reader confirms
 AUDIT_BIT = source_bit(AUDIT)
 # s between the stamp of audit's confirmed exit_group (its syscall entry) and the death as the
 # connector dated it, for the confirmed report to be taken for that death's: a stale table

@@ -163,6 +163,18 @@ audit_head(const char *p, const char *end, double *stamp, char *serial, const ch
     return 1;
 }
 
+/* After a parse of the head failed with an error set: 0 when it is float()'s (ValueError,
+ * OverflowError), cleared, for the Python path to decide; -1 for any other (no memory). */
+static int
+float_error_cleared(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
+        !PyErr_ExceptionMatches(PyExc_OverflowError))
+        return -1;
+    PyErr_Clear();
+    return 0;
+}
+
 /* `audit(SECONDS.MILLIS:SERIAL): ?BODY` at p, as Record(type, stamp, serial, body); NULL
  * without an exception when the text has another shape (the Python path decides). */
 static PyObject *
@@ -235,12 +247,8 @@ audit_one(PyObject *out, PyTypeObject *record, const char *d, Py_ssize_t n, cons
                 Py_DECREF(rec);
                 return rc;
             }
-            if (PyErr_Occurred()) {
-                if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
-                    !PyErr_ExceptionMatches(PyExc_OverflowError))
-                    return -1; /* out of memory */
-                PyErr_Clear();
-            }
+            if (PyErr_Occurred() && float_error_cleared() < 0)
+                return -1;
         }
     }
     return raw_each(out, d, n, NULL);
@@ -838,39 +846,33 @@ conf_proc(Confirmations *c, uint32_t what, const char *u, Py_ssize_t room)
     }
 }
 
-/* A span of decimal digits as a u32; 0 when it is none or does not fit. */
+/* A span of digits in `base` (10, or 16 in the kernel's lower case) as a value of at most
+ * `max` digits; 0 when it is none or holds another character. */
 static int
-span_u32(span g, uint32_t *out)
+span_num(span g, int base, Py_ssize_t max, uint64_t *out)
 {
-    if (g.p == NULL || g.n < 1 || g.n > 10)
-        return 0;
-    uint64_t v = 0;
-    for (Py_ssize_t i = 0; i < g.n; i++) {
-        if (g.p[i] < '0' || g.p[i] > '9')
-            return 0;
-        v = v * 10 + (uint64_t)(g.p[i] - '0');
-    }
-    if (v > 0xFFFFFFFFull)
-        return 0;
-    *out = (uint32_t)v;
-    return 1;
-}
-
-/* A span of hex digits (the kernel's lower case) as a u64; 0 when it does not fit. */
-static int
-span_hex(span g, uint64_t *out)
-{
-    if (g.p == NULL || g.n < 1 || g.n > 16)
+    if (g.p == NULL || g.n < 1 || g.n > max)
         return 0;
     uint64_t v = 0;
     for (Py_ssize_t i = 0; i < g.n; i++) {
         char ch = g.p[i];
         int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
-        if (d < 0)
+        if (d < 0 || d >= base)
             return 0;
-        v = v << 4 | (uint64_t)d;
+        v = v * (uint64_t)base + (uint64_t)d;
     }
     *out = v;
+    return 1;
+}
+
+/* A span of decimal digits as a u32 (a pid, uid, serial); 0 when it does not fit. */
+static int
+span_u32(span g, uint32_t *out)
+{
+    uint64_t v;
+    if (!span_num(g, 10, 10, &v) || v > 0xFFFFFFFFull)
+        return 0;
+    *out = (uint32_t)v;
     return 1;
 }
 
@@ -882,24 +884,31 @@ stamp_ms(double stamp)
     return (uint32_t)(uint64_t)(stamp * 1000.0 + 0.5);
 }
 
+/* The head of a record for the table: 1 with its stamp, serial and body; 0 when it has
+ * another shape or a serial past a u32 (the usual way decides); -1 on an error. */
+static int
+conf_head(const char *p, const char *end, double *stamp, uint32_t *serial, const char **body,
+          const char **bend)
+{
+    char digits[NUM_MAX + 1];
+    int head = audit_head(p, end, stamp, digits, body, bend);
+    if (head < 0)
+        return float_error_cleared();
+    span g = {digits, (Py_ssize_t)strlen(digits)};
+    return head > 0 && span_u32(g, serial);
+}
+
 /* An audit record (after nlmsghdr) of type SYSCALL: 1 with a Confirmed appended when it
  * tells a fork or exit the table holds, 0 when it goes the usual way, -1 on error. */
 static int
 conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end)
 {
-    char serial[NUM_MAX + 1];
     double stamp;
+    uint32_t sn;
     const char *body, *bend;
-    int head = audit_head(p, end, &stamp, serial, &body, &bend);
-    if (head < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
-            !PyErr_ExceptionMatches(PyExc_OverflowError))
-            return -1; /* out of memory */
-        PyErr_Clear(); /* float() decides, on the usual way */
-        return 0;
-    }
-    if (head == 0)
-        return 0;
+    int head = conf_head(p, end, &stamp, &sn, &body, &bend);
+    if (head <= 0)
+        return head;
     /* The call first (`arch=HEX syscall=DEC `, as syscall_spans starts): most SYSCALL
      * records of a storm are forks and exits, the rest need not be scanned twice. */
     span arch, nr;
@@ -920,11 +929,10 @@ conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end)
         return 0;
     span g[10];
     memset(g, 0, sizeof g);
-    uint32_t pid, uid, child = 0, code = 0, sn;
+    uint32_t pid, uid, child = 0, code = 0;
     uint64_t a0;
-    span sspan = {serial, (Py_ssize_t)strlen(serial)};
-    if (!span_u32(sspan, &sn) || !syscall_spans(body, bend, g) || !span_u32(g[6], &pid) ||
-        !span_u32(g[7], &uid) || !span_hex(g[4], &a0))
+    if (!syscall_spans(body, bend, g) || !span_u32(g[6], &pid) || !span_u32(g[7], &uid) ||
+        !span_num(g[4], 16, 16, &a0))
         return 0;
     conf_slot *s;
     if (kind == CONF_EXIT) {
@@ -981,23 +989,13 @@ conf_audit(Confirmations *c, PyObject *out, const char *p, const char *end)
 static int
 conf_eoe(Confirmations *c, const char *p, const char *end)
 {
-    char serial[NUM_MAX + 1];
     double stamp;
+    uint32_t sn;
     const char *body, *bend;
-    int head = audit_head(p, end, &stamp, serial, &body, &bend);
-    if (head < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
-            !PyErr_ExceptionMatches(PyExc_OverflowError))
-            return -1;
-        PyErr_Clear();
-        return 0;
-    }
-    if (head == 0 || bend != body)
-        return 0; /* not an audit record's shape, or a body: an EOE has none */
-    uint32_t sn, ms = stamp_ms(stamp);
-    span sspan = {serial, (Py_ssize_t)strlen(serial)};
-    if (!span_u32(sspan, &sn))
-        return 0;
+    int head = conf_head(p, end, &stamp, &sn, &body, &bend);
+    if (head <= 0 || bend != body) /* an EOE has no body */
+        return head < 0 ? -1 : 0;
+    uint32_t ms = stamp_ms(stamp);
     for (int k = 1; k <= CONF_RING; k++) { /* the newest first */
         int i = (c->ring_at - k + CONF_RING) % CONF_RING;
         if (c->ring_used[i] && c->ring_serial[i] == sn && c->ring_ms[i] == ms) {

@@ -32,6 +32,7 @@ class Record(NamedTuple):
 # Confirmed.kind
 CONFIRMED_FORK = 1
 CONFIRMED_EXIT = 2
+CONFIRMED_SOURCE = "audit"  # whose report a Confirmed is (the observation's `source`)
 
 
 class Confirmed(NamedTuple):
@@ -50,7 +51,7 @@ class Confirmed(NamedTuple):
     @property
     def source(self) -> str:
         """Who told it, as an observation says (the tracker takes it for one)."""
-        return "audit"
+        return CONFIRMED_SOURCE
 
 
 class NetlinkMessage(NamedTuple):

@@ -49,6 +49,14 @@ class Reader:
         self.wakeups.append((asyncio.get_running_loop().time(), n))
         self.pacer.read(n, more=n == self.budget)
 
+    async def storm(self, tx: socket.socket, n: int) -> None:
+        """Start watching, and send `n` at once: a storm's wakeup, polling from then on."""
+        self.pacer.start()
+        for _ in range(n):
+            tx.send(b"x")
+        await asyncio.sleep(0.003)
+        assert self.pacer.polling
+
     @property
     def counts(self) -> list[int]:
         """Datagrams per wakeup that read any (a hold's end may find nothing queued)."""
@@ -109,11 +117,7 @@ async def test_reads_by_another_path_between_polls_keep_the_storm_on(
     again); a poll with nothing read since the last one does."""
     rx, tx = pair
     r = Reader(rx)
-    r.pacer.start()
-    for _ in range(10):
-        tx.send(b"x")
-    await asyncio.sleep(0.003)
-    assert r.pacer.polling
+    await r.storm(tx, 10)
     for _ in range(3):  # read by the other path during the hold
         tx.send(b"y")
         await asyncio.sleep(0.002)
@@ -147,11 +151,7 @@ async def test_stop_during_a_hold_leaves_nothing_scheduled(
 ) -> None:
     rx, tx = pair
     r = Reader(rx)
-    r.pacer.start()
-    for _ in range(5):
-        tx.send(b"x")
-    await asyncio.sleep(0.003)
-    assert r.pacer.polling
+    await r.storm(tx, 5)
     r.pacer.stop()
     r.pacer.stop()  # twice is fine
     tx.send(b"late")
